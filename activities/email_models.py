@@ -1,0 +1,87 @@
+"""What the send-email activity takes and returns.
+
+The workflow decides everything that must be stable across retries (the
+Message-ID, the Date, the thread); the activity adds the sender's identity
+from settings, renders the template and talks SMTP.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+from pydantic import BaseModel, Field
+
+
+class Party(BaseModel):
+    name: str
+    email: str
+    time_zone: str = "UTC"
+    role: str = ""
+
+
+class PricedLine(BaseModel):
+    name: str
+    quantity: Decimal
+    unit_price: Decimal
+    line_total: Decimal
+
+
+class DealFacts(BaseModel):
+    """The deal as templates see it (``deal.*``)."""
+
+    deal_id: str
+    company: str
+    kind: str
+    stage: str
+    currency: str
+    owner: str
+    items: list[PricedLine] = Field(default_factory=list)
+    list_total: Decimal = Decimal(0)
+    floor_total: Decimal = Decimal(0)
+    price: Decimal = Decimal(0)
+    discount_percent: Decimal = Decimal(0)
+    order_value: Decimal | None = None
+    purchase_order: str = ""
+    delivery_date: date | None = None
+    delivered_at: datetime | None = None
+
+
+class StepFacts(BaseModel):
+    """What only this step knows (``step.*``); unused fields stay None."""
+
+    touch: int | None = None
+    reason: str = ""
+    previous_delivery_date: date | None = None
+    next_step_at: datetime | None = None
+    outcome: str = ""
+    interview_due: datetime | None = None
+
+
+class EmailContext(BaseModel):
+    deal: DealFacts
+    recipient: Party
+    buyer: Party
+    step: StepFacts = Field(default_factory=StepFacts)
+
+
+class EmailThread(BaseModel):
+    """The conversation a follow-up belongs to: same subject, In-Reply-To the last message."""
+
+    subject: str
+    message_ids: list[str]
+
+
+class EmailRequest(BaseModel):
+    message_id: str
+    template: str
+    to: list[Party]
+    date: datetime
+    context: EmailContext
+    thread: EmailThread | None = None
+
+
+class EmailReceipt(BaseModel):
+    message_id: str
+    subject: str
+    accepted: list[str]

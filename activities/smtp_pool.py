@@ -1,0 +1,76 @@
+"""A small pool of persistent SMTP connections shared by all send activities of a worker.
+
+Opening a connection per email costs roughly half the throughput of reusing one
+(ARCHITECTURE.md, performance facts), so connections are kept and reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiosmtplib
+
+
+@dataclass(frozen=True)
+class SmtpEndpoint:
+    host: str
+    port: int
+    tls: str = "none"  # "starttls", "implicit" or "none"
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 30.0
+
+
+class SmtpPool:
+    def __init__(self, endpoint: SmtpEndpoint, size: int = 4) -> None:
+        self.endpoint = endpoint
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(size)
+
+    def _client(self) -> aiosmtplib.SMTP:
+        e = self.endpoint
+        # start_tls=None would upgrade only when offered and silently send in clear
+        # otherwise; every mode here is explicit.
+        return aiosmtplib.SMTP(
+            hostname=e.host,
+            port=e.port,
+            use_tls=e.tls == "implicit",
+            start_tls=e.tls == "starttls",
+            timeout=e.timeout,
+            username=e.username,
+            password=e.password,
+            tls_context=ssl.create_default_context() if e.tls != "none" else None,
+        )
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[aiosmtplib.SMTP]:
+        """A connected client; it returns to the pool only if the block raised nothing."""
+        async with self._slots:
+            client = None
+            while self._idle:
+                candidate = self._idle.pop()
+                if candidate.is_connected:
+                    client = candidate
+                    break
+            if client is None:
+                client = self._client()
+                await client.connect()
+            try:
+                yield client
+            except BaseException:
+                # The session state is unknown after an error: never reuse it.
+                client.close()
+                raise
+            self._idle.append(client)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()

@@ -1,0 +1,181 @@
+"""Every knob of Dealflow, read from the environment (prefix ``DEALFLOW_``) or ``.env``.
+
+Read by the worker, the starter and the activities; never by a workflow, which
+gets what it needs in its input (a workflow reading the environment would not
+replay deterministically).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+from datetime import timedelta
+from decimal import Decimal
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import EmailStr, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workflows.models import Cadence
+
+ENV_PREFIX = "DEALFLOW_"
+TASK_QUEUE = "dealflow"
+
+
+class SmtpTls(StrEnum):
+    STARTTLS = "starttls"
+    IMPLICIT = "implicit"
+    NONE = "none"
+
+
+class CadenceProfile(StrEnum):
+    STANDARD = "standard"
+    DEMO = "demo"
+
+
+def demo_cadence() -> Cadence:
+    """Seconds instead of days, so the README walkthrough shows a whole deal in minutes."""
+    s = timedelta(seconds=1)
+    return Cadence(
+        inquiry=[20 * s, 20 * s],
+        proposal=[30 * s, 30 * s],
+        quote=[30 * s, 30 * s],
+        offer=[30 * s, 30 * s],
+        win_loss=[30 * s],
+        no_response_after=60 * s,
+        delivery_overdue_after=60 * s,
+        check_in_after=15 * s,
+        win_loss_after=30 * s,
+        win_loss_min_order_value=Decimal(1000),
+    )
+
+
+def _json_or_text(value: object) -> object:
+    # Nested env values arrive as text; lists of delays are written as JSON.
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    # Temporal
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = TASK_QUEUE
+    temporal_tls: bool = False
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_api_key: SecretStr | None = None
+
+    # SMTP
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=1025, ge=1, le=65535)
+    smtp_tls: SmtpTls = SmtpTls.NONE
+    smtp_allow_insecure: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout: float = Field(default=30.0, gt=0)
+    smtp_pool_size: int = Field(default=4, ge=1, le=64)
+
+    # Who sends, and the addresses a deal involves
+    sender_name: str = "Dealflow Sales"
+    sender_address: EmailStr = "sales@example.com"
+    reply_to: EmailStr | None = None
+    company_name: str = "Dealflow Demo Ltd"
+    company_postal_address: str = (
+        "Dealflow Demo Ltd\n1 Example Street\nLondon EC1A 1AA\nUnited Kingdom"
+    )
+    rep_address: EmailStr = "rep@example.com"
+    fulfilment_address: EmailStr = "fulfilment@example.com"
+    win_loss_interviewer: EmailStr | None = None
+
+    # Cadence: the profile picks the defaults; DEALFLOW_CADENCE__<FIELD> overrides one field.
+    cadence_profile: CadenceProfile = CadenceProfile.STANDARD
+    cadence: dict[str, object] = Field(default_factory=dict)
+
+    # Sends that keep failing transiently (SMTP down) are retried this long, then recorded.
+    send_retry_for: timedelta = timedelta(hours=24)
+
+    # Worker
+    max_cached_workflows: int = Field(default=10_000, ge=0)
+    max_concurrent_activities: int = Field(default=64, ge=1)
+    bulk_start_concurrency: int = Field(default=16, ge=1, le=512)
+
+    # Files and the embedded dev stack
+    data_dir: Path = Path(".data")
+    templates_dir: Path = Path(__file__).resolve().parent / "templates"
+    dev_temporal_port: int = Field(default=7233, ge=1, le=65535)
+    dev_ui_port: int = Field(default=8233, ge=1, le=65535)
+    dev_smtp_port: int = Field(default=1025, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.smtp_tls is SmtpTls.NONE and not (
+            _is_loopback(self.smtp_host) or self.smtp_allow_insecure
+        ):
+            raise ValueError(
+                "smtp_tls=none sends mail in clear text and is for a local SMTP sink only; "
+                "set DEALFLOW_SMTP_TLS=starttls or implicit (or DEALFLOW_SMTP_ALLOW_INSECURE=true)"
+            )
+        if bool(self.temporal_tls_cert) != bool(self.temporal_tls_key):
+            raise ValueError("DEALFLOW_TEMPORAL_TLS_CERT and DEALFLOW_TEMPORAL_TLS_KEY go together")
+        try:
+            self.default_cadence  # noqa: B018 - validates the overrides at start-up
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = "__".join(str(part) for part in first["loc"]).upper()
+            raise ValueError(f"{ENV_PREFIX}CADENCE__{field}: {first['msg']}") from None
+        return self
+
+    @cached_property
+    def default_cadence(self) -> Cadence:
+        base = demo_cadence() if self.cadence_profile is CadenceProfile.DEMO else Cadence()
+        overrides = {key.lower(): _json_or_text(value) for key, value in self.cadence.items()}
+        return base.model_validate({**base.model_dump(), **overrides})
+
+    @property
+    def sender_domain(self) -> str:
+        return str(self.sender_address).rsplit("@", 1)[1]
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + "__".join(str(part) for part in loc).upper()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment; on a bad value, one line naming the variable, exit 2."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        first = error.errors()[0]
+        loc = first["loc"]
+        message = first["msg"].removeprefix("Value error, ")
+        where = f" {_variable(loc)}" if loc else ""
+        print(f"dealflow: invalid setting{where}: {message}", file=sys.stderr)
+        raise SystemExit(2) from None

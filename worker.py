@@ -1,0 +1,129 @@
+"""Runs a Dealflow worker against the configured Temporal server.
+
+``python worker.py --dev`` (what ``make dev`` runs) also starts the embedded
+stack: Temporal's dev server with a SQLite file under the data directory, and a
+local SMTP sink that writes every email as ``.eml`` into the outbox folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import typer
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.mailer import Mailer, Sender
+from activities.rendering import TemplateLibrary
+from activities.smtp_pool import SmtpEndpoint, SmtpPool
+from connection import TemporalUnreachable, connect
+from devstack import DevServer, OutboxSink
+from settings import Settings, SmtpTls, load_settings
+from workflows.deal import DealWorkflow
+
+
+def build_mailer(settings: Settings) -> Mailer:
+    password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+    endpoint = SmtpEndpoint(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        tls=settings.smtp_tls.value,
+        username=settings.smtp_username,
+        password=password,
+        timeout=settings.smtp_timeout,
+    )
+    sender = Sender(
+        name=settings.sender_name,
+        address=str(settings.sender_address),
+        company=settings.company_name,
+        postal_address=settings.company_postal_address,
+        reply_to=str(settings.reply_to) if settings.reply_to else None,
+    )
+    return Mailer(
+        sender, TemplateLibrary(settings.templates_dir), SmtpPool(endpoint, settings.smtp_pool_size)
+    )
+
+
+def build_worker(client: Client, settings: Settings, mailer: Mailer | None = None) -> Worker:
+    mailer = mailer or build_mailer(settings)
+    return Worker(
+        client,
+        task_queue=settings.temporal_task_queue,
+        workflows=[DealWorkflow],
+        activities=[mailer.send_email],
+        max_cached_workflows=settings.max_cached_workflows,
+        max_concurrent_activities=settings.max_concurrent_activities,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    try:
+        client = await connect(settings)
+    except TemporalUnreachable as error:
+        print(f"worker: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    mailer = build_mailer(settings)
+    worker = build_worker(client, settings, mailer)
+    print(
+        f"worker: polling task queue '{settings.temporal_task_queue}' on "
+        f"{settings.temporal_address}, namespace '{settings.temporal_namespace}'",
+        flush=True,
+    )
+    try:
+        await worker.run()
+    finally:
+        await mailer.pool.close()
+
+
+async def serve_dev(settings: Settings) -> None:
+    server = DevServer(
+        port=settings.dev_temporal_port,
+        ui_port=settings.dev_ui_port,
+        db_file=settings.data_dir / "temporal.db",
+    )
+    sink = OutboxSink(port=settings.dev_smtp_port, folder=settings.outbox_dir)
+    try:
+        sink.start()
+    except OSError as error:
+        print(f"worker: cannot open the SMTP sink on port {sink.port}: {error}; "
+              "set DEALFLOW_DEV_SMTP_PORT to a free port", file=sys.stderr)  # fmt: skip
+        raise SystemExit(1) from None
+    try:
+        await server.start()
+        dev = settings.model_copy(
+            update={
+                "temporal_address": server.address,
+                "smtp_host": "127.0.0.1",
+                "smtp_port": sink.port,
+                "smtp_tls": SmtpTls.NONE,
+            }
+        )
+        print(
+            f"dev: Temporal UI     http://localhost:{server.ui_port}\n"
+            f"dev: Temporal server {server.address} (data in {server.db_file})\n"
+            f"dev: SMTP sink       127.0.0.1:{sink.port}, emails in {settings.outbox_dir}/\n"
+            "dev: Ctrl-C stops the worker, the SMTP sink and the server",
+            flush=True,
+        )
+        await serve(dev)
+    finally:
+        sink.stop()
+        server.stop()
+
+
+def main(
+    dev: bool = typer.Option(
+        False, "--dev", help="Also start the Temporal dev server and a local SMTP sink."
+    ),
+) -> None:
+    """Run the Dealflow worker (settings from DEALFLOW_* variables or .env)."""
+    settings = load_settings()
+    try:
+        asyncio.run(serve_dev(settings) if dev else serve(settings))
+    except KeyboardInterrupt:
+        print("\nstopped", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    typer.run(main)

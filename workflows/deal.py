@@ -1,0 +1,673 @@
+"""The deal workflow: one durable execution per deal, from inquiry to win-loss interview.
+
+The workflow is an event loop over the deal's state. Update handlers apply a
+buyer signal at once (the new stage is visible to the caller and to queries)
+and queue the emails of the step; the main loop sends what is queued, then
+sleeps until the next thing that is due (a follow-up touch, the check-in, the
+win-loss invitation...) or until a signal changes the state. Every waiting
+state has a timer, so no deal waits passively (PROCESS.md, principle 3).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.email_models import (
+        DealFacts,
+        EmailContext,
+        EmailReceipt,
+        EmailRequest,
+        EmailThread,
+        Party,
+        PricedLine,
+        StepFacts,
+    )
+    from activities.mailer import NON_RETRYABLE, FailureType, Mailer
+    from workflows import pricing
+    from workflows.models import (
+        Closed,
+        DealInput,
+        DealStatus,
+        DeclinedToTalk,
+        Delivered,
+        DeliveryDateChanged,
+        DiscountRequested,
+        InterviewRecorded,
+        MessageRecord,
+        NextStepAgreed,
+        NextTouch,
+        OrderPlaced,
+        PriceAgreed,
+        RequirementsClarified,
+        SignalPayload,
+        StageChange,
+    )
+    from workflows.outbound import FOLLOW_UPS, Audience, Outbound, Thread, task, to_buyer
+    from workflows.search_attributes import (
+        DEAL_NEXT_TOUCH,
+        DEAL_OWNER,
+        DEAL_STAGE,
+        DEAL_VALUE,
+    )
+    from workflows.stages import BuyerSignal, InquiryKind, Stage, refusal
+
+
+SEND_RETRY_POLICY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=10),
+    non_retryable_error_types=NON_RETRYABLE,
+)
+SEND_ATTEMPT_TIMEOUT = timedelta(minutes=2)
+# After this many "confirm delivery" reminders the rep owns the delay; the deal waits for ops.
+MAX_DELIVERY_REMINDERS = 3
+BOUNCE_TYPES = frozenset({FailureType.BOUNCE, FailureType.REJECTED})
+STATUS = "status"
+RESEND_FAILED = "resend_failed"
+
+
+class Due:
+    """The next thing the deal will do on its own, and when."""
+
+    def __init__(self, at: datetime, what: str, fire: object) -> None:
+        self.at, self.what, self.fire = at, what, fire
+
+
+@workflow.defn(name="DealWorkflow")
+class DealWorkflow:
+    """One B2B deal walking the buyer's path.
+
+    Updates (one per ``BuyerSignal``, each refused by its validator with the
+    reason when it makes no sense in the current stage): requirements_clarified,
+    declined_to_talk, discount_requested, price_agreed, next_step_agreed,
+    order_placed, delivery_date_changed, delivered, interview_recorded, lost,
+    disqualified, cancelled; and resend_failed for ops. Query: status.
+    """
+
+    @workflow.init
+    def __init__(self, deal: DealInput) -> None:
+        self.deal = deal
+        self.items = list(deal.items)
+        self.discount = Decimal(0)
+        self.stage = Stage.INQUIRY_RECEIVED
+        self.history: list[StageChange] = []
+        self.messages: list[MessageRecord] = []
+        self.problems: list[str] = []
+        self.outbox: list[Outbound] = []
+        self.threads: dict[Thread, EmailThread] = {}
+        self.bounced: set[str] = set()
+        # Sends that failed for good (template, address, SMTP down too long), kept for `resend`.
+        self.failed: list[Outbound] = []
+        self.sequence = 0
+        # The follow-up clock of the current stage: touches sent, counted from `anchor`.
+        self.touches = 0
+        self.anchor = workflow.now()
+        self.next_step_at: datetime | None = None
+        self.order: OrderPlaced | None = None
+        self.delivery_date: date | None = None
+        self.delivered_at: datetime | None = None
+        self.delivery_reminders = 0
+        self.outcome_reason = ""
+        self.interview: InterviewRecorded | None = None
+        self.interview_invited = False
+        self.interview_pending = False
+        self.changes = 0
+        self.published: tuple[object, ...] = ()
+
+    # --- the loop ---
+
+    @workflow.run
+    async def run(self, deal: DealInput) -> DealStatus:
+        self._open()
+        while True:
+            await self._send_outbox()
+            if self._finished():
+                break
+            due = self._next_due()
+            self._publish(due)
+            if await self._changed_before(due):
+                continue
+            due.fire()  # type: ignore[operator]
+        self._publish(None)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.status()
+
+    async def _changed_before(self, due: Due | None) -> bool:
+        """Sleep until ``due`` or until a signal changes the deal; True if a signal came first."""
+        seen = self.changes
+        if due is None:
+            await workflow.wait_condition(lambda: self.changes != seen)
+            return True
+        wait = due.at - workflow.now()
+        if wait <= timedelta(0):
+            return False
+        try:
+            await workflow.wait_condition(lambda: self.changes != seen, timeout=wait)
+        except TimeoutError:
+            return False
+        return True
+
+    def _open(self) -> None:
+        kind = self.deal.kind
+        if kind is InquiryKind.RFI:
+            self._move(Stage.INQUIRY_RECEIVED, "inquiry", SignalPayload(source="start"))
+            self.outbox.append(task("task_clarify_requirements"))
+        elif kind is InquiryKind.RFP:
+            self._move(Stage.REQUIREMENTS_CLARIFIED, "inquiry", SignalPayload(source="start"))
+            self._send_proposal()
+        else:
+            self._move(Stage.QUOTE_REQUESTED, "inquiry", SignalPayload(source="start"))
+            self.outbox.append(to_buyer("quotation", Thread.QUOTE))
+            self.outbox.append(task("task_negotiate_quote"))
+
+    def _finished(self) -> bool:
+        return self.stage.is_terminal and not self.outbox and not self.interview_pending
+
+    def _next_due(self) -> Due | None:
+        stage, cadence = self.stage, self.deal.cadence
+        if stage in FOLLOW_UPS:
+            delays = cadence.follow_ups(FOLLOW_UPS[stage].cadence)
+            if self.touches < len(delays):
+                at = self.next_step_at or self.anchor + delays[self.touches]
+                return Due(at, f"follow-up {self.touches + 1}", self._follow_up)
+            at = self.next_step_at or self.anchor + cadence.no_response_after
+            return Due(at, "close as no response", self._cadence_exhausted)
+        if stage in (Stage.ORDER_PLACED, Stage.ORDER_CONFIRMED) and self.delivery_date:
+            if self.delivery_reminders >= MAX_DELIVERY_REMINDERS:
+                return None
+            day_after = datetime.combine(self.delivery_date + timedelta(days=1), time(), UTC)
+            at = day_after + cadence.delivery_overdue_after * (self.delivery_reminders + 1)
+            return Due(at, "confirm delivery", self._delivery_overdue)
+        if stage is Stage.DELIVERED and self.delivered_at:
+            return Due(self.delivered_at + cadence.check_in_after, "check-in", self._check_in)
+        if stage is Stage.CHECKED_IN:
+            return Due(self.anchor + cadence.win_loss_after, "win-loss interview", self._win_loss)
+        if stage is Stage.LOST and self.interview_pending:
+            if not self.interview_invited:
+                return Due(self.anchor + cadence.win_loss_after, "loss interview", self._invite)
+            delays = cadence.win_loss
+            if self.touches < len(delays):
+                return Due(
+                    self.anchor + delays[self.touches], "interview reminder", self._follow_up
+                )
+            return Due(
+                self.anchor + cadence.no_response_after, "close interview", self._no_interview
+            )
+        return None
+
+    # --- what fires when a timer comes due ---
+
+    def _follow_up(self) -> None:
+        follow_up = FOLLOW_UPS.get(self.stage, FOLLOW_UPS[Stage.WIN_LOSS_INVITED])
+        self.touches += 1
+        self.outbox.append(
+            to_buyer(
+                follow_up.template,
+                follow_up.thread,
+                touch=self.touches,
+                next_step_at=self.next_step_at,
+            )
+        )
+        self.next_step_at = None
+
+    def _cadence_exhausted(self) -> None:
+        if self.stage is Stage.WIN_LOSS_INVITED:
+            self._move(Stage.WON, "", SignalPayload(source="timer", note="interview not held"))
+            return
+        reason = f"no reply after {self.touches} follow-ups in '{self.stage.value}'"
+        self.outcome_reason = reason
+        self._move(Stage.NO_RESPONSE, "", SignalPayload(source="timer", note=reason))
+        self.outbox.append(task("task_loss_analysis", reason=reason))
+
+    def _delivery_overdue(self) -> None:
+        self.delivery_reminders += 1
+        self.outbox.append(task("task_confirm_delivery"))
+
+    def _check_in(self) -> None:
+        interview_due = (
+            workflow.now() + self.deal.cadence.win_loss_after if self._selected() else None
+        )
+        self.outbox.append(
+            to_buyer("check_in", Thread.CHECK_IN, Stage.CHECKED_IN, interview_due=interview_due)
+        )
+        self.outbox.append(task("task_check_in_call", interview_due=interview_due))
+
+    def _win_loss(self) -> None:
+        if not self._selected():
+            self._move(
+                Stage.WON, "", SignalPayload(source="timer", note="order below win-loss threshold")
+            )
+            return
+        self._invite()
+
+    def _invite(self) -> None:
+        outcome = "lost" if self.stage is Stage.LOST else "won"
+        template = "loss_interview_invitation" if outcome == "lost" else "win_loss_invitation"
+        then_stage = Stage.WIN_LOSS_INVITED if outcome == "won" else None
+        self.outbox.append(
+            to_buyer(template, Thread.WIN_LOSS, then_stage, reason=self.outcome_reason)
+        )
+        self.outbox.append(
+            Outbound(
+                "task_win_loss_interview",
+                Audience.INTERVIEWER,
+                StepFacts(outcome=outcome, reason=self.outcome_reason),
+                restarts_cadence=False,
+            )
+        )
+        self.interview_invited = True
+        self.touches = 0
+
+    def _no_interview(self) -> None:
+        self.interview_pending = False
+        self._changed()
+
+    # --- sending ---
+
+    async def _send_outbox(self) -> None:
+        while self.outbox:
+            outbound = self.outbox.pop(0)
+            await self._send(outbound)
+            if outbound.then_stage is not None and not self.stage.is_terminal:
+                self._move(outbound.then_stage, "", SignalPayload(source="email"))
+
+    async def _send(self, outbound: Outbound) -> None:
+        recipients = self._recipients(outbound.audience)
+        self.sequence += 1
+        step = f"{self.sequence:03d}-{outbound.template}"
+        record = MessageRecord(
+            step=step,
+            template=outbound.template,
+            to=[r.email for r in recipients],
+            at=workflow.now(),
+            outcome="skipped",
+        )
+        self.messages.append(record)
+        blocked = [r.email for r in recipients if r.email.lower() in self.bounced]
+        if blocked:
+            record.error = f"address bounced earlier: {', '.join(blocked)}"
+            self._changed()
+            return
+        thread = self.threads.get(outbound.thread) if outbound.thread else None
+        request = EmailRequest(
+            message_id=f"<{self.deal.deal_id}.{step}@{self.deal.message_domain}>",
+            template=outbound.template,
+            to=recipients,
+            date=workflow.now(),
+            context=EmailContext(
+                deal=self._facts(),
+                recipient=recipients[0],
+                buyer=self._buyer(),
+                step=outbound.step,
+            ),
+            thread=thread,
+        )
+        record.message_id = request.message_id
+        try:
+            receipt: EmailReceipt = await workflow.execute_activity_method(
+                Mailer.send_email,
+                request,
+                start_to_close_timeout=SEND_ATTEMPT_TIMEOUT,
+                schedule_to_close_timeout=self.deal.send_retry_for,
+                retry_policy=SEND_RETRY_POLICY,
+            )
+        except ActivityError as error:
+            self._send_failed(outbound, record, error)
+            return
+        record.outcome, record.subject, record.at = "sent", receipt.subject, workflow.now()
+        if outbound.thread is not None:
+            if thread is None:
+                self.threads[outbound.thread] = EmailThread(
+                    subject=receipt.subject, message_ids=[receipt.message_id]
+                )
+            else:
+                thread.message_ids.append(receipt.message_id)
+        if outbound.audience is Audience.BUYER and outbound.restarts_cadence:
+            self.anchor = workflow.now()
+        self._changed()
+
+    def _send_failed(self, outbound: Outbound, record: MessageRecord, error: ActivityError) -> None:
+        cause = error.cause
+        kind = cause.type if isinstance(cause, ApplicationError) and cause.type else "SendFailed"
+        message = cause.message if cause is not None else error.message
+        record.outcome = "bounced" if kind in BOUNCE_TYPES else "failed"
+        record.error = f"{kind}: {message}"
+        self.problems.append(f"{record.step} to {', '.join(record.to)}: {record.error}")
+        if record.outcome == "failed":
+            self.failed.append(outbound)
+        if record.outcome == "bounced":
+            self.bounced.update(address.lower() for address in record.to)
+            if outbound.audience is Audience.BUYER:
+                self.outbox.append(task("task_fix_address", reason=record.error))
+        self._changed()
+
+    def _recipients(self, audience: Audience) -> list[Party]:
+        deal = self.deal
+        if audience is Audience.BUYER:
+            return [self._buyer()]
+        if audience is Audience.FULFILMENT:
+            return [Party(name="Fulfilment", email=deal.fulfilment_address, role="fulfilment")]
+        if audience is Audience.INTERVIEWER and deal.win_loss_interviewer:
+            return [Party(name="Win-loss interviewer", email=deal.win_loss_interviewer)]
+        return [Party(name="Deal owner", email=deal.owner, role="rep")]
+
+    def _buyer(self) -> Party:
+        contact = self.deal.buyer
+        return Party(
+            name=contact.name, email=contact.email, time_zone=contact.time_zone, role=contact.role
+        )
+
+    # --- state ---
+
+    def _move(self, stage: Stage, signal: str, payload: SignalPayload) -> None:
+        self.stage = stage
+        self.history.append(
+            StageChange(
+                at=workflow.now(),
+                stage=stage,
+                signal=signal,
+                source=payload.source,
+                note=payload.note,
+            )
+        )
+        self.touches = 0
+        self.anchor = workflow.now()
+        self.next_step_at = None
+        self._changed()
+
+    def _changed(self) -> None:
+        self.changes += 1
+
+    def _selected(self) -> bool:
+        return self.value() >= self.deal.cadence.win_loss_min_order_value
+
+    def price(self) -> Decimal:
+        return pricing.discounted(pricing.list_total(self.items), self.discount)
+
+    def value(self) -> Decimal:
+        if self.order is not None and self.order.order_value is not None:
+            return self.order.order_value
+        return self.price()
+
+    def _facts(self) -> DealFacts:
+        return DealFacts(
+            deal_id=self.deal.deal_id,
+            company=self.deal.company,
+            kind=self.deal.kind.value,
+            stage=self.stage.value,
+            currency=self.deal.currency,
+            owner=self.deal.owner,
+            items=[
+                PricedLine(
+                    name=item.name,
+                    quantity=item.quantity,
+                    unit_price=item.list_price,
+                    line_total=pricing.money(item.list_price * item.quantity),
+                )
+                for item in self.items
+            ],
+            list_total=pricing.list_total(self.items),
+            floor_total=pricing.floor_total(self.items, self.deal.cadence.reserved_margin_percent),
+            price=self.price(),
+            discount_percent=self.discount,
+            order_value=self.value() if self.order else None,
+            purchase_order=self.order.purchase_order if self.order else "",
+            delivery_date=self.delivery_date,
+            delivered_at=self.delivered_at,
+        )
+
+    def _publish(self, due: Due | None) -> None:
+        """Upsert the search attributes when they changed, so the pipeline can count and sum."""
+        snapshot = (self.stage, self.value(), due.at if due else None)
+        if snapshot == self.published:
+            return
+        self.published = snapshot
+        workflow.upsert_search_attributes(
+            [
+                DEAL_STAGE.value_set(self.stage.value),
+                DEAL_VALUE.value_set(float(self.value())),
+                DEAL_OWNER.value_set(str(self.deal.owner)),
+                DEAL_NEXT_TOUCH.value_set(due.at) if due else DEAL_NEXT_TOUCH.value_unset(),
+            ]
+        )
+
+    def _send_proposal(self) -> None:
+        self.outbox.append(to_buyer("proposal", Thread.PROPOSAL, Stage.PROPOSAL_RECEIVED))
+
+    # --- buyer signals: one update each, refused with the reason by its validator ---
+
+    def _refuse(self, signal: BuyerSignal) -> None:
+        reason = refusal(signal, self.stage)
+        if reason:
+            raise ValueError(reason)
+
+    def _record(self, signal: BuyerSignal, payload: SignalPayload) -> None:
+        """A signal that keeps the stage: kept in the history all the same, for audit."""
+        self.history.append(
+            StageChange(
+                at=workflow.now(),
+                stage=self.stage,
+                signal=signal.value,
+                source=payload.source,
+                note=payload.note,
+            )
+        )
+        self._changed()
+
+    def _close(self, stage: Stage, signal: BuyerSignal, payload: Closed) -> Stage:
+        self.outcome_reason = payload.reason
+        # A closed deal sends the buyer nothing more that was queued before it closed.
+        self.outbox = [o for o in self.outbox if o.audience is not Audience.BUYER]
+        self._move(stage, signal.value, payload)
+        return self.stage
+
+    @workflow.update(name=BuyerSignal.REQUIREMENTS_CLARIFIED.value)
+    def requirements_clarified(self, signal: RequirementsClarified) -> Stage:
+        if signal.items:
+            self.items = list(signal.items)
+        self._move(Stage.REQUIREMENTS_CLARIFIED, BuyerSignal.REQUIREMENTS_CLARIFIED.value, signal)
+        self._send_proposal()
+        return self.stage
+
+    @requirements_clarified.validator
+    def _check_requirements_clarified(self, signal: RequirementsClarified) -> None:
+        self._refuse(BuyerSignal.REQUIREMENTS_CLARIFIED)
+        if not (signal.items or self.items):
+            raise ValueError("the proposal needs line items: give at least one --item")
+
+    @workflow.update(name=BuyerSignal.DECLINED_TO_TALK.value)
+    def declined_to_talk(self, signal: DeclinedToTalk) -> Stage:
+        self._record(BuyerSignal.DECLINED_TO_TALK, signal)
+        self.outbox.append(to_buyer("general_offer", Thread.PROPOSAL, Stage.PROPOSAL_RECEIVED))
+        return self.stage
+
+    @declined_to_talk.validator
+    def _check_declined_to_talk(self, signal: DeclinedToTalk) -> None:
+        self._refuse(BuyerSignal.DECLINED_TO_TALK)
+
+    @workflow.update(name=BuyerSignal.DISCOUNT_REQUESTED.value)
+    def discount_requested(self, signal: DiscountRequested) -> Stage:
+        self.discount = signal.percent
+        self._move(Stage.QUOTE_REQUESTED, BuyerSignal.DISCOUNT_REQUESTED.value, signal)
+        self.outbox.append(to_buyer("quotation", Thread.QUOTE))
+        return self.stage
+
+    @discount_requested.validator
+    def _check_discount_requested(self, signal: DiscountRequested) -> None:
+        self._refuse(BuyerSignal.DISCOUNT_REQUESTED)
+        reason = pricing.discount_refusal(
+            self.items, self.deal.cadence.reserved_margin_percent, signal.percent
+        )
+        if reason:
+            raise ValueError(reason)
+
+    @workflow.update(name=BuyerSignal.PRICE_AGREED.value)
+    def price_agreed(self, signal: PriceAgreed) -> Stage:
+        self._move(Stage.PRICE_AGREED, BuyerSignal.PRICE_AGREED.value, signal)
+        self.outbox.append(to_buyer("final_offer", Thread.OFFER, Stage.OFFER_RECEIVED))
+        return self.stage
+
+    @price_agreed.validator
+    def _check_price_agreed(self, signal: PriceAgreed) -> None:
+        self._refuse(BuyerSignal.PRICE_AGREED)
+        if not self.items:
+            raise ValueError("the final offer needs line items: record the requirements first")
+
+    @workflow.update(name=BuyerSignal.NEXT_STEP_AGREED.value)
+    def next_step_agreed(self, signal: NextStepAgreed) -> Stage:
+        self.next_step_at = signal.at
+        self._record(BuyerSignal.NEXT_STEP_AGREED, signal)
+        return self.stage
+
+    @next_step_agreed.validator
+    def _check_next_step_agreed(self, signal: NextStepAgreed) -> None:
+        self._refuse(BuyerSignal.NEXT_STEP_AGREED)
+        if signal.at <= workflow.now():
+            raise ValueError(f"the agreed next step {signal.at.isoformat()} is in the past")
+
+    @workflow.update(name=BuyerSignal.ORDER_PLACED.value)
+    def order_placed(self, signal: OrderPlaced) -> Stage:
+        self.order = signal
+        self.delivery_date = signal.delivery_date
+        self._move(Stage.ORDER_PLACED, BuyerSignal.ORDER_PLACED.value, signal)
+        self.outbox.append(to_buyer("order_confirmation", Thread.ORDER, Stage.ORDER_CONFIRMED))
+        self.outbox.append(Outbound("fulfilment_hand_over", Audience.FULFILMENT))
+        return self.stage
+
+    @order_placed.validator
+    def _check_order_placed(self, signal: OrderPlaced) -> None:
+        self._refuse(BuyerSignal.ORDER_PLACED)
+        if signal.delivery_date < workflow.now().date():
+            raise ValueError(f"the delivery date {signal.delivery_date} is in the past")
+        if signal.order_value is None and not self.items:
+            raise ValueError("the deal has no line items: give the order value (--value)")
+
+    @workflow.update(name=BuyerSignal.DELIVERY_DATE_CHANGED.value)
+    def delivery_date_changed(self, signal: DeliveryDateChanged) -> Stage:
+        previous, self.delivery_date = self.delivery_date, signal.delivery_date
+        self._record(BuyerSignal.DELIVERY_DATE_CHANGED, signal)
+        if self.stage is Stage.DELIVERED:
+            # A correction of when delivery really happened: the check-in re-plans from it.
+            self.delivered_at = datetime.combine(signal.delivery_date, time(12), UTC)
+            return self.stage
+        self.delivery_reminders = 0
+        self.outbox.append(
+            to_buyer(
+                "delivery_date_changed",
+                Thread.ORDER,
+                previous_delivery_date=previous,
+                reason=signal.reason,
+            )
+        )
+        return self.stage
+
+    @delivery_date_changed.validator
+    def _check_delivery_date_changed(self, signal: DeliveryDateChanged) -> None:
+        self._refuse(BuyerSignal.DELIVERY_DATE_CHANGED)
+        if signal.delivery_date == self.delivery_date:
+            raise ValueError(f"the delivery date is already {signal.delivery_date}")
+
+    @workflow.update(name=BuyerSignal.DELIVERED.value)
+    def delivered(self, signal: Delivered) -> Stage:
+        self.delivered_at = signal.delivered_at or workflow.now()
+        self.delivery_date = self.delivered_at.date()
+        self._move(Stage.DELIVERED, BuyerSignal.DELIVERED.value, signal)
+        self.outbox.append(to_buyer("delivery_notice", Thread.ORDER))
+        self.outbox.append(task("task_issue_invoice"))
+        return self.stage
+
+    @delivered.validator
+    def _check_delivered(self, signal: Delivered) -> None:
+        self._refuse(BuyerSignal.DELIVERED)
+        if signal.delivered_at and signal.delivered_at > workflow.now():
+            raise ValueError("the delivery time is in the future; record it once delivered")
+
+    @workflow.update(name=BuyerSignal.INTERVIEW_RECORDED.value)
+    def interview_recorded(self, signal: InterviewRecorded) -> Stage:
+        self.interview = signal
+        self.interview_pending = False
+        if self.stage is Stage.WIN_LOSS_INVITED:
+            self._move(Stage.WON, BuyerSignal.INTERVIEW_RECORDED.value, signal)
+        else:
+            self._record(BuyerSignal.INTERVIEW_RECORDED, signal)
+        return self.stage
+
+    @interview_recorded.validator
+    def _check_interview_recorded(self, signal: InterviewRecorded) -> None:
+        self._refuse(BuyerSignal.INTERVIEW_RECORDED)
+        if self.stage is Stage.LOST and not (self.interview_pending and self.interview_invited):
+            raise ValueError("no loss interview was invited for this deal")
+
+    @workflow.update(name=BuyerSignal.LOST.value)
+    def lost(self, signal: Closed) -> Stage:
+        self.interview_pending = self._selected()
+        return self._close(Stage.LOST, BuyerSignal.LOST, signal)
+
+    @lost.validator
+    def _check_lost(self, signal: Closed) -> None:
+        self._refuse(BuyerSignal.LOST)
+
+    @workflow.update(name=BuyerSignal.DISQUALIFIED.value)
+    def disqualified(self, signal: Closed) -> Stage:
+        return self._close(Stage.DISQUALIFIED, BuyerSignal.DISQUALIFIED, signal)
+
+    @disqualified.validator
+    def _check_disqualified(self, signal: Closed) -> None:
+        self._refuse(BuyerSignal.DISQUALIFIED)
+
+    @workflow.update(name=BuyerSignal.CANCELLED.value)
+    def cancelled(self, signal: Closed) -> Stage:
+        self.interview_pending = False
+        self.outbox.clear()
+        return self._close(Stage.CANCELLED, BuyerSignal.CANCELLED, signal)
+
+    @cancelled.validator
+    def _check_cancelled(self, signal: Closed) -> None:
+        self._refuse(BuyerSignal.CANCELLED)
+
+    @workflow.update(name=RESEND_FAILED)
+    def resend_failed(self, signal: SignalPayload) -> int:
+        """Ops: send again what failed for good, once its cause is fixed (template, SMTP)."""
+        count = len(self.failed)
+        self.outbox.extend(self.failed)
+        self.failed.clear()
+        self._changed()
+        return count
+
+    @resend_failed.validator
+    def _check_resend_failed(self, signal: SignalPayload) -> None:
+        if not self.failed:
+            raise ValueError("the deal has no failed email to send again")
+
+    # --- status ---
+
+    @workflow.query(name=STATUS)
+    def status(self) -> DealStatus:
+        due = None if self._finished() else self._next_due()
+        return DealStatus(
+            deal_id=self.deal.deal_id,
+            company=self.deal.company,
+            kind=self.deal.kind,
+            owner=str(self.deal.owner),
+            currency=self.deal.currency,
+            stage=self.stage,
+            value=self.value(),
+            list_total=pricing.list_total(self.items),
+            floor_total=pricing.floor_total(self.items, self.deal.cadence.reserved_margin_percent),
+            discount_percent=self.discount,
+            delivery_date=self.delivery_date,
+            delivered_at=self.delivered_at,
+            outcome_reason=self.outcome_reason,
+            next_touch=NextTouch(what=due.what, at=due.at) if due else None,
+            history=list(self.history),
+            messages=list(self.messages),
+            problems=list(self.problems),
+            interview=self.interview,
+            buyer_time_zone=self.deal.buyer.time_zone,
+        )

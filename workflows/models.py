@@ -1,0 +1,235 @@
+"""Typed data that crosses the deal workflow's boundary: its input, the buyer
+signals (one model per update) and the status it reports.
+
+Fields are added with defaults, never as new required fields, so that running
+deals keep decoding (ARCHITECTURE.md, rule 2).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from workflows.stages import InquiryKind, Stage
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("needs a time zone offset, e.g. 2026-12-01T10:00+01:00")
+    return value
+
+
+AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Contact(Model):
+    """A person on the buyer's side. ``time_zone`` is an IANA name (checked by the CLI)."""
+
+    name: str = Field(min_length=1)
+    email: EmailStr
+    time_zone: str = "UTC"
+    role: str = "buyer"
+
+
+class LineItem(Model):
+    """One catalogue line. ``floor_price`` defaults to the list price less the reserved margin."""
+
+    name: str = Field(min_length=1)
+    quantity: Decimal = Field(default=Decimal(1), gt=0)
+    list_price: Money
+    floor_price: Money | None = None
+
+    @field_validator("floor_price")
+    @classmethod
+    def _floor_not_above_list(cls, floor: Decimal | None, info) -> Decimal | None:  # type: ignore[no-untyped-def]
+        list_price = info.data.get("list_price")
+        if floor is not None and list_price is not None and floor > list_price:
+            raise ValueError(f"floor price {floor} is above the list price {list_price}")
+        return floor
+
+
+Delays = list[timedelta]
+
+
+class Cadence(Model):
+    """Every timing of a deal. Defaults come from settings; a deal may override any field.
+
+    Follow-up lists give the silence to wait before each touch, counted from
+    the previous outbound email of the stage.
+    """
+
+    inquiry: Delays = Field(default_factory=lambda: [timedelta(days=2), timedelta(days=4)])
+    proposal: Delays = Field(
+        default_factory=lambda: [timedelta(days=2), timedelta(days=4), timedelta(days=7)]
+    )
+    quote: Delays = Field(default_factory=lambda: [timedelta(days=2), timedelta(days=4)])
+    offer: Delays = Field(
+        default_factory=lambda: [timedelta(days=2), timedelta(days=4), timedelta(days=7)]
+    )
+    win_loss: Delays = Field(default_factory=lambda: [timedelta(days=5)])
+    no_response_after: timedelta = timedelta(days=7)
+    delivery_overdue_after: timedelta = timedelta(days=1)
+    check_in_after: timedelta = timedelta(days=1)
+    win_loss_after: timedelta = timedelta(days=21)
+    win_loss_min_order_value: Money = Decimal(5000)
+    reserved_margin_percent: Decimal = Field(default=Decimal(10), ge=0, lt=100)
+
+    def follow_ups(self, cadence_name: str) -> Delays:
+        delays: Delays = getattr(self, cadence_name)
+        return delays
+
+
+class DealInput(Model):
+    """Everything a deal needs to run; resolved by the starter from settings and the deal file."""
+
+    deal_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    company: str = Field(min_length=1)
+    contacts: list[Contact] = Field(min_length=1)
+    owner: EmailStr
+    kind: InquiryKind
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    items: list[LineItem] = Field(default_factory=list)
+    cadence: Cadence = Field(default_factory=Cadence)
+    fulfilment_address: EmailStr
+    win_loss_interviewer: EmailStr | None = None
+    message_domain: str = "example.com"
+    # How long a send may keep failing transiently (SMTP down) before it is recorded as failed.
+    send_retry_for: timedelta = timedelta(hours=24)
+
+    @model_validator(mode="after")
+    def _priced_inquiry_has_items(self) -> DealInput:
+        if self.kind is not InquiryKind.RFI and not self.items:
+            raise ValueError(f"an {self.kind.value.upper()} deal needs at least one line item")
+        return self
+
+    @property
+    def buyer(self) -> Contact:
+        return self.contacts[0]
+
+
+# --- Buyer signals: one payload per update (see stages.BuyerSignal) ---
+
+
+class SignalPayload(Model):
+    """Who recorded the signal and why: kept in the stage history for audit."""
+
+    source: str = "ops"
+    note: str = ""
+
+
+class RequirementsClarified(SignalPayload):
+    items: list[LineItem] = Field(default_factory=list)
+
+
+class DeclinedToTalk(SignalPayload):
+    pass
+
+
+class DiscountRequested(SignalPayload):
+    percent: Decimal = Field(gt=0, lt=100)
+
+
+class PriceAgreed(SignalPayload):
+    pass
+
+
+class NextStepAgreed(SignalPayload):
+    at: AwareDatetime
+
+
+class OrderPlaced(SignalPayload):
+    delivery_date: date
+    order_value: Money | None = None
+    purchase_order: str = ""
+
+
+class DeliveryDateChanged(SignalPayload):
+    delivery_date: date
+    reason: str = Field(min_length=1)
+
+
+class Delivered(SignalPayload):
+    delivered_at: AwareDatetime | None = None
+
+
+class InterviewRecorded(SignalPayload):
+    """The four question groups of PROCESS.md step 10."""
+
+    why_decided: str = Field(min_length=1)
+    decision_process: str = Field(min_length=1)
+    rep_rating: str = Field(min_length=1)
+    cooperation_rating: str = Field(min_length=1)
+
+
+class Closed(SignalPayload):
+    """Lost, disqualified or cancelled: always with the reason."""
+
+    reason: str = Field(min_length=1)
+
+
+# --- What the deal reports ---
+
+
+class StageChange(Model):
+    at: datetime
+    stage: Stage
+    signal: str = ""
+    source: str = ""
+    note: str = ""
+
+
+MessageOutcome = Literal["sent", "bounced", "failed", "skipped"]
+
+
+class MessageRecord(Model):
+    step: str
+    template: str
+    to: list[str]
+    at: datetime
+    outcome: MessageOutcome
+    message_id: str = ""
+    subject: str = ""
+    error: str = ""
+
+
+class NextTouch(Model):
+    what: str
+    at: datetime
+
+
+class DealStatus(Model):
+    deal_id: str
+    company: str
+    kind: InquiryKind
+    owner: str
+    currency: str
+    stage: Stage
+    value: Decimal
+    list_total: Decimal
+    floor_total: Decimal
+    discount_percent: Decimal
+    delivery_date: date | None = None
+    delivered_at: datetime | None = None
+    outcome_reason: str = ""
+    next_touch: NextTouch | None = None
+    history: list[StageChange] = Field(default_factory=list)
+    messages: list[MessageRecord] = Field(default_factory=list)
+    problems: list[str] = Field(default_factory=list)
+    interview: InterviewRecorded | None = None
+    buyer_time_zone: str = "UTC"

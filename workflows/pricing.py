@@ -1,0 +1,69 @@
+"""Price arithmetic for proposals and quotes: list totals, the floor, discounts.
+
+The proposal quotes list prices, which keep a reserved margin above the floor
+(PROCESS.md: "keep a safety margin in the price, because an RFQ will follow").
+An RFQ may concede that margin and nothing below the floor.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+
+from workflows.models import LineItem
+
+CENT = Decimal("0.01")
+HUNDRED = Decimal(100)
+
+
+def money(value: Decimal) -> Decimal:
+    return value.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def list_total(items: list[LineItem]) -> Decimal:
+    return money(sum((item.list_price * item.quantity for item in items), Decimal(0)))
+
+
+def floor_unit_price(item: LineItem, reserved_margin_percent: Decimal) -> Decimal:
+    if item.floor_price is not None:
+        return item.floor_price
+    return item.list_price * (HUNDRED - reserved_margin_percent) / HUNDRED
+
+
+def floor_total(items: list[LineItem], reserved_margin_percent: Decimal) -> Decimal:
+    return money(
+        sum(
+            (floor_unit_price(item, reserved_margin_percent) * item.quantity for item in items),
+            Decimal(0),
+        )
+    )
+
+
+def discounted(total: Decimal, percent: Decimal) -> Decimal:
+    return money(total * (HUNDRED - percent) / HUNDRED)
+
+
+def max_discount_percent(items: list[LineItem], reserved_margin_percent: Decimal) -> Decimal:
+    """The largest discount off the list total that stays at or above the floor."""
+    total = list_total(items)
+    if total == 0:
+        return Decimal(0)
+    floor = floor_total(items, reserved_margin_percent)
+    return ((total - floor) / total * HUNDRED).quantize(CENT, rounding="ROUND_DOWN")
+
+
+def discount_refusal(
+    items: list[LineItem], reserved_margin_percent: Decimal, percent: Decimal
+) -> str | None:
+    """Why a requested discount cannot be granted, or None when it stays above the floor."""
+    if not items:
+        return "the deal has no line items to discount; record the requirements first"
+    total = list_total(items)
+    price = discounted(total, percent)
+    floor = floor_total(items, reserved_margin_percent)
+    if price < floor:
+        most = max_discount_percent(items, reserved_margin_percent)
+        return (
+            f"a {percent}% discount would price the deal at {price}, below the floor of {floor}; "
+            f"the most that can be conceded is {most}%"
+        )
+    return None
