@@ -13,6 +13,7 @@ import sys
 import typer
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.mailer import Mailer, Sender
 from activities.rendering import TemplateLibrary
@@ -54,6 +55,12 @@ def build_worker(client: Client, settings: Settings, mailer: Mailer | None = Non
         activities=[mailer.send_email],
         max_cached_workflows=settings.max_cached_workflows,
         max_concurrent_activities=settings.max_concurrent_activities,
+        workflow_runner=SandboxedWorkflowRunner(
+            # pydantic's EmailStr imports these lazily; load them once, outside the sandbox.
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(
+                "email_validator", "idna"
+            )
+        ),
     )
 
 

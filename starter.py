@@ -1,0 +1,596 @@
+"""The ops CLI: start deals, record buyer signals, read status and the pipeline.
+
+Every command exits 0 when done, 1 with one line on stderr when the input or
+the deal's stage refuses it (nothing is written to the deal then), and 2 on a
+usage error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import functools
+import inspect
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from temporalio.api.enums.v1 import WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.client import (
+    WorkflowExecutionStatus as ExecutionStatus,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from connection import TemporalUnreachable, connect
+from deal_intake import (
+    CSV_COLUMNS,
+    BadInput,
+    build_deal,
+    deal_from_row,
+    explain,
+    local_moment,
+    parse_contact,
+    parse_date,
+    parse_items,
+    read_deal_file,
+)
+from settings import Settings, demo_cadence, load_settings
+from workflows.deal import RESEND_FAILED, STATUS, DealWorkflow
+from workflows.models import (
+    Closed,
+    DealInput,
+    DealStatus,
+    DeclinedToTalk,
+    Delivered,
+    DeliveryDateChanged,
+    DiscountRequested,
+    InterviewRecorded,
+    NextStepAgreed,
+    OrderPlaced,
+    PriceAgreed,
+    RequirementsClarified,
+    SignalPayload,
+)
+from workflows.search_attributes import DEAL_OWNER, DEAL_STAGE, DEAL_VALUE
+from workflows.stages import BuyerSignal, InquiryKind, Stage
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+T = TypeVar("T")
+
+
+class Refused(Exception):
+    """The deal (or Temporal) refused the command; the message says why and what to do."""
+
+
+def workflow_id(deal_id: str) -> str:
+    return f"deal-{deal_id}"
+
+
+# --- operations (usable without the CLI: tests and benchmarks call these) ---
+
+
+async def start_deal(client: Client, settings: Settings, deal: DealInput) -> WorkflowHandle:
+    try:
+        return await client.start_workflow(
+            DealWorkflow.run,
+            deal,
+            id=workflow_id(deal.deal_id),
+            task_queue=settings.temporal_task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(DEAL_OWNER, str(deal.owner)),
+                    SearchAttributePair(DEAL_STAGE, "Starting"),
+                    SearchAttributePair(DEAL_VALUE, 0.0),
+                ]
+            ),
+        )
+    except WorkflowAlreadyStartedError:
+        raise Refused(
+            f"deal {deal.deal_id!r} was already started; pick a new deal id "
+            f"(see 'starter.py status {deal.deal_id}')"
+        ) from None
+
+
+async def record(
+    client: Client, deal_id: str, signal: BuyerSignal | str, payload: BaseModel
+) -> Any:
+    """Send one buyer signal as an update; the deal's validator may refuse it with a reason."""
+    name = signal.value if isinstance(signal, BuyerSignal) else signal
+    handle = client.get_workflow_handle(workflow_id(deal_id))
+    try:
+        return await handle.execute_update(name, payload)
+    except WorkflowUpdateFailedError as error:
+        cause = error.cause
+        reason = getattr(cause, "message", None) or str(cause or error)
+        raise Refused(f"deal {deal_id!r} refused {name}: {reason}") from None
+    except RPCError as error:
+        raise await _explain_rpc(client, deal_id, error) from None
+
+
+async def status(client: Client, deal_id: str) -> DealStatus:
+    handle = client.get_workflow_handle(workflow_id(deal_id))
+    try:
+        return await handle.query(STATUS, result_type=DealStatus)
+    except RPCError as error:
+        raise await _explain_rpc(client, deal_id, error) from None
+
+
+async def _explain_rpc(client: Client, deal_id: str, error: RPCError) -> Refused:
+    if error.status == RPCStatusCode.NOT_FOUND:
+        return Refused(f"no deal {deal_id!r}: check the id with 'starter.py pipeline'")
+    try:
+        described = await client.get_workflow_handle(workflow_id(deal_id)).describe()
+    except RPCError:
+        return Refused(f"deal {deal_id!r}: {error.message}")
+    if described.status != ExecutionStatus.RUNNING:
+        stage = described.typed_search_attributes.get(DEAL_STAGE) or "closed"
+        return Refused(f"deal {deal_id!r} is closed ({stage}); it takes no more signals")
+    return Refused(f"deal {deal_id!r}: {error.message}")
+
+
+@dataclass
+class PipelineRow:
+    stage: str
+    deals: int = 0
+    value: Decimal = Decimal(0)
+
+
+async def pipeline(client: Client, owner: str | None = None) -> list[PipelineRow]:
+    """Count and value per stage, from Temporal visibility (no workflow is asked)."""
+    query = "WorkflowType = 'DealWorkflow'"
+    if owner:
+        query += f" AND DealOwner = '{owner}'"
+    rows: dict[str, PipelineRow] = {}
+    async for execution in client.list_workflows(query):
+        attributes = execution.typed_search_attributes
+        stage = attributes.get(DEAL_STAGE) or "Starting"
+        if execution.status not in (ExecutionStatus.RUNNING, ExecutionStatus.COMPLETED):
+            stage = f"{stage} ({WorkflowExecutionStatus.Name(int(execution.status or 0))})"
+        row = rows.setdefault(stage, PipelineRow(stage))
+        row.deals += 1
+        row.value += Decimal(str(attributes.get(DEAL_VALUE) or 0)).quantize(Decimal("0.01"))
+    order = {stage.value: index for index, stage in enumerate(Stage)}
+    return sorted(rows.values(), key=lambda row: (order.get(row.stage, len(order)), row.stage))
+
+
+@dataclass
+class BulkResult:
+    started: list[str]
+    failed: list[tuple[int, str, str]]  # (CSV line, deal id, reason)
+
+
+async def bulk_start(
+    client: Client,
+    settings: Settings,
+    rows: Sequence[dict[str, str | None]],
+    on_done: Callable[[], None] = lambda: None,
+) -> BulkResult:
+    """Start one deal per row; a bad row is reported and never stops the others."""
+    result = BulkResult([], [])
+    slots = asyncio.Semaphore(settings.bulk_start_concurrency)
+
+    async def one(line: int, row: dict[str, str | None]) -> None:
+        deal_id = (row.get("deal_id") or "").strip()
+        try:
+            deal = deal_from_row(settings, row)
+            async with slots:
+                await start_deal(client, settings, deal)
+            result.started.append(deal_id)
+        except (BadInput, Refused) as error:
+            result.failed.append((line, deal_id, str(error)))
+        except RPCError as error:
+            result.failed.append((line, deal_id, f"Temporal refused the start: {error.message}"))
+        finally:
+            on_done()
+
+    await asyncio.gather(*(one(line, row) for line, row in enumerate(rows, start=2)))
+    result.failed.sort()
+    return result
+
+
+# --- CLI plumbing ---
+
+
+def _run(command: Callable[..., Awaitable[T]]) -> Callable[..., T]:
+    """Run an async command with a connected client; turn known failures into one line."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        settings = load_settings()
+
+        async def main() -> T:
+            client = await connect(settings)
+            return await command(client, settings, *args, **kwargs)
+
+        try:
+            return asyncio.run(main())
+        except (Refused, BadInput, TemporalUnreachable) as error:
+            err.print(f"dealflow: {error}")
+            raise typer.Exit(1) from None
+
+    # Typer reads the options from the signature: hide the injected client and settings.
+    signature = inspect.signature(command)
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=list(signature.parameters.values())[2:]
+    )
+    return wrapper
+
+
+def _payload(model: type[BaseModel], **fields: Any) -> Any:
+    try:
+        return model.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as error:
+        raise BadInput(explain(error)) from None
+
+
+def _signal_command(
+    name: str, signal: BuyerSignal, help_text: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command that turns its options into ``signal``'s payload."""
+
+    def register(build: Callable[..., Any]) -> Callable[..., Any]:
+        async def run(client: Client, settings: Settings, deal_id: str, **options: Any) -> None:
+            payload = await build(client, deal_id, **options)
+            stage = await record(client, deal_id, signal, payload)
+            out.print(f"{deal_id}: {signal.value} recorded; stage is now {Stage(stage).value}")
+
+        parameters = list(inspect.signature(build).parameters.values())
+        settings = inspect.Parameter("settings", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        run.__signature__ = inspect.Signature([parameters[0], settings, *parameters[1:]])  # type: ignore[attr-defined]
+        run.__annotations__ = {**build.__annotations__}
+        run.__doc__ = help_text
+        app.command(name, help=help_text)(_run(run))
+        return build
+
+    return register
+
+
+DealId = typer.Argument(..., help="The deal id given at start.")
+Note = typer.Option("", "--note", help="Free text kept in the stage history.")
+Source = typer.Option("ops", "--source", help="Who reports the signal (kept for audit).")
+
+
+# --- commands ---
+
+
+@app.command()
+@_run
+async def start(
+    client: Client,
+    settings: Settings,
+    deal_id: str = typer.Option(None, "--id", help="Deal id (letters, digits, . _ -)."),
+    company: str = typer.Option(None, help="The buyer's company."),
+    contact: list[str] = typer.Option(None, help="'Name <email>'; repeat for several."),
+    time_zone: str = typer.Option("UTC", "--tz", help="The buyer's IANA time zone."),
+    owner: str = typer.Option(None, help="The rep's email (default DEALFLOW_REP_ADDRESS)."),
+    kind: InquiryKind = typer.Option(None, help="rfi, rfp or rfq."),
+    currency: str = typer.Option(None, help="ISO currency code (default EUR)."),
+    item: list[str] = typer.Option(None, help="NAME:QTY:LIST_PRICE[:FLOOR]; repeat."),
+    file: Path = typer.Option(None, help="A JSON deal file (fields of DealInput)."),
+    demo: bool = typer.Option(False, help="Use the demo cadence (seconds, not days)."),
+) -> None:
+    """Start one deal from flags or a JSON deal file."""
+    fields: dict[str, Any] = read_deal_file(file) if file else {}
+    flags = {"deal_id": deal_id, "company": company, "owner": owner, "currency": currency}
+    fields.update({key: value for key, value in flags.items() if value})
+    if kind:
+        fields["kind"] = kind.value
+    if contact:
+        fields["contacts"] = [parse_contact(text, time_zone) for text in contact]
+    if item:
+        fields["items"] = [i.model_dump() for i in parse_items(item)]
+    if demo:
+        fields["cadence"] = {**demo_cadence().model_dump(), **fields.get("cadence", {})}
+    deal = build_deal(settings, fields)
+    await start_deal(client, settings, deal)
+    out.print(f"{deal.deal_id}: started as {deal.kind.value.upper()} for {deal.company}")
+
+
+@app.command("bulk-start")
+@_run
+async def bulk_start_command(
+    client: Client,
+    settings: Settings,
+    csv_file: Path = typer.Argument(..., help=f"CSV with columns: {', '.join(CSV_COLUMNS)}."),
+) -> None:
+    """Start many deals from a CSV file; bad rows are reported, the rest start."""
+    try:
+        with csv_file.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise BadInput(f"cannot read {csv_file}: {error.strerror}") from None
+    columns = [
+        TextColumn("starting deals"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=err, transient=False) as progress:
+        bar = progress.add_task("start", total=len(rows))
+        result = await bulk_start(client, settings, rows, lambda: progress.advance(bar))
+    out.print(f"started {len(result.started)} of {len(rows)} deals")
+    if result.failed:
+        table = Table("line", "deal", "problem", title="rows not started")
+        for line, deal_id, reason in result.failed:
+            table.add_row(str(line), deal_id or "-", reason)
+        err.print(table)
+        raise Refused(f"{len(result.failed)} row(s) not started; fix them and run again")
+
+
+@_signal_command(
+    "clarified",
+    BuyerSignal.REQUIREMENTS_CLARIFIED,
+    "RFI: the buyer clarified requirements; the proposal goes out.",
+)
+async def _clarified(
+    client: Client,
+    deal_id: str = DealId,
+    item: list[str] = typer.Option(None, help="NAME:QTY:LIST_PRICE[:FLOOR]; repeat."),
+    note: str = Note,
+    source: str = Source,
+) -> RequirementsClarified:
+    return _payload(RequirementsClarified, items=parse_items(item or []), note=note, source=source)
+
+
+@_signal_command(
+    "declined",
+    BuyerSignal.DECLINED_TO_TALK,
+    "RFI: the buyer declined a call; the general offer goes out.",
+)
+async def _declined(
+    client: Client, deal_id: str = DealId, note: str = Note, source: str = Source
+) -> DeclinedToTalk:
+    return _payload(DeclinedToTalk, note=note, source=source)
+
+
+@_signal_command(
+    "discount",
+    BuyerSignal.DISCOUNT_REQUESTED,
+    "RFQ: the buyer asks for a discount (percent off the list total); refused below the floor.",
+)
+async def _discount(
+    client: Client,
+    deal_id: str = DealId,
+    percent: str = typer.Argument(..., help="Discount in percent, e.g. 7.5."),
+    note: str = Note,
+    source: str = Source,
+) -> DiscountRequested:
+    return _payload(DiscountRequested, percent=percent, note=note, source=source)
+
+
+@_signal_command(
+    "agreed", BuyerSignal.PRICE_AGREED, "The buyer agreed the price; the final offer goes out."
+)
+async def _agreed(
+    client: Client, deal_id: str = DealId, note: str = Note, source: str = Source
+) -> PriceAgreed:
+    return _payload(PriceAgreed, note=note, source=source)
+
+
+@_signal_command(
+    "next-step",
+    BuyerSignal.NEXT_STEP_AGREED,
+    "The buyer named the next contact date; it replaces the next follow-up's delay.",
+)
+async def _next_step(
+    client: Client,
+    deal_id: str = DealId,
+    when: str = typer.Argument(..., help="ISO date (09:00 buyer-local) or date-time."),
+    note: str = Note,
+    source: str = Source,
+) -> NextStepAgreed:
+    zone = (await status(client, deal_id)).buyer_time_zone
+    return _payload(NextStepAgreed, at=local_moment(when, zone), note=note, source=source)
+
+
+@_signal_command(
+    "order",
+    BuyerSignal.ORDER_PLACED,
+    "The buyer placed the order; confirmation and fulfilment hand-over go out.",
+)
+async def _order(
+    client: Client,
+    deal_id: str = DealId,
+    delivery: str = typer.Option(..., help="Promised delivery date (ISO)."),
+    value: str = typer.Option(None, help="Order value (default: the offered price)."),
+    po: str = typer.Option("", help="The buyer's purchase-order number."),
+    note: str = Note,
+    source: str = Source,
+) -> OrderPlaced:
+    return _payload(
+        OrderPlaced,
+        delivery_date=parse_date(delivery),
+        order_value=value,
+        purchase_order=po,
+        note=note,
+        source=source,
+    )
+
+
+@_signal_command(
+    "delivery-date",
+    BuyerSignal.DELIVERY_DATE_CHANGED,
+    "The delivery date moved; the buyer is told (after delivery: corrects it).",
+)
+async def _delivery_date(
+    client: Client,
+    deal_id: str = DealId,
+    new_date: str = typer.Argument(..., help="The new delivery date (ISO)."),
+    reason: str = typer.Option(..., help="Why it moved (told to the buyer)."),
+    note: str = Note,
+    source: str = Source,
+) -> DeliveryDateChanged:
+    return _payload(
+        DeliveryDateChanged,
+        delivery_date=parse_date(new_date),
+        reason=reason,
+        note=note,
+        source=source,
+    )
+
+
+@_signal_command(
+    "delivered",
+    BuyerSignal.DELIVERED,
+    "The order was delivered; delivery notice, invoice task, check-in planned.",
+)
+async def _delivered(
+    client: Client,
+    deal_id: str = DealId,
+    at: str = typer.Option(None, help="When it was delivered (ISO; default now)."),
+    note: str = Note,
+    source: str = Source,
+) -> Delivered:
+    moment = None
+    if at:
+        moment = local_moment(at, (await status(client, deal_id)).buyer_time_zone)
+    return _payload(Delivered, delivered_at=moment, note=note, source=source)
+
+
+@_signal_command(
+    "interview",
+    BuyerSignal.INTERVIEW_RECORDED,
+    "Record the win-loss interview's answers (ends a won deal).",
+)
+async def _interview(
+    client: Client,
+    deal_id: str = DealId,
+    why: str = typer.Option(..., help="Why the buyer decided as they did."),
+    process: str = typer.Option(..., help="How their decision process went, who took part."),
+    rep: str = typer.Option(..., help="How they rate the rep."),
+    cooperation: str = typer.Option(..., help="How they rate the cooperation."),
+    note: str = Note,
+    source: str = Source,
+) -> InterviewRecorded:
+    return _payload(
+        InterviewRecorded,
+        why_decided=why,
+        decision_process=process,
+        rep_rating=rep,
+        cooperation_rating=cooperation,
+        note=note,
+        source=source,
+    )
+
+
+def _closing(name: str, signal: BuyerSignal, help_text: str) -> None:
+    async def build(
+        client: Client,
+        deal_id: str = DealId,
+        reason: str = typer.Option(..., help="Why (kept on the deal)."),
+        note: str = Note,
+        source: str = Source,
+    ) -> Closed:
+        return _payload(Closed, reason=reason, note=note, source=source)
+
+    build.__name__ = f"_{name}"
+    _signal_command(name, signal, help_text)(build)
+
+
+_closing("lost", BuyerSignal.LOST, "The buyer chose not to buy; loss interview if selected.")
+_closing("disqualify", BuyerSignal.DISQUALIFIED, "The buyer does not fit; the deal ends.")
+_closing("cancel", BuyerSignal.CANCELLED, "Ops cancel: the deal ends and sends nothing more.")
+
+
+@app.command()
+@_run
+async def resend(client: Client, settings: Settings, deal_id: str = DealId) -> None:
+    """Send again the deal's emails that failed for good, once the cause is fixed."""
+    count = await record(client, deal_id, RESEND_FAILED, SignalPayload())
+    out.print(f"{deal_id}: {count} email(s) queued again")
+
+
+@app.command("status")
+@_run
+async def status_command(
+    client: Client,
+    settings: Settings,
+    deal_id: str = DealId,
+    json: bool = typer.Option(False, "--json", help="Print the full status as JSON."),
+) -> None:
+    """Where a deal stands: stage, history, next touch, emails sent, problems."""
+    deal = await status(client, deal_id)
+    if json:
+        out.print_json(deal.model_dump_json())
+        return
+    out.print(
+        f"[bold]{deal.deal_id}[/bold] {deal.company} ({deal.kind.value.upper()}) "
+        f"owner {deal.owner}\nstage: [bold]{deal.stage.value}[/bold]  "
+        f"value: {deal.currency} {deal.value:,.2f}"
+        + (f"  discount {deal.discount_percent}%" if deal.discount_percent else "")
+        + (f"\noutcome: {deal.outcome_reason}" if deal.outcome_reason else "")
+    )
+    if deal.next_touch:
+        out.print(f"next: {deal.next_touch.what} at {_when(deal.next_touch.at)}")
+    history = Table("time", "stage", "signal", "source", "note", title="history")
+    for change in deal.history:
+        history.add_row(
+            _when(change.at), change.stage.value, change.signal, change.source, change.note
+        )
+    out.print(history)
+    messages = Table("time", "step", "to", "outcome", "subject / error", title="emails")
+    for message in deal.messages:
+        messages.add_row(
+            _when(message.at), message.step, ", ".join(message.to), message.outcome,
+            message.error or message.subject,
+        )  # fmt: skip
+    out.print(messages)
+    for problem in deal.problems:
+        err.print(f"problem: {problem}")
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@app.command("pipeline")
+@_run
+async def pipeline_command(
+    client: Client,
+    settings: Settings,
+    owner: str = typer.Option(None, help="Only this rep's deals."),
+) -> None:
+    """Count and value of deals per stage (from Temporal visibility)."""
+    rows = await pipeline(client, owner)
+    table = Table("stage", "deals", "value", title="pipeline")
+    for row in rows:
+        table.add_row(row.stage, str(row.deals), f"{row.value:,.2f}")
+    table.add_row("[bold]total[/bold]", str(sum(r.deals for r in rows)),
+                  f"{sum((r.value for r in rows), Decimal(0)):,.2f}")  # fmt: skip
+    out.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
