@@ -36,7 +36,7 @@ class DealFacts(BaseModel):
     stage: str
     currency: str
     owner: str
-    items: list[PricedLine] = Field(default_factory=list)
+    lines: list[PricedLine] = Field(default_factory=list)
     list_total: Decimal = Decimal(0)
     floor_total: Decimal = Decimal(0)
     price: Decimal = Decimal(0)

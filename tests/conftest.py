@@ -83,7 +83,11 @@ class Deals:
             "deal_id": f"D-{uuid.uuid4().hex[:8]}",
             "company": "Buyer & Sons",
             "contacts": [
-                {"name": "Bea Buyer", "email": "bea@buyer.example.org", "time_zone": "Europe/Berlin"}
+                {
+                    "name": "Bea Buyer",
+                    "email": "bea@buyer.example.org",
+                    "time_zone": "Europe/Berlin",
+                }
             ],
             "kind": "rfp",
             "currency": "EUR",

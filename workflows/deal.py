@@ -157,14 +157,14 @@ class DealWorkflow:
         kind = self.deal.kind
         if kind is InquiryKind.RFI:
             self._move(Stage.INQUIRY_RECEIVED, "inquiry", SignalPayload(source="start"))
-            self.outbox.append(task("task_clarify_requirements"))
+            self._queue(task("task_clarify_requirements"))
         elif kind is InquiryKind.RFP:
             self._move(Stage.REQUIREMENTS_CLARIFIED, "inquiry", SignalPayload(source="start"))
             self._send_proposal()
         else:
             self._move(Stage.QUOTE_REQUESTED, "inquiry", SignalPayload(source="start"))
-            self.outbox.append(to_buyer("quotation", Thread.QUOTE))
-            self.outbox.append(task("task_negotiate_quote"))
+            self._queue(to_buyer("quotation", Thread.QUOTE))
+            self._queue(task("task_negotiate_quote"))
 
     def _finished(self) -> bool:
         return self.stage.is_terminal and not self.outbox and not self.interview_pending
@@ -206,7 +206,7 @@ class DealWorkflow:
     def _follow_up(self) -> None:
         follow_up = FOLLOW_UPS.get(self.stage, FOLLOW_UPS[Stage.WIN_LOSS_INVITED])
         self.touches += 1
-        self.outbox.append(
+        self._queue(
             to_buyer(
                 follow_up.template,
                 follow_up.thread,
@@ -223,20 +223,20 @@ class DealWorkflow:
         reason = f"no reply after {self.touches} follow-ups in '{self.stage.value}'"
         self.outcome_reason = reason
         self._move(Stage.NO_RESPONSE, "", SignalPayload(source="timer", note=reason))
-        self.outbox.append(task("task_loss_analysis", reason=reason))
+        self._queue(task("task_loss_analysis", reason=reason))
 
     def _delivery_overdue(self) -> None:
         self.delivery_reminders += 1
-        self.outbox.append(task("task_confirm_delivery"))
+        self._queue(task("task_confirm_delivery"))
 
     def _check_in(self) -> None:
         interview_due = (
             workflow.now() + self.deal.cadence.win_loss_after if self._selected() else None
         )
-        self.outbox.append(
+        self._queue(
             to_buyer("check_in", Thread.CHECK_IN, Stage.CHECKED_IN, interview_due=interview_due)
         )
-        self.outbox.append(task("task_check_in_call", interview_due=interview_due))
+        self._queue(task("task_check_in_call", interview_due=interview_due))
 
     def _win_loss(self) -> None:
         if not self._selected():
@@ -250,10 +250,10 @@ class DealWorkflow:
         outcome = "lost" if self.stage is Stage.LOST else "won"
         template = "loss_interview_invitation" if outcome == "lost" else "win_loss_invitation"
         then_stage = Stage.WIN_LOSS_INVITED if outcome == "won" else None
-        self.outbox.append(
+        self._queue(
             to_buyer(template, Thread.WIN_LOSS, then_stage, reason=self.outcome_reason)
         )
-        self.outbox.append(
+        self._queue(
             Outbound(
                 "task_win_loss_interview",
                 Audience.INTERVIEWER,
@@ -270,11 +270,17 @@ class DealWorkflow:
 
     # --- sending ---
 
+    def _queue(self, outbound: Outbound) -> None:
+        outbound.queued_in = self.stage
+        self.outbox.append(outbound)
+
     async def _send_outbox(self) -> None:
         while self.outbox:
             outbound = self.outbox.pop(0)
             await self._send(outbound)
-            if outbound.then_stage is not None and not self.stage.is_terminal:
+            # A signal that moved the deal meanwhile (delivered before the order
+            # confirmation went out) wins over the stage this email would reach.
+            if outbound.then_stage is not None and self.stage is outbound.queued_in:
                 self._move(outbound.then_stage, "", SignalPayload(source="email"))
 
     async def _send(self, outbound: Outbound) -> None:
@@ -344,7 +350,7 @@ class DealWorkflow:
         if record.outcome == "bounced":
             self.bounced.update(address.lower() for address in record.to)
             if outbound.audience is Audience.BUYER:
-                self.outbox.append(task("task_fix_address", reason=record.error))
+                self._queue(task("task_fix_address", reason=record.error))
         self._changed()
 
     def _recipients(self, audience: Audience) -> list[Party]:
@@ -403,7 +409,7 @@ class DealWorkflow:
             stage=self.stage.value,
             currency=self.deal.currency,
             owner=self.deal.owner,
-            items=[
+            lines=[
                 PricedLine(
                     name=item.name,
                     quantity=item.quantity,
@@ -438,7 +444,7 @@ class DealWorkflow:
         )
 
     def _send_proposal(self) -> None:
-        self.outbox.append(to_buyer("proposal", Thread.PROPOSAL, Stage.PROPOSAL_RECEIVED))
+        self._queue(to_buyer("proposal", Thread.PROPOSAL, Stage.PROPOSAL_RECEIVED))
 
     # --- buyer signals: one update each, refused with the reason by its validator ---
 
@@ -484,7 +490,7 @@ class DealWorkflow:
     @workflow.update(name=BuyerSignal.DECLINED_TO_TALK.value)
     def declined_to_talk(self, signal: DeclinedToTalk) -> Stage:
         self._record(BuyerSignal.DECLINED_TO_TALK, signal)
-        self.outbox.append(to_buyer("general_offer", Thread.PROPOSAL, Stage.PROPOSAL_RECEIVED))
+        self._queue(to_buyer("general_offer", Thread.PROPOSAL, Stage.PROPOSAL_RECEIVED))
         return self.stage
 
     @declined_to_talk.validator
@@ -495,7 +501,7 @@ class DealWorkflow:
     def discount_requested(self, signal: DiscountRequested) -> Stage:
         self.discount = signal.percent
         self._move(Stage.QUOTE_REQUESTED, BuyerSignal.DISCOUNT_REQUESTED.value, signal)
-        self.outbox.append(to_buyer("quotation", Thread.QUOTE))
+        self._queue(to_buyer("quotation", Thread.QUOTE))
         return self.stage
 
     @discount_requested.validator
@@ -510,7 +516,7 @@ class DealWorkflow:
     @workflow.update(name=BuyerSignal.PRICE_AGREED.value)
     def price_agreed(self, signal: PriceAgreed) -> Stage:
         self._move(Stage.PRICE_AGREED, BuyerSignal.PRICE_AGREED.value, signal)
-        self.outbox.append(to_buyer("final_offer", Thread.OFFER, Stage.OFFER_RECEIVED))
+        self._queue(to_buyer("final_offer", Thread.OFFER, Stage.OFFER_RECEIVED))
         return self.stage
 
     @price_agreed.validator
@@ -536,8 +542,8 @@ class DealWorkflow:
         self.order = signal
         self.delivery_date = signal.delivery_date
         self._move(Stage.ORDER_PLACED, BuyerSignal.ORDER_PLACED.value, signal)
-        self.outbox.append(to_buyer("order_confirmation", Thread.ORDER, Stage.ORDER_CONFIRMED))
-        self.outbox.append(Outbound("fulfilment_hand_over", Audience.FULFILMENT))
+        self._queue(to_buyer("order_confirmation", Thread.ORDER, Stage.ORDER_CONFIRMED))
+        self._queue(Outbound("fulfilment_hand_over", Audience.FULFILMENT))
         return self.stage
 
     @order_placed.validator
@@ -557,7 +563,7 @@ class DealWorkflow:
             self.delivered_at = datetime.combine(signal.delivery_date, time(12), UTC)
             return self.stage
         self.delivery_reminders = 0
-        self.outbox.append(
+        self._queue(
             to_buyer(
                 "delivery_date_changed",
                 Thread.ORDER,
@@ -578,8 +584,8 @@ class DealWorkflow:
         self.delivered_at = signal.delivered_at or workflow.now()
         self.delivery_date = self.delivered_at.date()
         self._move(Stage.DELIVERED, BuyerSignal.DELIVERED.value, signal)
-        self.outbox.append(to_buyer("delivery_notice", Thread.ORDER))
-        self.outbox.append(task("task_issue_invoice"))
+        self._queue(to_buyer("delivery_notice", Thread.ORDER))
+        self._queue(task("task_issue_invoice"))
         return self.stage
 
     @delivered.validator

@@ -47,6 +47,7 @@ class Outbound:
     then_stage: Stage | None = None
     # Sent buyer emails restart the stage's follow-up clock.
     restarts_cadence: bool = True
+    queued_in: Stage | None = None
 
 
 @dataclass(frozen=True)
