@@ -150,16 +150,20 @@ class OutboxSink:
         self.refusals: list[str] = []
         self.refused_recipients: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller: Controller | None = None
 
     def start(self) -> OutboxSink:
+        """Listen (again, after a stop: tests simulate an outage that way)."""
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
         self._controller.start()
         return self
 
     def stop(self) -> None:
-        self._controller.stop()
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
 
     async def handle_RCPT(
         self,

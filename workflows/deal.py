@@ -277,13 +277,14 @@ class DealWorkflow:
     async def _send_outbox(self) -> None:
         while self.outbox:
             outbound = self.outbox.pop(0)
-            await self._send(outbound)
+            sent = await self._send(outbound)
             # A signal that moved the deal meanwhile (delivered before the order
             # confirmation went out) wins over the stage this email would reach.
-            if outbound.then_stage is not None and self.stage is outbound.queued_in:
+            if sent and outbound.then_stage is not None and self.stage is outbound.queued_in:
                 self._move(outbound.then_stage, "", SignalPayload(source="email"))
 
-    async def _send(self, outbound: Outbound) -> None:
+    async def _send(self, outbound: Outbound) -> bool:
+        """Send one email; False (recorded on the deal) when it could not go out."""
         recipients = self._recipients(outbound.audience)
         self.sequence += 1
         step = f"{self.sequence:03d}-{outbound.template}"
@@ -299,7 +300,7 @@ class DealWorkflow:
         if blocked:
             record.error = f"address bounced earlier: {', '.join(blocked)}"
             self._changed()
-            return
+            return False
         thread = self.threads.get(outbound.thread) if outbound.thread else None
         request = EmailRequest(
             message_id=f"<{self.deal.deal_id}.{step}@{self.deal.message_domain}>",
@@ -325,7 +326,7 @@ class DealWorkflow:
             )
         except ActivityError as error:
             self._send_failed(outbound, record, error)
-            return
+            return False
         record.outcome, record.subject, record.at = "sent", receipt.subject, workflow.now()
         if outbound.thread is not None:
             if thread is None:
@@ -337,6 +338,7 @@ class DealWorkflow:
         if outbound.audience is Audience.BUYER and outbound.restarts_cadence:
             self.anchor = workflow.now()
         self._changed()
+        return True
 
     def _send_failed(self, outbound: Outbound, record: MessageRecord, error: ActivityError) -> None:
         cause = error.cause

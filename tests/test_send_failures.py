@@ -1,0 +1,132 @@
+"""What happens when an email cannot go out: broken template, SMTP 4xx, 5xx, outage.
+
+Nothing is lost and nothing is sent twice: permanent failures are recorded on
+the deal after one attempt, transient ones are retried until delivered once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
+
+from activities.rendering import TemplateLibrary
+from starter import record, start_deal
+from tests.conftest import Deals, steps
+from tests.test_lifecycle import deal_id, eventually, stage_is, status
+from worker import build_mailer, build_worker
+from workflows.deal import RESEND_FAILED
+from workflows.models import Closed, SignalPayload
+from workflows.stages import BuyerSignal, Stage
+
+
+async def send_attempts(handle: WorkflowHandle) -> list[int]:
+    """The attempt number of each send activity that started, as the history records it."""
+    attempts = []
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            attempts.append(event.activity_task_started_event_attributes.attempt)
+    return attempts
+
+
+async def test_missing_template_variable_is_recorded_once_and_resent_after_the_fix(
+    deals: Deals, tmp_path: Path
+) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(deals.settings.templates_dir, templates)
+    proposal = templates / "proposal" / "body.txt"
+    good = proposal.read_text()
+    proposal.write_text(good + "\nYour code: {{ deal.voucher_code }}\n")
+    broken = deals.settings.model_copy(
+        update={"templates_dir": templates, "temporal_task_queue": f"q-{uuid.uuid4().hex[:8]}"}
+    )
+    deal = deals.input(kind="rfp")
+    mailer = build_mailer(broken)
+    async with build_worker(deals.client, broken, mailer):
+        handle = await start_deal(deals.client, broken, deal)
+
+        async def recorded() -> None:
+            assert (await status(handle)).problems
+
+        await eventually(recorded)
+        current = await status(handle)
+        assert "TemplateProblem" in current.problems[0]
+        assert "voucher_code" in current.problems[0]
+        assert [m.outcome for m in current.messages] == ["failed"]
+        assert current.stage is Stage.REQUIREMENTS_CLARIFIED
+        await asyncio.sleep(3)  # long enough for a retry, had there been one
+        assert await send_attempts(handle) == [1]
+        assert deals.sink.received == []
+
+        # The template is fixed and redeployed (templates are compiled once per worker);
+        # ops send the failed email again.
+        proposal.write_text(good)
+        mailer.templates = TemplateLibrary(templates)
+        assert await record(deals.client, deal.deal_id, RESEND_FAILED, SignalPayload()) == 1
+        messages = await deals.settle(1)
+        assert steps(messages) == ["proposal"]
+        await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+        await record(deals.client, deal.deal_id, BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+async def test_smtp_4xx_is_retried_and_delivered_exactly_once(deals: Deals) -> None:
+    deals.sink.refusals.append("451 4.3.0 Mailbox busy, try again later")
+    handle = await deals.start(kind="rfp")
+    messages = await deals.settle(1)
+    assert steps(messages) == ["proposal"]
+    assert await send_attempts(handle) == [2]
+    current = await status(handle)
+    assert [m.outcome for m in current.messages] == ["sent"]
+    assert current.problems == []
+    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+async def test_smtp_outage_is_waited_out_without_losing_or_doubling_the_email(
+    deals: Deals,
+) -> None:
+    deals.sink.stop()
+    handle = await deals.start(kind="rfp")
+    await asyncio.sleep(3)  # the first attempts meet a refused connection
+    assert (await status(handle)).messages[0].outcome == "skipped"  # still in flight
+    deals.sink.start()  # the SMTP server is back, on the same port
+    messages = await deals.settle(1)
+    assert steps(messages) == ["proposal"]
+    assert (await send_attempts(handle))[0] >= 2
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+async def test_smtp_5xx_is_recorded_as_a_bounce_and_the_address_is_not_mailed_again(
+    deals: Deals,
+) -> None:
+    handle = await deals.start(kind="rfp")
+    await deals.mail(1)
+    deals.sink.refused_recipients["bea@buyer.example.org"] = "550 5.1.1 No such mailbox"
+    await deals.skip(timedelta(days=2, hours=1))
+    messages = await deals.mail(2)
+    assert steps(messages) == ["proposal", "task_fix_address"]
+    task = messages[1]
+    assert "rep@seller.example.com" in str(task["To"])
+    assert "550" in str(task.get_body(preferencelist=("plain",)).get_content())
+
+    current = await status(handle)
+    assert [m.outcome for m in current.messages] == ["sent", "bounced", "sent"]
+    assert "MailboxRejected" in current.problems[0]
+    assert "550 5.1.1" in current.problems[0]
+    assert await send_attempts(handle) == [1, 1, 1]
+
+    await deals.skip(timedelta(days=4, hours=1))  # the next follow-up comes due
+
+    async def skipped() -> None:
+        outcomes = [m.outcome for m in (await status(handle)).messages]
+        assert outcomes == ["sent", "bounced", "sent", "skipped"]
+
+    await eventually(skipped)
+    assert len(deals.sink.received) == 2
+    assert await send_attempts(handle) == [1, 1, 1]
+    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
