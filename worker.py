@@ -55,13 +55,15 @@ def build_worker(client: Client, settings: Settings, mailer: Mailer | None = Non
         activities=[mailer.send_email],
         max_cached_workflows=settings.max_cached_workflows,
         max_concurrent_activities=settings.max_concurrent_activities,
-        workflow_runner=SandboxedWorkflowRunner(
-            # pydantic's EmailStr imports these lazily; load them once, outside the sandbox.
-            restrictions=SandboxRestrictions.default.with_passthrough_modules(
-                "email_validator", "idna"
-            )
-        ),
+        workflow_runner=workflow_runner(),
     )
+
+
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The sandbox for deal workflows (the worker and the replay tests use the same)."""
+    # pydantic's EmailStr imports these lazily; load them once, outside the sandbox.
+    restrictions = SandboxRestrictions.default.with_passthrough_modules("email_validator", "idna")
+    return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
 async def serve(settings: Settings) -> None:
