@@ -62,7 +62,7 @@ async def won_deal_history(deals: Deals) -> WorkflowHistory:
 async def test_a_whole_deal_replays_without_nondeterminism(deals: Deals) -> None:
     history = await won_deal_history(deals)
     if os.environ.get("DEALFLOW_RECORD_HISTORY"):
-        (HISTORIES / "won_rfq_deal.json").write_text(history.to_json())  # noqa: ASYNC240
+        (HISTORIES / "won_rfq_deal.json").write_text(history.to_json())
     result = await replayer().replay_workflow(history)
     assert result.replay_failure is None
 
