@@ -230,7 +230,7 @@ def _run(command: Callable[..., Awaitable[T]]) -> Callable[..., T]:
         try:
             return asyncio.run(main())
         except (Refused, BadInput, TemporalUnreachable) as error:
-            err.print(f"dealflow: {error}")
+            err.print(f"dealflow: {error}", soft_wrap=True)
             raise typer.Exit(1) from None
 
     # Typer reads the options from the signature: hide the injected client and settings.

@@ -8,6 +8,7 @@ local SMTP sink that writes every email as ``.eml`` into the outbox folder.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 
 import typer
@@ -79,8 +80,14 @@ async def serve(settings: Settings) -> None:
         f"{settings.temporal_address}, namespace '{settings.temporal_namespace}'",
         flush=True,
     )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, stop.set)
     try:
-        await worker.run()
+        async with worker:
+            await stop.wait()
+        print("worker: stopped", flush=True)
     finally:
         await mailer.pool.close()
 
