@@ -11,6 +11,7 @@ import asyncio
 import csv
 import functools
 import inspect
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -76,8 +78,9 @@ from workflows.search_attributes import DEAL_OWNER, DEAL_STAGE, DEAL_VALUE
 from workflows.stages import BuyerSignal, InquiryKind, Stage
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# Deal data is user text: never read it as Rich markup ("[/b]" in a note must print as is).
+err = Console(stderr=True, highlight=False, markup=False)
+out = Console(highlight=False, markup=False)
 T = TypeVar("T")
 
 
@@ -141,11 +144,12 @@ async def status(client: Client, deal_id: str) -> DealStatus:
 
 
 async def _explain_rpc(client: Client, deal_id: str, error: RPCError) -> Refused:
-    if error.status == RPCStatusCode.NOT_FOUND:
-        return Refused(f"no deal {deal_id!r}: check the id with 'starter.py pipeline'")
+    # An update to a finished deal is NOT_FOUND too: only describe tells the two apart.
     try:
         described = await client.get_workflow_handle(workflow_id(deal_id)).describe()
-    except RPCError:
+    except RPCError as missing:
+        if missing.status == RPCStatusCode.NOT_FOUND:
+            return Refused(f"no deal {deal_id!r}: check the id with 'starter.py pipeline'")
         return Refused(f"deal {deal_id!r}: {error.message}")
     if described.status != ExecutionStatus.RUNNING:
         stage = described.typed_search_attributes.get(DEAL_STAGE) or "closed"
@@ -164,7 +168,12 @@ async def pipeline(client: Client, owner: str | None = None) -> list[PipelineRow
     """Count and value per stage, from Temporal visibility (no workflow is asked)."""
     query = "WorkflowType = 'DealWorkflow'"
     if owner:
-        query += f" AND DealOwner = '{owner}'"
+        try:
+            owner = validate_email(owner, check_deliverability=False).normalized
+        except EmailNotValidError as error:
+            raise BadInput(f"--owner {owner!r} is not an email address: {error}") from None
+        # A valid address may still hold a quote; the query language escapes it with \'.
+        query += " AND DealOwner = '{}'".format(owner.replace("\\", "\\\\").replace("'", "\\'"))
     rows: dict[str, PipelineRow] = {}
     async for execution in client.list_workflows(query):
         attributes = execution.typed_search_attributes
@@ -189,8 +198,12 @@ async def bulk_start(
     settings: Settings,
     rows: Sequence[dict[str, str | None]],
     on_done: Callable[[], None] = lambda: None,
+    lines: Sequence[int] | None = None,
 ) -> BulkResult:
-    """Start one deal per row; a bad row is reported and never stops the others."""
+    """Start one deal per row; a bad row is reported and never stops the others.
+
+    ``lines`` are the rows' line numbers in the file (default: one row per line after a header).
+    """
     result = BulkResult([], [])
     slots = asyncio.Semaphore(settings.bulk_start_concurrency)
 
@@ -208,7 +221,8 @@ async def bulk_start(
         finally:
             on_done()
 
-    await asyncio.gather(*(one(line, row) for line, row in enumerate(rows, start=2)))
+    numbers = lines or range(2, len(rows) + 2)
+    await asyncio.gather(*(one(line, row) for line, row in zip(numbers, rows, strict=True)))
     result.failed.sort()
     return result
 
@@ -231,6 +245,9 @@ def _run(command: Callable[..., Awaitable[T]]) -> Callable[..., T]:
             return asyncio.run(main())
         except (Refused, BadInput, TemporalUnreachable) as error:
             err.print(f"dealflow: {error}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        except RPCError as error:
+            err.print(f"dealflow: Temporal refused the request: {error.message}", soft_wrap=True)
             raise typer.Exit(1) from None
 
     # Typer reads the options from the signature: hide the injected client and settings.
@@ -321,7 +338,11 @@ async def bulk_start_command(
     """Start many deals from a CSV file; bad rows are reported, the rest start."""
     try:
         with csv_file.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            rows, lines = [], []
+            for row in reader:
+                rows.append(row)
+                lines.append(reader.line_num)  # a quoted field may span lines
     except OSError as error:
         raise BadInput(f"cannot read {csv_file}: {error.strerror}") from None
     columns = [
@@ -332,7 +353,7 @@ async def bulk_start_command(
     ]
     with Progress(*columns, console=err, transient=False) as progress:
         bar = progress.add_task("start", total=len(rows))
-        result = await bulk_start(client, settings, rows, lambda: progress.advance(bar))
+        result = await bulk_start(client, settings, rows, lambda: progress.advance(bar), lines)
     out.print(f"started {len(result.started)} of {len(rows)} deals")
     if result.failed:
         table = Table("line", "deal", "problem", title="rows not started")
@@ -539,8 +560,8 @@ async def status_command(
         out.print_json(deal.model_dump_json())
         return
     out.print(
-        f"[bold]{deal.deal_id}[/bold] {deal.company} ({deal.kind.value.upper()}) "
-        f"owner {deal.owner}\nstage: [bold]{deal.stage.value}[/bold]  "
+        f"{deal.deal_id} {deal.company} ({deal.kind.value.upper()}) "
+        f"owner {deal.owner}\nstage: {deal.stage.value}  "
         f"value: {deal.currency} {deal.value:,.2f}"
         + (f"  discount {deal.discount_percent}%" if deal.discount_percent else "")
         + (f"\noutcome: {deal.outcome_reason}" if deal.outcome_reason else "")
@@ -580,16 +601,24 @@ async def pipeline_command(
     table = Table("stage", "deals", "value", title="pipeline")
     for row in rows:
         table.add_row(row.stage, str(row.deals), f"{row.value:,.2f}")
-    table.add_row("[bold]total[/bold]", str(sum(r.deals for r in rows)),
+    table.add_row("total", str(sum(r.deals for r in rows)),
                   f"{sum((r.value for r in rows), Decimal(0)):,.2f}")  # fmt: skip
     out.print(table)
 
 
 def main() -> None:
+    code = 0
     try:
         app()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
+    # A short-lived process that used a temporalio client can abort in the interpreter's
+    # teardown after the command succeeded (temporalio/sdk-python#300): skip the teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,536 @@
+"""The ops CLI end to end: ``starter.py`` run as a subprocess against a real Temporal dev server.
+
+One dev server (in memory, with the deal's search attributes), one SMTP sink and
+one worker serve the whole module; every test uses its own deal ids (and owner,
+where it reads the pipeline), so tests never see each other's deals. The dev
+server is used rather than the time-skipping one because ``pipeline`` reads
+visibility (list/count), which only the dev server has; its clock is real, so
+the whole-deal test gives its deal a cadence of seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from deal_intake import CSV_COLUMNS
+from devstack import DevServer, OutboxSink, free_port
+from settings import load_settings
+from starter import workflow_id
+from worker import build_mailer, build_worker
+from workflows.deal import STATUS
+from workflows.models import DealStatus
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+# Rich wraps tables at 80 columns when not on a terminal; wide output keeps a row on one line.
+WIDE = "200"
+
+# The real command; starter.main() exits without the interpreter's teardown, where a
+# temporalio client could abort a finished command (temporalio/sdk-python#300).
+CLI = (sys.executable, "starter.py")
+CLI_TIMEOUT = 60.0
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    def one_line_error(self) -> str:
+        """The single line a refused command prints on stderr."""
+        lines = self.stderr.strip().splitlines()
+        assert len(lines) == 1, f"expected one stderr line, got: {self.stderr!r}"
+        return lines[0]
+
+
+@dataclass
+class Stack:
+    """The module's dev server, SMTP sink and worker, and how to run the CLI against them."""
+
+    server: DevServer
+    sink: OutboxSink
+    client: Client
+    task_queue: str
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        # The caller's own DEALFLOW_* settings must not leak into the CLI under test.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("DEALFLOW_")}
+        return {
+            **inherited,
+            "DEALFLOW_TEMPORAL_ADDRESS": self.server.address,
+            "DEALFLOW_TEMPORAL_NAMESPACE": "default",
+            "DEALFLOW_TEMPORAL_TASK_QUEUE": self.task_queue,
+            "DEALFLOW_SMTP_HOST": "127.0.0.1",
+            "DEALFLOW_SMTP_PORT": str(self.sink.port),
+            "DEALFLOW_CADENCE_PROFILE": "demo",
+            "DEALFLOW_REP_ADDRESS": "rep@seller.example.com",
+            "COLUMNS": WIDE,
+            **overrides,
+        }
+
+    async def cli(self, *args: str, **env: str) -> Result:
+        process = await asyncio.create_subprocess_exec(
+            *CLI,
+            *args,
+            cwd=ROOT,
+            env=self.env(**env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            stdout, stderr = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise AssertionError(
+                f"starter.py {' '.join(args)} did not finish in {CLI_TIMEOUT} s"
+            ) from None
+        assert process.returncode is not None
+        return Result(process.returncode, stdout.decode(), stderr.decode())
+
+    async def ok(self, *args: str) -> Result:
+        result = await self.cli(*args)
+        assert result.code == 0, f"starter.py {' '.join(args)} failed: {result}"
+        return result
+
+    async def status_json(self, deal_id: str) -> dict[str, Any]:
+        result = await self.ok("status", deal_id, "--json")
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+    async def query(self, deal_id: str) -> DealStatus:
+        handle = self.client.get_workflow_handle(workflow_id(deal_id))
+        return await handle.query(STATUS, result_type=DealStatus)
+
+    async def wait_for(
+        self,
+        deal_id: str,
+        check: Callable[[DealStatus], bool],
+        what: str,
+        within: float = 10.0,
+    ) -> DealStatus:
+        """Poll the deal's status query until ``check`` holds (real time)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            deal = await self.query(deal_id)
+            if check(deal):
+                return deal
+            if loop.time() > deadline:
+                raise AssertionError(f"{deal_id}: not {what} within {within} s: {deal}")
+            await asyncio.sleep(0.1)
+
+    async def wait_for_stage(self, deal_id: str, stage: str, within: float = 10.0) -> DealStatus:
+        return await self.wait_for(deal_id, lambda d: d.stage.value == stage, stage, within)
+
+    def mail(self, deal_id: str) -> list[EmailMessage]:
+        messages = [mail.message for mail in list(self.sink.received)]
+        return [m for m in messages if m["X-Dealflow-Deal"] == deal_id]
+
+    async def wait_for_mail(self, deal_id: str, count: int, within: float = 10.0) -> list[str]:
+        """The deal's email steps (X-Dealflow-Step), once at least ``count`` have arrived."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while len(self.mail(deal_id)) < count:
+            if loop.time() > deadline:
+                got = [m["X-Dealflow-Step"] for m in self.mail(deal_id)]
+                raise AssertionError(f"{deal_id}: expected {count} emails, the sink has {got}")
+            await asyncio.sleep(0.1)
+        return [str(m["X-Dealflow-Step"]) for m in self.mail(deal_id)]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack() -> AsyncIterator[Stack]:
+    server = DevServer(port=free_port(), ui_port=free_port(), headless=True)
+    sink = OutboxSink().start()
+    try:
+        await server.start()
+        client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+        settings = load_settings(
+            temporal_address=server.address,
+            temporal_task_queue=f"cli-{uuid.uuid4().hex[:8]}",
+            smtp_host="127.0.0.1",
+            smtp_port=sink.port,
+            _env_file=None,
+        )
+        mailer = build_mailer(settings)
+        try:
+            async with build_worker(client, settings, mailer):
+                yield Stack(server, sink, client, settings.temporal_task_queue)
+        finally:
+            await mailer.pool.close()
+    finally:
+        sink.stop()
+        server.stop()
+
+
+def new_id(prefix: str = "CLI") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+BUYER = "Bea Buyer <bea@buyer.example.org>"
+
+
+def rfp_args(deal_id: str, *items: str, owner: str | None = None) -> list[str]:
+    args = ["start", "--id", deal_id, "--company", "Buyer & Sons", "--contact", BUYER]
+    args += ["--tz", "Europe/Berlin", "--kind", "rfp"]
+    for item in items or ("Conveyor:2:700", "Installation:1:100"):
+        args += ["--item", item]
+    if owner:
+        args += ["--owner", owner]
+    return args
+
+
+async def start_rfp(stack: Stack, deal_id: str, *items: str, owner: str | None = None) -> None:
+    result = await stack.ok(*rfp_args(deal_id, *items, owner=owner))
+    assert f"{deal_id}: started as RFP" in result.stdout
+    await stack.wait_for_stage(deal_id, "Proposal Received")
+
+
+async def test_start_rfp_sends_the_proposal_and_status_shows_proposal_received(
+    stack: Stack,
+) -> None:
+    deal_id = new_id()
+    started = await stack.cli(*rfp_args(deal_id, "Conveyor:2:700", "Installation:1:100"))
+    assert started.code == 0, started
+    assert started.stdout.strip() == f"{deal_id}: started as RFP for Buyer & Sons"
+    assert started.stderr == ""
+
+    assert await stack.wait_for_mail(deal_id, 1) == ["proposal"]
+    await stack.wait_for_stage(deal_id, "Proposal Received")
+    shown = await stack.cli("status", deal_id)
+    assert shown.code == 0, shown
+    assert "stage: Proposal Received" in shown.stdout
+    assert "value: EUR 1,500.00" in shown.stdout
+    assert "proposal" in shown.stdout
+    proposal = stack.mail(deal_id)[0]
+    assert proposal["To"] is not None and "bea@buyer.example.org" in str(proposal["To"])
+
+
+async def test_starting_the_same_deal_twice_is_refused(stack: Stack) -> None:
+    deal_id = new_id()
+    await start_rfp(stack, deal_id)
+    before = await stack.status_json(deal_id)
+
+    again = await stack.cli(*rfp_args(deal_id))
+    assert again.code == 1
+    line = again.one_line_error()
+    assert f"deal {deal_id!r} was already started" in line
+    assert f"starter.py status {deal_id}" in line
+    assert await stack.status_json(deal_id) == before
+
+
+async def test_signal_to_an_unknown_deal_says_there_is_no_such_deal(stack: Stack) -> None:
+    deal_id = new_id("NOPE")
+    result = await stack.cli("agreed", deal_id)
+    assert result.code == 1
+    assert result.one_line_error().startswith(f"dealflow: no deal {deal_id!r}")
+    shown = await stack.cli("status", deal_id)
+    assert shown.code == 1
+    assert "no deal" in shown.one_line_error()
+
+
+async def test_signal_out_of_stage_is_refused_naming_the_stage_and_changes_nothing(
+    stack: Stack,
+) -> None:
+    deal_id = new_id()
+    await start_rfp(stack, deal_id)
+    handle = stack.client.get_workflow_handle(workflow_id(deal_id), result_type=DealStatus)
+    before = await stack.status_json(deal_id)
+    events_before = len((await handle.fetch_history()).events)
+
+    result = await stack.cli("delivered", deal_id)
+    assert result.code == 1
+    line = result.one_line_error()
+    assert f"deal {deal_id!r} refused delivered" in line
+    assert "'Proposal Received'" in line
+
+    after = await stack.status_json(deal_id)
+    assert after["stage"] == "Proposal Received"
+    assert len(after["history"]) == len(before["history"])
+    assert after == before
+    # The validator refused it before anything reached the workflow's history.
+    assert len((await handle.fetch_history()).events) == events_before
+    assert [m["X-Dealflow-Step"] for m in stack.mail(deal_id)] == ["proposal"]
+
+
+async def test_malformed_email_and_unknown_time_zone_are_refused_and_start_nothing(
+    stack: Stack,
+) -> None:
+    bad_email, bad_zone = new_id(), new_id()
+
+    result = await stack.cli(
+        "start", "--id", bad_email, "--company", "Acme", "--kind", "rfp",
+        "--contact", "Bob <not-an-email>", "--item", "Widget:1:100",
+    )  # fmt: skip
+    assert result.code == 1
+    line = result.one_line_error()
+    assert line.startswith("dealflow: contacts.0.email:"), line
+    assert "email" in line.removeprefix("dealflow: contacts.0.email:")
+
+    result = await stack.cli(
+        "start", "--id", bad_zone, "--company", "Acme", "--kind", "rfp",
+        "--contact", "Bob <bob@acme.example.org>", "--tz", "Mars/Base",
+        "--item", "Widget:1:100",
+    )  # fmt: skip
+    assert result.code == 1
+    line = result.one_line_error()
+    assert "unknown time zone 'Mars/Base'" in line
+
+    for deal_id in (bad_email, bad_zone):
+        shown = await stack.cli("status", deal_id)
+        assert shown.code == 1
+        assert shown.one_line_error().startswith(f"dealflow: no deal {deal_id!r}")
+
+
+async def test_rfq_discount_below_the_floor_is_refused(stack: Stack) -> None:
+    deal_id = new_id()
+    started = await stack.cli(
+        "start", "--id", deal_id, "--company", "Acme", "--contact", BUYER,
+        "--kind", "rfq", "--item", "Widget:10:100",
+    )  # fmt: skip
+    assert started.code == 0, started
+    await stack.wait_for_mail(deal_id, 2)  # quotation and the rep's negotiation task
+    before = await stack.status_json(deal_id)
+    assert before["stage"] == "Quote Requested"
+    assert Decimal(before["floor_total"]) == Decimal("900.00")
+
+    refused = await stack.cli("discount", deal_id, "15")
+    assert refused.code == 1
+    line = refused.one_line_error()
+    assert "below the floor of 900.00" in line
+    assert "the most that can be conceded is 10.00%" in line
+    assert await stack.status_json(deal_id) == before
+    assert len(stack.mail(deal_id)) == 2
+
+    granted = await stack.cli("discount", deal_id, "5")
+    assert granted.code == 0, granted
+    assert "stage is now Quote Requested" in granted.stdout
+    after = await stack.status_json(deal_id)
+    assert Decimal(after["value"]) == Decimal("950.00")
+    assert Decimal(after["discount_percent"]) == Decimal(5)
+    shown = await stack.ok("status", deal_id)
+    assert "value: EUR 950.00" in shown.stdout
+
+
+async def test_bulk_start_starts_good_rows_and_reports_bad_ones_by_line(
+    stack: Stack, tmp_path: Path
+) -> None:
+    ids = [new_id("BULK") for _ in range(5)]
+    rows = [
+        # CSV line 2..6 (line 1 is the header)
+        [ids[0], "Good One", "Ann", "ann@one.example.org", "UTC", "", "rfp", "EUR",
+         "Widget:2:100;Gadget:1:50"],
+        [ids[1], "Bad Mail", "Bob", "bob-at-nowhere", "UTC", "", "rfp", "EUR", "Widget:1:100"],
+        [ids[2], "Good Two", "Cy", "cy@two.example.org", "Europe/Berlin", "", "rfq", "EUR",
+         "Widget:2:100;Gadget:1:50"],
+        [ids[3], "Bad Zone", "Di", "di@zone.example.org", "Mars/Base", "", "rfp", "EUR",
+         "Widget:1:100"],
+        [ids[4], "Good Three", "Ed", "ed@three.example.org", "America/New_York", "", "rfi",
+         "USD", ""],
+    ]  # fmt: skip
+    lines = [",".join(CSV_COLUMNS)] + [",".join(row) for row in rows]
+    csv_file = tmp_path / "deals.csv"
+    csv_file.write_text("\n".join(lines) + "\n")
+
+    result = await stack.cli("bulk-start", str(csv_file))
+    assert result.code == 1, result
+    assert "started 3 of 5 deals" in result.stdout
+    report = result.stderr.splitlines()
+    bad_mail = [line for line in report if ids[1] in line]
+    bad_zone = [line for line in report if ids[3] in line]
+    assert len(bad_mail) == 1 and "3" in bad_mail[0].split(ids[1])[0].split(), report
+    assert "email" in bad_mail[0]
+    assert len(bad_zone) == 1 and "5" in bad_zone[0].split(ids[3])[0].split(), report
+    assert "unknown time zone 'Mars/Base'" in bad_zone[0]
+    assert "dealflow: 2 row(s) not started" in report[-1]
+    for good in (ids[0], ids[2], ids[4]):
+        assert not any(good in line for line in report)
+
+    for good in (ids[0], ids[2], ids[4]):
+        shown = await stack.cli("status", good)
+        assert shown.code == 0, shown
+    for bad in (ids[1], ids[3]):
+        shown = await stack.cli("status", bad)
+        assert shown.code == 1
+        assert "no deal" in shown.one_line_error()
+
+
+def pipeline_rows(stdout: str) -> dict[str, tuple[str, str]]:
+    """The pipeline table's rows: stage -> (deals, value)."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("│┃").split("│")]
+        if len(cells) == 3 and cells[0]:
+            rows[cells[0]] = (cells[1], cells[2])
+    return rows
+
+
+async def test_pipeline_counts_and_sums_an_owners_deals_from_visibility(stack: Stack) -> None:
+    owner = f"rep-{uuid.uuid4().hex[:8]}@seller.example.com"
+    first, second = new_id(), new_id()
+    await start_rfp(stack, first, "Widget:3:100", owner=owner)
+    await start_rfp(stack, second, "Gadget:2:250", owner=owner)
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while True:
+        result = await stack.cli("pipeline", "--owner", owner)
+        assert result.code == 0, result
+        rows = pipeline_rows(result.stdout)
+        if rows.get("Proposal Received") == ("2", "800.00"):
+            break
+        if loop.time() > deadline:
+            raise AssertionError(f"pipeline never showed both deals:\n{result.stdout}")
+        await asyncio.sleep(0.5)
+    assert rows["total"] == ("2", "800.00")
+    assert set(rows) == {"Proposal Received", "total"}, result.stdout
+
+
+def deal_file(tmp_path: Path, deal_id: str, **fields: Any) -> Path:
+    path = tmp_path / f"{deal_id}.json"
+    path.write_text(json.dumps({"deal_id": deal_id, **fields}))
+    return path
+
+
+async def test_a_whole_won_deal_through_the_cli(stack: Stack, tmp_path: Path) -> None:
+    deal_id = new_id("WON")
+    # The demo cadence, with the post-delivery waits shortened to seconds (real time here).
+    file = deal_file(
+        tmp_path,
+        deal_id,
+        company="Buyer & Sons",
+        kind="rfp",
+        contacts=[{"name": "Bea Buyer", "email": "bea@buyer.example.org",
+                   "time_zone": "Europe/Berlin"}],
+        items=[{"name": "Conveyor", "quantity": 2, "list_price": "5000.00"}],
+        cadence={"check_in_after": "PT1S", "win_loss_after": "PT2S"},
+    )  # fmt: skip
+    await stack.ok("start", "--file", str(file))
+    await stack.wait_for_stage(deal_id, "Proposal Received")
+
+    agreed = await stack.ok("agreed", deal_id, "--note", "happy with the proposal")
+    assert "price_agreed recorded; stage is now Price Agreed" in agreed.stdout
+    await stack.wait_for_stage(deal_id, "Offer Received")
+
+    delivery = (datetime.now(UTC).date() + timedelta(days=3)).isoformat()
+    ordered = await stack.ok("order", deal_id, "--delivery", delivery, "--po", "PO-1")
+    assert "stage is now Order Placed" in ordered.stdout
+    await stack.wait_for_stage(deal_id, "Order Confirmed")
+
+    delivered = await stack.ok("delivered", deal_id)
+    assert "stage is now Delivered" in delivered.stdout
+    await stack.wait_for_stage(deal_id, "Win-Loss Invited", within=20)
+
+    interviewed = await stack.ok(
+        "interview", deal_id, "--why", "price and service", "--process", "CFO and ops",
+        "--rep", "excellent", "--cooperation", "good",
+    )  # fmt: skip
+    assert "stage is now Won" in interviewed.stdout
+    final = await stack.status_json(deal_id)
+    assert final["stage"] == "Won"
+    assert final["interview"]["why_decided"] == "price and service"
+    assert [change["stage"] for change in final["history"]] == [
+        "Requirements Clarified", "Proposal Received", "Price Agreed", "Offer Received",
+        "Order Placed", "Order Confirmed", "Delivered", "Checked In", "Win-Loss Invited", "Won",
+    ]  # fmt: skip
+
+    assert await stack.wait_for_mail(deal_id, 10) == [
+        "proposal",
+        "final_offer",
+        "order_confirmation",
+        "fulfilment_hand_over",
+        "delivery_notice",
+        "task_issue_invoice",
+        "check_in",
+        "task_check_in_call",
+        "win_loss_invitation",
+        "task_win_loss_interview",
+    ]
+    handle = stack.client.get_workflow_handle(workflow_id(deal_id), result_type=DealStatus)
+    result = await asyncio.wait_for(handle.result(), 10)
+    assert result.stage.value == "Won"
+
+
+async def test_cancel_ends_the_deal_and_sends_nothing_more(stack: Stack) -> None:
+    deal_id = new_id()
+    await start_rfp(stack, deal_id)
+
+    cancelled = await stack.cli("cancel", deal_id, "--reason", "buyer went bust")
+    assert cancelled.code == 0, cancelled
+    assert cancelled.stdout.strip() == f"{deal_id}: cancelled recorded; stage is now Cancelled"
+    assert cancelled.stderr == ""
+    handle = stack.client.get_workflow_handle(workflow_id(deal_id), result_type=DealStatus)
+    result = await asyncio.wait_for(handle.result(), 10)
+    assert result.stage.value == "Cancelled"
+    assert result.outcome_reason == "buyer went bust"
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+    final = await stack.status_json(deal_id)
+    assert final["stage"] == "Cancelled"
+    assert [m["template"] for m in final["messages"]] == ["proposal"]
+
+
+async def test_signal_to_a_closed_deal_says_it_is_closed(stack: Stack) -> None:
+    deal_id = new_id()
+    await start_rfp(stack, deal_id)
+    await stack.ok("cancel", deal_id, "--reason", "buyer went bust")
+    handle = stack.client.get_workflow_handle(workflow_id(deal_id), result_type=DealStatus)
+    await asyncio.wait_for(handle.result(), 10)
+    for signal in (["agreed", deal_id], ["cancel", deal_id, "--reason", "again"]):
+        result = await stack.cli(*signal)
+        assert result.code == 1
+        assert f"deal {deal_id!r} is closed (Cancelled)" in result.one_line_error()
+
+
+async def test_user_text_with_markup_brackets_is_printed_as_is(stack: Stack) -> None:
+    deal_id = new_id()
+    await start_rfp(stack, deal_id)
+    await stack.ok("next-step", deal_id, "2099-01-05", "--note", "buyer said [/b] ok [bold]")
+    shown = await stack.ok("status", deal_id)
+    assert "buyer said [/b] ok [bold]" in shown.stdout
+    result = await stack.cli("start", "--id", new_id(), "--company", "X", "--kind", "rfp",
+                             "--contact", "a@example.org", "--item", "Widget[/bold]:1")  # fmt: skip
+    assert result.code == 1
+    assert "Widget[/bold]:1" in result.one_line_error()
+
+
+async def test_pipeline_owner_must_be_an_address(stack: Stack) -> None:
+    result = await stack.cli("pipeline", "--owner", "x' OR DealOwner != '")
+    assert result.code == 1
+    assert "is not an email address" in result.one_line_error()
+
+
+async def test_unreachable_temporal_is_one_line(stack: Stack) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    result = await stack.cli("status", new_id(), DEALFLOW_TEMPORAL_ADDRESS=address)
+    assert result.code == 1
+    line = result.one_line_error()
+    assert f"cannot reach Temporal at {address}" in line
+    assert "DEALFLOW_TEMPORAL_ADDRESS" in line
+
+
+async def test_invalid_setting_exits_2_naming_the_variable(stack: Stack) -> None:
+    result = await stack.cli("status", new_id(), DEALFLOW_SMTP_PORT="abc")
+    assert result.code == 2
+    line = result.one_line_error()
+    assert "DEALFLOW_SMTP_PORT" in line
+    assert line.startswith("dealflow: invalid setting")
