@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import holidays
 from pydantic import ValidationError
 
 from settings import Settings
+from workflows.business_calendar import BusinessCalendar, SendWindow
 from workflows.models import DealInput, LineItem
 
 CSV_COLUMNS = (
@@ -91,13 +93,41 @@ def build_deal(settings: Settings, fields: Mapping[str, Any]) -> DealInput:
         data.setdefault("win_loss_interviewer", str(settings.win_loss_interviewer))
     data.setdefault("message_domain", settings.sender_domain)
     data.setdefault("send_retry_for", settings.send_retry_for)
+    data.setdefault("shift_policy", settings.shift_policy.value)
     for contact in data.get("contacts") or []:
         if isinstance(contact, Mapping) and contact.get("time_zone"):
             check_time_zone(str(contact["time_zone"]))
     try:
-        return DealInput.model_validate(data)
+        deal = DealInput.model_validate(data)
     except ValidationError as error:
         raise BadInput(explain(error)) from None
+    if "calendar" not in data and settings.window is not None:
+        deal.calendar = business_calendar(settings, deal.buyer.time_zone, deal.buyer.country)
+    return deal
+
+
+def business_calendar(
+    settings: Settings, time_zone: str, country: str | None, years: int = 3
+) -> BusinessCalendar:
+    """The buyer's calendar: the settings' window and the country's public holidays.
+
+    Holidays are resolved here, once, and travel in the deal's input: a workflow
+    must not depend on a holiday library whose next release could change its replay.
+    """
+    dates = set(settings.extra_holidays)
+    country = country or settings.holiday_country
+    if country:
+        this_year = datetime.now().year
+        try:
+            found = holidays.country_holidays(country, years=range(this_year, this_year + years))
+        except NotImplementedError:
+            raise BadInput(
+                f"no holiday calendar for country {country!r}: use an ISO code such as DE"
+            ) from None
+        dates.update(found.keys())
+    return BusinessCalendar(
+        time_zone=time_zone, window=settings.window or SendWindow(), holidays=sorted(dates)
+    )
 
 
 def read_deal_file(path: Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import sys
-from datetime import timedelta
+from datetime import date, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from functools import cached_property
@@ -19,7 +19,8 @@ from pathlib import Path
 from pydantic import EmailStr, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from workflows.models import Cadence
+from workflows.business_calendar import SendWindow
+from workflows.models import Cadence, ShiftPolicy
 
 ENV_PREFIX = "DEALFLOW_"
 TASK_QUEUE = "dealflow"
@@ -51,6 +52,29 @@ def demo_cadence() -> Cadence:
         win_loss_after=30 * s,
         win_loss_min_order_value=Decimal(1000),
     )
+
+
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def parse_window(text: str) -> SendWindow | None:
+    """``mon-fri 09:00-17:00``, ``mon,wed,fri 08:30-12:00`` or ``always``."""
+    text = text.strip().lower()
+    if text == "always":
+        return None
+    try:
+        days_text, hours_text = text.split()
+        days: list[int] = []
+        for part in days_text.split(","):
+            first, _, last = part.partition("-")
+            start, end = DAY_NAMES.index(first), DAY_NAMES.index(last or first)
+            days.extend(range(start, end + 1))
+        opens, closes = (time.fromisoformat(t) for t in hours_text.split("-"))
+        return SendWindow(days=sorted(set(days)), start=opens, end=closes)
+    except ValueError:
+        raise ValueError(
+            "DEALFLOW_SEND_WINDOW should look like 'mon-fri 09:00-17:00' or 'always'"
+        ) from None
 
 
 def _json_or_text(value: object) -> object:
@@ -115,6 +139,13 @@ class Settings(BaseSettings):
     cadence_profile: CadenceProfile = CadenceProfile.STANDARD
     cadence: dict[str, object] = Field(default_factory=dict)
 
+    # The buyer's business calendar: emails to buyers go out only inside this window,
+    # buyer-local ("always" to send at any time), never on the holidays of the country.
+    send_window: str = "mon-fri 09:00-17:00"
+    holiday_country: str | None = None
+    extra_holidays: list[date] = Field(default_factory=list)
+    shift_policy: ShiftPolicy = ShiftPolicy.SHIFT
+
     # Sends that keep failing transiently (SMTP down) are retried this long, then recorded.
     send_retry_for: timedelta = timedelta(hours=24)
 
@@ -141,6 +172,7 @@ class Settings(BaseSettings):
             )
         if bool(self.temporal_tls_cert) != bool(self.temporal_tls_key):
             raise ValueError("DEALFLOW_TEMPORAL_TLS_CERT and DEALFLOW_TEMPORAL_TLS_KEY go together")
+        self.window  # noqa: B018 - validates the window at start-up
         try:
             self.default_cadence  # noqa: B018 - validates the overrides at start-up
         except ValidationError as error:
@@ -154,6 +186,11 @@ class Settings(BaseSettings):
         base = demo_cadence() if self.cadence_profile is CadenceProfile.DEMO else Cadence()
         overrides = {key.lower(): _json_or_text(value) for key, value in self.cadence.items()}
         return base.model_validate({**base.model_dump(), **overrides})
+
+    @cached_property
+    def window(self) -> SendWindow | None:
+        """The send window, or None when buyers may be emailed at any time."""
+        return parse_window(self.send_window)
 
     @property
     def sender_domain(self) -> str:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import typer
 from email_validator import EmailNotValidError, validate_email
@@ -58,7 +59,7 @@ from deal_intake import (
     read_deal_file,
 )
 from settings import Settings, demo_cadence, load_settings
-from workflows.deal import RESEND_FAILED, STATUS, DealWorkflow
+from workflows.deal import PLAN, RESEND_FAILED, STATUS, DealWorkflow
 from workflows.models import (
     Closed,
     DealInput,
@@ -70,6 +71,7 @@ from workflows.models import (
     InterviewRecorded,
     NextStepAgreed,
     OrderPlaced,
+    PlannedSend,
     PriceAgreed,
     RequirementsClarified,
     SignalPayload,
@@ -323,6 +325,7 @@ async def start(
         fields["items"] = [i.model_dump() for i in parse_items(item)]
     if demo:
         fields["cadence"] = {**demo_cadence().model_dump(), **fields.get("cadence", {})}
+        fields.setdefault("calendar", None)  # the demo runs at any hour
     deal = build_deal(settings, fields)
     await start_deal(client, settings, deal)
     out.print(f"{deal.deal_id}: started as {deal.kind.value.upper()} for {deal.company}")
@@ -583,6 +586,26 @@ async def status_command(
     out.print(messages)
     for problem in deal.problems:
         err.print(f"problem: {problem}")
+
+
+@app.command("plan")
+@_run
+async def plan_command(client: Client, settings: Settings, deal_id: str = DealId) -> None:
+    """Every email the deal will send on its own, with buyer-local and UTC times."""
+    current = await status(client, deal_id)
+    handle = client.get_workflow_handle(workflow_id(deal_id))
+    try:
+        planned = await handle.query(PLAN, result_type=list[PlannedSend])
+    except RPCError as error:
+        raise await _explain_rpc(client, deal_id, error) from None
+    zone = ZoneInfo(current.buyer_time_zone)
+    table = Table("buyer-local", "UTC", "step", "template", "to", title=f"plan for {deal_id}")
+    for send in planned:
+        local = send.at.astimezone(zone).strftime("%a %Y-%m-%d %H:%M %Z")
+        table.add_row(local, _when(send.at), send.step, send.template, ", ".join(send.to))
+    out.print(table)
+    if not planned:
+        out.print("nothing planned: the deal waits for a buyer signal")
 
 
 def _when(moment: datetime) -> str:

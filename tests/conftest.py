@@ -47,6 +47,7 @@ def settings(sink: OutboxSink) -> Settings:
         sender_address="sales@seller.example.com",
         company_name="Seller GmbH",
         company_postal_address="Seller GmbH\nHauptstrasse 1\n10115 Berlin",
+        send_window="always",
         _env_file=None,
     )
 

@@ -77,6 +77,7 @@ class Stack:
             **inherited,
             "DEALFLOW_TEMPORAL_ADDRESS": self.server.address,
             "DEALFLOW_TEMPORAL_NAMESPACE": "default",
+            "DEALFLOW_SEND_WINDOW": "always",
             "DEALFLOW_TEMPORAL_TASK_QUEUE": self.task_queue,
             "DEALFLOW_SMTP_HOST": "127.0.0.1",
             "DEALFLOW_SMTP_PORT": str(self.sink.port),

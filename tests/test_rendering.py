@@ -52,9 +52,9 @@ def every_template() -> list[str]:
 
 
 def test_there_is_a_template_for_every_step_the_engine_sends() -> None:
-    from workflows import deal, outbound
+    from workflows import deal, outbound, schedule
 
-    source = Path(deal.__file__).read_text() + Path(outbound.__file__).read_text()
+    source = "".join(Path(m.__file__).read_text() for m in (deal, outbound, schedule))
     for name in every_template():
         assert f'"{name}"' in source, f"template {name} is never sent"
 

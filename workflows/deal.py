@@ -30,6 +30,12 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.mailer import NON_RETRYABLE, FailureType, Mailer
     from workflows import pricing
+    from workflows.business_calendar import (
+        BusinessCalendar,
+        SendWindow,
+        add_delay,
+        next_slot,
+    )
     from workflows.models import (
         Closed,
         DealInput,
@@ -43,12 +49,23 @@ with workflow.unsafe.imports_passed_through():
         NextStepAgreed,
         NextTouch,
         OrderPlaced,
+        PlannedSend,
         PriceAgreed,
         RequirementsClarified,
         SignalPayload,
         StageChange,
     )
-    from workflows.outbound import FOLLOW_UPS, Audience, Outbound, Thread, task, to_buyer
+    from workflows.outbound import Audience, Outbound, Thread, task, to_buyer
+    from workflows.schedule import (
+        Action,
+        Schedule,
+        Step,
+        advance,
+        describe,
+        emails_for,
+        next_step,
+        upcoming,
+    )
     from workflows.search_attributes import (
         DEAL_NEXT_TOUCH,
         DEAL_OWNER,
@@ -65,18 +82,19 @@ SEND_RETRY_POLICY = RetryPolicy(
     non_retryable_error_types=NON_RETRYABLE,
 )
 SEND_ATTEMPT_TIMEOUT = timedelta(minutes=2)
-# After this many "confirm delivery" reminders the rep owns the delay; the deal waits for ops.
-MAX_DELIVERY_REMINDERS = 3
 BOUNCE_TYPES = frozenset({FailureType.BOUNCE, FailureType.REJECTED})
 STATUS = "status"
+PLAN = "plan"
 RESEND_FAILED = "resend_failed"
 
 
-class Due:
-    """The next thing the deal will do on its own, and when."""
-
-    def __init__(self, at: datetime, what: str, fire: object) -> None:
-        self.at, self.what, self.fire = at, what, fire
+ALWAYS_OPEN = BusinessCalendar(
+    window=SendWindow(days=list(range(7)), start=time(0), end=time(23, 59, 59, 999999))
+)
+_NOTES = {
+    Action.NO_RESPONSE: "cadence exhausted",
+    Action.WON_WITHOUT_INTERVIEW: "interview not held",
+}
 
 
 @workflow.defn(name="DealWorkflow")
@@ -131,20 +149,21 @@ class DealWorkflow:
                 break
             due = self._next_due()
             self._publish(due)
-            if await self._changed_before(due):
+            if await self._changed_before(due.at if due else None):
                 continue
-            due.fire()  # type: ignore[operator]
+            assert due is not None
+            self._fire(due)
         self._publish(None)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
 
-    async def _changed_before(self, due: Due | None) -> bool:
+    async def _changed_before(self, due: datetime | None) -> bool:
         """Sleep until ``due`` or until a signal changes the deal; True if a signal came first."""
         seen = self.changes
         if due is None:
             await workflow.wait_condition(lambda: self.changes != seen)
             return True
-        wait = due.at - workflow.now()
+        wait = due - workflow.now()
         if wait <= timedelta(0):
             return False
         try:
@@ -169,104 +188,72 @@ class DealWorkflow:
     def _finished(self) -> bool:
         return self.stage.is_terminal and not self.outbox and not self.interview_pending
 
-    def _next_due(self) -> Due | None:
-        stage, cadence = self.stage, self.deal.cadence
-        if stage in FOLLOW_UPS:
-            delays = cadence.follow_ups(FOLLOW_UPS[stage].cadence)
-            if self.touches < len(delays):
-                at = self.next_step_at or self.anchor + delays[self.touches]
-                return Due(at, f"follow-up {self.touches + 1}", self._follow_up)
-            at = self.next_step_at or self.anchor + cadence.no_response_after
-            return Due(at, "close as no response", self._cadence_exhausted)
-        if stage in (Stage.ORDER_PLACED, Stage.ORDER_CONFIRMED) and self.delivery_date:
-            if self.delivery_reminders >= MAX_DELIVERY_REMINDERS:
-                return None
-            day_after = datetime.combine(self.delivery_date + timedelta(days=1), time(), UTC)
-            at = day_after + cadence.delivery_overdue_after * (self.delivery_reminders + 1)
-            return Due(at, "confirm delivery", self._delivery_overdue)
-        if stage is Stage.DELIVERED and self.delivered_at:
-            return Due(self.delivered_at + cadence.check_in_after, "check-in", self._check_in)
-        if stage is Stage.CHECKED_IN:
-            return Due(self.anchor + cadence.win_loss_after, "win-loss interview", self._win_loss)
-        if stage is Stage.LOST and self.interview_pending:
-            if not self.interview_invited:
-                return Due(self.anchor + cadence.win_loss_after, "loss interview", self._invite)
-            delays = cadence.win_loss
-            if self.touches < len(delays):
-                return Due(
-                    self.anchor + delays[self.touches], "interview reminder", self._follow_up
-                )
-            return Due(
-                self.anchor + cadence.no_response_after, "close interview", self._no_interview
-            )
-        return None
+    def _schedule(self) -> Schedule:
+        return Schedule(
+            stage=self.stage,
+            touches=self.touches,
+            anchor=self.anchor,
+            next_step_at=self.next_step_at,
+            delivery_date=self.delivery_date,
+            delivered_at=self.delivered_at,
+            delivery_reminders=self.delivery_reminders,
+            interview_pending=self.interview_pending,
+            interview_invited=self.interview_invited,
+            selected_for_interview=self._selected(),
+        )
+
+    def _adopt(self, schedule: Schedule) -> None:
+        self.touches = schedule.touches
+        self.anchor = schedule.anchor
+        self.next_step_at = schedule.next_step_at
+        self.delivery_reminders = schedule.delivery_reminders
+        self.interview_pending = schedule.interview_pending
+        self.interview_invited = schedule.interview_invited
+        self._changed()
+
+    def _next_due(self) -> Step | None:
+        return next_step(
+            self._schedule(), self.deal.cadence, self._calendar(), self.deal.shift_policy
+        )
+
+    def _calendar(self) -> BusinessCalendar:
+        return self.deal.calendar or ALWAYS_OPEN
 
     # --- what fires when a timer comes due ---
 
-    def _follow_up(self) -> None:
-        follow_up = FOLLOW_UPS.get(self.stage, FOLLOW_UPS[Stage.WIN_LOSS_INVITED])
-        self.touches += 1
-        self._queue(
-            to_buyer(
-                follow_up.template,
-                follow_up.thread,
-                touch=self.touches,
-                next_step_at=self.next_step_at,
+    def _fire(self, step: Step) -> None:
+        before = self._schedule()
+        after = advance(before, step)
+        emails = emails_for(step, before)
+        interview_due = None
+        if step.action is Action.CHECK_IN and before.selected_for_interview:
+            interview_due = add_delay(self._calendar(), step.at, self.deal.cadence.win_loss_after)
+        reason = self.outcome_reason
+        if step.action is Action.NO_RESPONSE:
+            reason = f"no reply after {before.touches} follow-ups in '{before.stage.value}'"
+            self.outcome_reason = reason
+        for email in emails:
+            self._queue(
+                Outbound(
+                    email.template,
+                    email.audience,
+                    StepFacts(
+                        touch=step.touch or None,
+                        next_step_at=before.next_step_at,
+                        interview_due=interview_due,
+                        reason=reason,
+                        outcome="lost" if before.stage is Stage.LOST else "won",
+                    ),
+                    email.thread,
+                    restarts_cadence=False,
+                )
             )
-        )
-        self.next_step_at = None
-
-    def _cadence_exhausted(self) -> None:
-        if self.stage is Stage.WIN_LOSS_INVITED:
-            self._move(Stage.WON, "", SignalPayload(source="timer", note="interview not held"))
-            return
-        reason = f"no reply after {self.touches} follow-ups in '{self.stage.value}'"
-        self.outcome_reason = reason
-        self._move(Stage.NO_RESPONSE, "", SignalPayload(source="timer", note=reason))
-        self._queue(task("task_loss_analysis", reason=reason))
-
-    def _delivery_overdue(self) -> None:
-        self.delivery_reminders += 1
-        self._queue(task("task_confirm_delivery"))
-
-    def _check_in(self) -> None:
-        interview_due = (
-            workflow.now() + self.deal.cadence.win_loss_after if self._selected() else None
-        )
-        self._queue(
-            to_buyer("check_in", Thread.CHECK_IN, Stage.CHECKED_IN, interview_due=interview_due)
-        )
-        self._queue(task("task_check_in_call", interview_due=interview_due))
-
-    def _win_loss(self) -> None:
-        if not self._selected():
-            self._move(
-                Stage.WON, "", SignalPayload(source="timer", note="order below win-loss threshold")
-            )
-            return
-        self._invite()
-
-    def _invite(self) -> None:
-        outcome = "lost" if self.stage is Stage.LOST else "won"
-        template = "loss_interview_invitation" if outcome == "lost" else "win_loss_invitation"
-        then_stage = Stage.WIN_LOSS_INVITED if outcome == "won" else None
-        self._queue(
-            to_buyer(template, Thread.WIN_LOSS, then_stage, reason=self.outcome_reason)
-        )
-        self._queue(
-            Outbound(
-                "task_win_loss_interview",
-                Audience.INTERVIEWER,
-                StepFacts(outcome=outcome, reason=self.outcome_reason),
-                restarts_cadence=False,
-            )
-        )
-        self.interview_invited = True
-        self.touches = 0
-
-    def _no_interview(self) -> None:
-        self.interview_pending = False
-        self._changed()
+        if after.stage is not before.stage:
+            note = _NOTES.get(step.action, "")
+            if after.stage is Stage.WON and step.action is Action.WIN_LOSS:
+                note = "order below win-loss threshold"
+            self._move(after.stage, "", SignalPayload(source="timer", note=note))
+        self._adopt(after)
 
     # --- sending ---
 
@@ -276,6 +263,12 @@ class DealWorkflow:
 
     async def _send_outbox(self) -> None:
         while self.outbox:
+            # Buyer emails wait for the buyer's send window; internal ones go at once.
+            if self.outbox[0].audience is Audience.BUYER:
+                ready = next_slot(self._calendar(), workflow.now())
+                if ready > workflow.now():
+                    await self._changed_before(ready)
+                    continue
             outbound = self.outbox.pop(0)
             sent = await self._send(outbound)
             # A signal that moved the deal meanwhile (delivered before the order
@@ -430,7 +423,7 @@ class DealWorkflow:
             delivered_at=self.delivered_at,
         )
 
-    def _publish(self, due: Due | None) -> None:
+    def _publish(self, due: Step | None) -> None:
         """Upsert the search attributes when they changed, so the pipeline can count and sum."""
         snapshot = (self.stage, self.value(), due.at if due else None)
         if snapshot == self.published:
@@ -655,6 +648,27 @@ class DealWorkflow:
 
     # --- status ---
 
+    @workflow.query(name=PLAN)
+    def plan(self) -> list[PlannedSend]:
+        """Every email the deal will send without a buyer signal: queued ones, then timed ones."""
+        calendar, planned = self._calendar(), []
+        now = workflow.now()
+        for outbound in self.outbox:
+            at = next_slot(calendar, now) if outbound.audience is Audience.BUYER else now
+            planned.append(self._planned(at, "queued", outbound.template, outbound.audience))
+        schedule = self._schedule()
+        for step in upcoming(schedule, self.deal.cadence, calendar, self.deal.shift_policy):
+            for email in emails_for(step, schedule):
+                planned.append(
+                    self._planned(step.at, describe(step), email.template, email.audience)
+                )
+            schedule = advance(schedule, step)
+        return planned
+
+    def _planned(self, at: datetime, step: str, template: str, audience: Audience) -> PlannedSend:
+        to = [party.email for party in self._recipients(audience)]
+        return PlannedSend(at=at, step=step, template=template, to=to)
+
     @workflow.query(name=STATUS)
     def status(self) -> DealStatus:
         due = None if self._finished() else self._next_due()
@@ -672,7 +686,7 @@ class DealWorkflow:
             delivery_date=self.delivery_date,
             delivered_at=self.delivered_at,
             outcome_reason=self.outcome_reason,
-            next_touch=NextTouch(what=due.what, at=due.at) if due else None,
+            next_touch=NextTouch(what=describe(due), at=due.at) if due else None,
             history=list(self.history),
             messages=list(self.messages),
             problems=list(self.problems),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -21,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from workflows.business_calendar import BusinessCalendar, DelayField
 from workflows.stages import InquiryKind, Stage
 
 
@@ -45,6 +47,8 @@ class Contact(Model):
     email: EmailStr
     time_zone: str = "UTC"
     role: str = "buyer"
+    # ISO country code whose public holidays are no sending days (default: settings).
+    country: str | None = None
 
 
 class LineItem(Model):
@@ -64,7 +68,18 @@ class LineItem(Model):
         return floor
 
 
-Delays = list[timedelta]
+Delays = list[DelayField]
+
+
+class ShiftPolicy(StrEnum):
+    """What a send pushed into the next window slot does to the steps after it.
+
+    shift: later steps count from when the email really went out (as Outreach does).
+    anchor: later steps keep counting from when it was due (as HubSpot does).
+    """
+
+    SHIFT = "shift"
+    ANCHOR = "anchor"
 
 
 class Cadence(Model):
@@ -85,12 +100,13 @@ class Cadence(Model):
     win_loss: Delays = Field(default_factory=lambda: [timedelta(days=5)])
     no_response_after: timedelta = timedelta(days=7)
     delivery_overdue_after: timedelta = timedelta(days=1)
-    check_in_after: timedelta = timedelta(days=1)
-    win_loss_after: timedelta = timedelta(days=21)
+    check_in_after: DelayField = timedelta(days=1)
+    win_loss_after: DelayField = timedelta(days=21)
     win_loss_min_order_value: Money = Decimal(5000)
     reserved_margin_percent: Decimal = Field(default=Decimal(10), ge=0, lt=100)
 
     def follow_ups(self, cadence_name: str) -> Delays:
+        """The follow-up delays of one stage's cadence (named in ``outbound.FOLLOW_UPS``)."""
         delays: Delays = getattr(self, cadence_name)
         return delays
 
@@ -109,6 +125,9 @@ class DealInput(Model):
     fulfilment_address: EmailStr
     win_loss_interviewer: EmailStr | None = None
     message_domain: str = "example.com"
+    # The buyer's business calendar; None sends at any time.
+    calendar: BusinessCalendar | None = None
+    shift_policy: ShiftPolicy = ShiftPolicy.SHIFT
     # How long a send may keep failing transiently (SMTP down) before it is recorded as failed.
     send_retry_for: timedelta = timedelta(hours=24)
 
@@ -211,6 +230,15 @@ class MessageRecord(Model):
 class NextTouch(Model):
     what: str
     at: datetime
+
+
+class PlannedSend(Model):
+    """One email the deal will send on its own if no buyer signal comes first."""
+
+    at: datetime
+    step: str
+    template: str
+    to: list[str]
 
 
 class DealStatus(Model):
