@@ -179,9 +179,7 @@ class OutboxSink:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(
-        self, server: SmtpServer, session: Session, envelope: Envelope
-    ) -> str:
+    async def handle_DATA(self, server: SmtpServer, session: Session, envelope: Envelope) -> str:
         with self._lock:
             if self.refusals:
                 return self.refusals.pop(0)
