@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         next_slot,
     )
     from workflows.models import (
+        BuyerReplied,
         Closed,
         DealInput,
         DealStatus,
@@ -49,6 +50,8 @@ with workflow.unsafe.imports_passed_through():
         NextStepAgreed,
         NextTouch,
         OrderPlaced,
+        OutOfOffice,
+        Paused,
         PlannedSend,
         PriceAgreed,
         RequirementsClarified,
@@ -135,6 +138,13 @@ class DealWorkflow:
         self.interview: InterviewRecorded | None = None
         self.interview_invited = False
         self.interview_pending = False
+        # Stop rules and holds: a reply hands the deal to the rep; a pause or an
+        # out-of-office holds the timers (and a pause the outbox too).
+        self.replied = False
+        self.paused = False
+        self.paused_until: datetime | None = None
+        self.away_until: datetime | None = None
+        self.resumed_at: datetime | None = None
         self.changes = 0
         self.published: tuple[object, ...] = ()
 
@@ -144,6 +154,7 @@ class DealWorkflow:
     async def run(self, deal: DealInput) -> DealStatus:
         self._open()
         while True:
+            self._release_pause()
             await self._send_outbox()
             if self._finished():
                 break
@@ -200,6 +211,12 @@ class DealWorkflow:
             interview_pending=self.interview_pending,
             interview_invited=self.interview_invited,
             selected_for_interview=self._selected(),
+            replied=self.replied,
+            held_until=max(
+                (t for t in (self.paused_until, self.away_until, self.resumed_at) if t),
+                default=None,
+            ),
+            paused=self.paused and self.paused_until is None,
         )
 
     def _adopt(self, schedule: Schedule) -> None:
@@ -209,7 +226,22 @@ class DealWorkflow:
         self.delivery_reminders = schedule.delivery_reminders
         self.interview_pending = schedule.interview_pending
         self.interview_invited = schedule.interview_invited
+        if schedule.held_until is None:
+            now = workflow.now()
+            self.away_until = (
+                None if self.away_until and self.away_until <= now else self.away_until
+            )
+            self.resumed_at = None
         self._changed()
+
+    def _release_pause(self) -> None:
+        """A pause with a resume date ends by itself once that date has come."""
+        if self.paused and self.paused_until and self.paused_until <= workflow.now():
+            self.paused, self.resumed_at, self.paused_until = False, self.paused_until, None
+            self.history.append(
+                StageChange(at=workflow.now(), stage=self.stage, signal="resumed", source="timer")
+            )
+            self._changed()
 
     def _next_due(self) -> Step | None:
         return next_step(
@@ -263,6 +295,10 @@ class DealWorkflow:
 
     async def _send_outbox(self) -> None:
         while self.outbox:
+            self._release_pause()
+            if self.paused:  # a paused deal sends nothing at all
+                await self._changed_before(self.paused_until)
+                continue
             # Buyer emails wait for the buyer's send window; internal ones go at once.
             if self.outbox[0].audience is Audience.BUYER:
                 ready = next_slot(self._calendar(), workflow.now())
@@ -380,6 +416,7 @@ class DealWorkflow:
         self.touches = 0
         self.anchor = workflow.now()
         self.next_step_at = None
+        self.replied = False
         self._changed()
 
     def _changed(self) -> None:
@@ -632,6 +669,71 @@ class DealWorkflow:
     def _check_cancelled(self, signal: Closed) -> None:
         self._refuse(BuyerSignal.CANCELLED)
 
+    @workflow.update(name=BuyerSignal.BUYER_REPLIED.value)
+    def buyer_replied(self, signal: BuyerReplied) -> Stage:
+        self.replied = True
+        self._record(BuyerSignal.BUYER_REPLIED, signal)
+        self._queue(task("task_buyer_replied", reason=signal.contact or self.deal.buyer.email))
+        return self.stage
+
+    @buyer_replied.validator
+    def _check_buyer_replied(self, signal: BuyerReplied) -> None:
+        self._refuse(BuyerSignal.BUYER_REPLIED)
+        known = {contact.email.lower() for contact in self.deal.contacts}
+        if signal.contact and signal.contact.lower() not in known:
+            raise ValueError(f"{signal.contact} is not a contact of this deal")
+
+    @workflow.update(name=BuyerSignal.OUT_OF_OFFICE.value)
+    def out_of_office(self, signal: OutOfOffice) -> Stage:
+        self.away_until = signal.until or workflow.now() + self.deal.cadence.out_of_office_pause
+        self._record(BuyerSignal.OUT_OF_OFFICE, signal)
+        return self.stage
+
+    @out_of_office.validator
+    def _check_out_of_office(self, signal: OutOfOffice) -> None:
+        self._refuse(BuyerSignal.OUT_OF_OFFICE)
+        if signal.until and signal.until <= workflow.now():
+            raise ValueError(f"the return date {signal.until.isoformat()} is in the past")
+
+    @workflow.update(name=BuyerSignal.PAUSED.value)
+    def paused_by_ops(self, signal: Paused) -> Stage:
+        self.paused, self.paused_until = True, signal.until
+        self._record(BuyerSignal.PAUSED, signal)
+        return self.stage
+
+    @paused_by_ops.validator
+    def _check_paused(self, signal: Paused) -> None:
+        self._refuse(BuyerSignal.PAUSED)
+        if signal.until and signal.until <= workflow.now():
+            raise ValueError(f"the resume date {signal.until.isoformat()} is in the past")
+
+    @workflow.update(name=BuyerSignal.RESUMED.value)
+    def resumed(self, signal: SignalPayload) -> Stage:
+        self.paused, self.paused_until, self.resumed_at = False, None, workflow.now()
+        self._record(BuyerSignal.RESUMED, signal)
+        return self.stage
+
+    @resumed.validator
+    def _check_resumed(self, signal: SignalPayload) -> None:
+        self._refuse(BuyerSignal.RESUMED)
+        if not self.paused:
+            raise ValueError("the deal is not paused")
+
+    @workflow.update(name=BuyerSignal.TOUCH_SKIPPED.value)
+    def touch_skipped(self, signal: SignalPayload) -> Stage:
+        step = self._next_due()
+        assert step is not None
+        self._adopt(advance(self._schedule(), step))
+        self._record(BuyerSignal.TOUCH_SKIPPED, signal)
+        return self.stage
+
+    @touch_skipped.validator
+    def _check_touch_skipped(self, signal: SignalPayload) -> None:
+        self._refuse(BuyerSignal.TOUCH_SKIPPED)
+        step = self._next_due()
+        if step is None or step.action not in (Action.FOLLOW_UP, Action.INTERVIEW_REMINDER):
+            raise ValueError("the deal has no follow-up to skip next")
+
     @workflow.update(name=RESEND_FAILED)
     def resend_failed(self, signal: SignalPayload) -> int:
         """Ops: send again what failed for good, once its cause is fixed (template, SMTP)."""
@@ -692,4 +794,7 @@ class DealWorkflow:
             problems=list(self.problems),
             interview=self.interview,
             buyer_time_zone=self.deal.buyer.time_zone,
+            paused=self.paused,
+            held_until=self._schedule().held_until,
+            replied=self.replied,
         )

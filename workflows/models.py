@@ -102,6 +102,7 @@ class Cadence(Model):
     delivery_overdue_after: timedelta = timedelta(days=1)
     check_in_after: DelayField = timedelta(days=1)
     win_loss_after: DelayField = timedelta(days=21)
+    out_of_office_pause: timedelta = timedelta(days=7)
     win_loss_min_order_value: Money = Decimal(5000)
     reserved_margin_percent: Decimal = Field(default=Decimal(10), ge=0, lt=100)
 
@@ -196,6 +197,24 @@ class InterviewRecorded(SignalPayload):
     cooperation_rating: str = Field(min_length=1)
 
 
+class BuyerReplied(SignalPayload):
+    """A reply from any contact of the deal: the automatic follow-ups stop, the rep takes over."""
+
+    contact: str = ""
+
+
+class OutOfOffice(SignalPayload):
+    """An auto-reply: follow-ups wait until ``until`` (or the cadence's default pause)."""
+
+    until: AwareDatetime | None = None
+
+
+class Paused(SignalPayload):
+    """Ops pause: nothing is sent until resumed, or until ``until`` when given."""
+
+    until: AwareDatetime | None = None
+
+
 class Closed(SignalPayload):
     """Lost, disqualified or cancelled: always with the reason."""
 
@@ -261,3 +280,6 @@ class DealStatus(Model):
     problems: list[str] = Field(default_factory=list)
     interview: InterviewRecorded | None = None
     buyer_time_zone: str = "UTC"
+    paused: bool = False
+    held_until: datetime | None = None
+    replied: bool = False

@@ -90,7 +90,10 @@ def next_step(
     at = _slot(calendar, at, action)
     # Shift: later steps count from when this one really goes out (Outreach);
     # anchor: from when it was due, whatever the window did to it (HubSpot).
-    anchor = at if policy is ShiftPolicy.SHIFT else max(target, s.anchor)
+    # A step held back by a pause or an out-of-office shifts under both policies,
+    # so steps that came due meanwhile fire once, not in a burst.
+    held = s.held_until is not None and target <= s.held_until
+    anchor = at if policy is ShiftPolicy.SHIFT or held else max(target, s.anchor)
     return Step(at=at, action=action, touch=touch, next_anchor=anchor)
 
 

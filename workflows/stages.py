@@ -86,7 +86,14 @@ class BuyerSignal(StrEnum):
     LOST = "lost"
     DISQUALIFIED = "disqualified"
     CANCELLED = "cancelled"
+    BUYER_REPLIED = "buyer_replied"
+    OUT_OF_OFFICE = "out_of_office"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    TOUCH_SKIPPED = "touch_skipped"
 
+
+OPEN_STAGES = frozenset(Stage) - TERMINAL_STAGES
 
 # Where each signal is accepted. Anything else is refused by the update's
 # validator with the reason, before it reaches the deal's history.
@@ -107,7 +114,12 @@ ACCEPTED_IN: dict[BuyerSignal, frozenset[Stage]] = {
     BuyerSignal.INTERVIEW_RECORDED: frozenset({Stage.WIN_LOSS_INVITED, Stage.LOST}),
     BuyerSignal.LOST: PRE_ORDER_STAGES,
     BuyerSignal.DISQUALIFIED: PRE_ORDER_STAGES,
-    BuyerSignal.CANCELLED: frozenset(Stage) - TERMINAL_STAGES,
+    BuyerSignal.CANCELLED: OPEN_STAGES,
+    BuyerSignal.BUYER_REPLIED: OPEN_STAGES,
+    BuyerSignal.OUT_OF_OFFICE: OPEN_STAGES,
+    BuyerSignal.PAUSED: OPEN_STAGES,
+    BuyerSignal.RESUMED: OPEN_STAGES,
+    BuyerSignal.TOUCH_SKIPPED: OPEN_STAGES,
 }
 
 

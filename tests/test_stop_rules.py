@@ -1,0 +1,136 @@
+"""Stop rules and holds: a reply hands the deal to the rep, out-of-office and pauses hold timers."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from starter import Refused, record
+from tests.conftest import Deals, sent_at, steps
+from tests.test_lifecycle import deal_id, near, stage_is, status
+from workflows.models import BuyerReplied, Closed, OutOfOffice, Paused, PriceAgreed, SignalPayload
+from workflows.stages import BuyerSignal, Stage
+
+COMMITTEE = [
+    {"name": "Eve Economic", "email": "eve@buyer.example.org", "role": "economic_buyer"},
+    {"name": "Tom Technical", "email": "tom@buyer.example.org", "role": "technical"},
+]
+
+
+async def quiet(deals: Deals, count: int) -> None:
+    await asyncio.sleep(0.5)
+    assert len(deals.sink.received) == count, steps([m.message for m in deals.sink.received])
+
+
+async def test_a_reply_from_any_contact_stops_follow_ups_until_the_next_stage(
+    deals: Deals,
+) -> None:
+    handle = await deals.start(kind="rfp", contacts=COMMITTEE)
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.mail(1)
+    with pytest.raises(Refused, match="not a contact of this deal"):
+        await record(
+            deals.client, deal_id(handle), BuyerSignal.BUYER_REPLIED,
+            BuyerReplied(contact="stranger@example.org"),
+        )  # fmt: skip
+    reply = BuyerReplied(contact="tom@buyer.example.org", source="mailbox")
+    await record(deals.client, deal_id(handle), BuyerSignal.BUYER_REPLIED, reply)
+    task = (await deals.mail(2))[-1]
+    assert task["X-Dealflow-Step"] == "task_buyer_replied"
+    assert "tom@buyer.example.org" in str(task.get_body(("plain",)).get_content())
+    current = await status(handle)
+    assert current.replied and current.next_touch is None
+
+    await deals.skip(timedelta(days=30))
+    await quiet(deals, 2)  # no follow-up, and the deal does not end No Response
+    assert (await status(handle)).stage is Stage.PROPOSAL_RECEIVED
+
+    await record(deals.client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
+    await deals.mail(3)
+    await deals.skip(timedelta(days=2, hours=1))
+    assert steps(await deals.settle(4))[-1] == "offer_follow_up"
+    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+async def test_out_of_office_holds_follow_ups_until_the_return_date_and_is_no_reply(
+    deals: Deals,
+) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.mail(1)
+    back = await deals.now() + timedelta(days=5)
+    await record(deals.client, deal_id(handle), BuyerSignal.OUT_OF_OFFICE, OutOfOffice(until=back))
+    await deals.skip(timedelta(days=3))  # the first follow-up (2 days) came due meanwhile
+    await quiet(deals, 1)
+    await deals.skip(timedelta(days=2, hours=1))
+    first = (await deals.mail(2))[-1]
+    assert first["X-Dealflow-Step"] == "proposal_follow_up"
+    assert near(sent_at(first), back)
+    assert not (await status(handle)).replied
+    # The cadence goes on from the follow-up that went out on return.
+    await deals.skip(timedelta(days=4, hours=1))
+    second = (await deals.settle(3))[-1]
+    assert near(sent_at(second), sent_at(first) + timedelta(days=4))
+    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+async def test_a_paused_deal_sends_nothing_and_an_overdue_touch_fires_once_on_resume(
+    deals: Deals,
+) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.mail(1)
+    await record(deals.client, deal_id(handle), BuyerSignal.PAUSED, Paused(note="rep on holiday"))
+    await record(deals.client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
+    await deals.skip(timedelta(days=9))  # follow-ups of 2 and 4 days and the offer came due
+    await quiet(deals, 1)
+    assert (await status(handle)).paused
+
+    await record(deals.client, deal_id(handle), BuyerSignal.RESUMED, SignalPayload())
+    resumed_at = await deals.now()
+    messages = await deals.settle(2)
+    assert steps(messages) == ["proposal", "final_offer"]
+    assert near(sent_at(messages[1]), resumed_at)
+    await deals.skip(timedelta(days=2, hours=1))
+    follow_up = (await deals.settle(3))[-1]
+    assert follow_up["X-Dealflow-Step"] == "offer_follow_up"
+    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+async def test_timers_due_during_a_pause_fire_once_when_it_ends_by_itself(deals: Deals) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.mail(1)
+    until = await deals.now() + timedelta(days=8)
+    await record(deals.client, deal_id(handle), BuyerSignal.PAUSED, Paused(until=until))
+    await deals.skip(timedelta(days=7))  # touches at 2 and 6 days came due
+    await quiet(deals, 1)
+    await deals.skip(timedelta(days=1, hours=1))
+    messages = await deals.settle(2)
+    assert steps(messages) == ["proposal", "proposal_follow_up"]
+    assert near(sent_at(messages[1]), until)
+    current = await status(handle)
+    assert not current.paused
+    assert current.next_touch is not None
+    assert near(current.next_touch.at, until + timedelta(days=4))
+    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+async def test_skipping_a_touch_moves_on_to_the_next_one(deals: Deals) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.mail(1)
+    before = await status(handle)
+    assert before.next_touch is not None and before.next_touch.what == "follow-up 1"
+    await record(deals.client, deal_id(handle), BuyerSignal.TOUCH_SKIPPED, SignalPayload())
+    after = await status(handle)
+    assert after.next_touch is not None and after.next_touch.what == "follow-up 2"
+    assert near(after.next_touch.at, before.next_touch.at + timedelta(days=4))
+    await record(deals.client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
+    await stage_is(handle, Stage.OFFER_RECEIVED)
+    await record(deals.client, deal_id(handle), BuyerSignal.PAUSED, Paused())
+    with pytest.raises(Refused, match="no follow-up to skip"):
+        await record(deals.client, deal_id(handle), BuyerSignal.TOUCH_SKIPPED, SignalPayload())
+    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
