@@ -61,6 +61,7 @@ from deal_intake import (
 from settings import Settings, demo_cadence, load_settings
 from workflows.deal import PLAN, RESEND_FAILED, STATUS, DealWorkflow
 from workflows.models import (
+    BuyerReplied,
     Closed,
     DealInput,
     DealStatus,
@@ -71,6 +72,8 @@ from workflows.models import (
     InterviewRecorded,
     NextStepAgreed,
     OrderPlaced,
+    OutOfOffice,
+    Paused,
     PlannedSend,
     PriceAgreed,
     RequirementsClarified,
@@ -159,6 +162,17 @@ async def _explain_rpc(client: Client, deal_id: str, error: RPCError) -> Refused
     return Refused(f"deal {deal_id!r}: {error.message}")
 
 
+def owner_filter(owner: str) -> str:
+    """A visibility filter on one rep; the address is checked so it cannot alter the query."""
+    try:
+        owner = validate_email(owner, check_deliverability=False).normalized
+    except EmailNotValidError as error:
+        raise BadInput(f"--owner {owner!r} is not an email address: {error}") from None
+    # A valid address may still hold a quote; the query language escapes it with a backslash.
+    escaped = owner.replace("\\", "\\\\").replace("'", "\\'")
+    return f"DealOwner = '{escaped}'"
+
+
 @dataclass
 class PipelineRow:
     stage: str
@@ -170,12 +184,7 @@ async def pipeline(client: Client, owner: str | None = None) -> list[PipelineRow
     """Count and value per stage, from Temporal visibility (no workflow is asked)."""
     query = "WorkflowType = 'DealWorkflow'"
     if owner:
-        try:
-            owner = validate_email(owner, check_deliverability=False).normalized
-        except EmailNotValidError as error:
-            raise BadInput(f"--owner {owner!r} is not an email address: {error}") from None
-        # A valid address may still hold a quote; the query language escapes it with \'.
-        query += " AND DealOwner = '{}'".format(owner.replace("\\", "\\\\").replace("'", "\\'"))
+        query += f" AND {owner_filter(owner)}"
     rows: dict[str, PipelineRow] = {}
     async for execution in client.list_workflows(query):
         attributes = execution.typed_search_attributes
@@ -539,6 +548,115 @@ def _closing(name: str, signal: BuyerSignal, help_text: str) -> None:
 _closing("lost", BuyerSignal.LOST, "The buyer chose not to buy; loss interview if selected.")
 _closing("disqualify", BuyerSignal.DISQUALIFIED, "The buyer does not fit; the deal ends.")
 _closing("cancel", BuyerSignal.CANCELLED, "Ops cancel: the deal ends and sends nothing more.")
+
+
+@_signal_command(
+    "replied",
+    BuyerSignal.BUYER_REPLIED,
+    "A contact of the deal replied: follow-ups stop and the rep takes over.",
+)
+async def _replied(
+    client: Client,
+    deal_id: str = DealId,
+    contact: str = typer.Option("", help="Which contact replied (default: the main one)."),
+    note: str = Note,
+    source: str = Source,
+) -> BuyerReplied:
+    return _payload(BuyerReplied, contact=contact, note=note, source=source)
+
+
+@_signal_command(
+    "away",
+    BuyerSignal.OUT_OF_OFFICE,
+    "The buyer is out of office: follow-ups wait until the return date.",
+)
+async def _away(
+    client: Client,
+    deal_id: str = DealId,
+    until: str = typer.Option(None, help="Return date (ISO; default: the cadence's pause)."),
+    note: str = Note,
+    source: str = Source,
+) -> OutOfOffice:
+    moment = None
+    if until:
+        moment = local_moment(until, (await status(client, deal_id)).buyer_time_zone)
+    return _payload(OutOfOffice, until=moment, note=note, source=source)
+
+
+@_signal_command("skip", BuyerSignal.TOUCH_SKIPPED, "Skip the deal's next follow-up touch.")
+async def _skip(
+    client: Client, deal_id: str = DealId, note: str = Note, source: str = Source
+) -> SignalPayload:
+    return _payload(SignalPayload, note=note, source=source)
+
+
+async def owner_deals(client: Client, owner: str) -> list[str]:
+    """Ids of the open deals of one rep, from visibility."""
+    query = (
+        f"WorkflowType = 'DealWorkflow' AND ExecutionStatus = 'Running' AND {owner_filter(owner)}"
+    )
+    return [e.id.removeprefix("deal-") async for e in client.list_workflows(query)]
+
+
+async def _hold_command(
+    client: Client,
+    signal: BuyerSignal,
+    deal_id: str | None,
+    owner: str | None,
+    build: Callable[[str], Awaitable[BaseModel]],
+) -> None:
+    if bool(deal_id) == bool(owner):
+        raise BadInput("name one deal, or all deals of a rep with --owner")
+    deal_ids = [deal_id] if deal_id else await owner_deals(client, owner or "")
+    done, refused = 0, []
+    for one in deal_ids:
+        try:
+            await record(client, one, signal, await build(one))
+            done += 1
+        except Refused as error:
+            refused.append(str(error))
+    if deal_id and refused:
+        raise Refused(refused[0])
+    out.print(f"{signal.value}: {done} deal(s)")
+    for reason in refused:
+        err.print(f"skipped: {reason}", soft_wrap=True)
+
+
+@app.command()
+@_run
+async def pause(
+    client: Client,
+    settings: Settings,
+    deal_id: str = typer.Argument(None, help="The deal to pause."),
+    owner: str = typer.Option(None, help="Pause every open deal of this rep instead."),
+    until: str = typer.Option(None, help="Resume by itself then (ISO date, buyer-local)."),
+    note: str = Note,
+) -> None:
+    """Pause a deal, or all deals of a rep (holiday): nothing is sent until resumed."""
+
+    async def build(one: str) -> BaseModel:
+        zone = (await status(client, one)).buyer_time_zone
+        moment = local_moment(until, zone) if until else None
+        return _payload(Paused, until=moment, note=note)
+
+    await _hold_command(client, BuyerSignal.PAUSED, deal_id, owner, build)
+
+
+@app.command()
+@_run
+async def resume(
+    client: Client,
+    settings: Settings,
+    deal_id: str = typer.Argument(None, help="The deal to resume."),
+    owner: str = typer.Option(None, help="Resume every paused deal of this rep instead."),
+    note: str = Note,
+) -> None:
+    """Resume a paused deal (or a rep's deals): steps that came due go out once."""
+
+    async def build(one: str) -> BaseModel:
+        return _payload(SignalPayload, note=note)
+
+    await _hold_command(client, BuyerSignal.RESUMED, deal_id, owner, build)
 
 
 @app.command()

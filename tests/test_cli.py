@@ -407,6 +407,37 @@ async def test_pipeline_counts_and_sums_an_owners_deals_from_visibility(stack: S
     assert set(rows) == {"Proposal Received", "total"}, result.stdout
 
 
+async def test_pause_and_resume_all_deals_of_a_rep(stack: Stack) -> None:
+    owner = f"rep-{uuid.uuid4().hex[:8]}@seller.example.com"
+    mine, theirs = [new_id(), new_id()], new_id()
+    for deal_id in mine:
+        await start_rfp(stack, deal_id, owner=owner)
+    await start_rfp(stack, theirs)
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while True:  # the visibility store catches up with new deals
+        paused = await stack.ok("pause", "--owner", owner, "--until", "2099-01-04")
+        if "paused: 2 deal(s)" in paused.stdout or loop.time() > deadline:
+            break
+        await stack.cli("resume", "--owner", owner)
+        await asyncio.sleep(0.5)
+    assert "paused: 2 deal(s)" in paused.stdout, paused
+    for deal_id in mine:
+        state = await stack.status_json(deal_id)
+        assert state["paused"] is True
+        held = datetime.fromisoformat(state["held_until"])
+        assert held == datetime(2099, 1, 4, 8, tzinfo=UTC)  # 09:00 in Berlin
+    assert (await stack.status_json(theirs))["paused"] is False
+
+    resumed = await stack.ok("resume", "--owner", owner)
+    assert "resumed: 2 deal(s)" in resumed.stdout
+    for deal_id in mine:
+        assert (await stack.status_json(deal_id))["paused"] is False
+    again = await stack.cli("resume", mine[0])
+    assert again.code == 1 and "not paused" in again.one_line_error()
+
+
 def deal_file(tmp_path: Path, deal_id: str, **fields: Any) -> Path:
     path = tmp_path / f"{deal_id}.json"
     path.write_text(json.dumps({"deal_id": deal_id, **fields}))
