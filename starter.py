@@ -71,6 +71,7 @@ from workflows.models import (
     DiscountRequested,
     InterviewRecorded,
     NextStepAgreed,
+    OptedOut,
     OrderPlaced,
     OutOfOffice,
     Paused,
@@ -581,6 +582,21 @@ async def _away(
     if until:
         moment = local_moment(until, (await status(client, deal_id)).buyer_time_zone)
     return _payload(OutOfOffice, until=moment, note=note, source=source)
+
+
+@_signal_command(
+    "optout",
+    BuyerSignal.OPTED_OUT,
+    "The buyer opted out: the address is never mailed again, from any deal.",
+)
+async def _optout(
+    client: Client,
+    deal_id: str = DealId,
+    address: str = typer.Option(None, help="Which contact opted out (default: the main one)."),
+    note: str = Note,
+    source: str = Source,
+) -> OptedOut:
+    return _payload(OptedOut, address=address, note=note, source=source)
 
 
 @_signal_command("skip", BuyerSignal.TOUCH_SKIPPED, "Skip the deal's next follow-up touch.")

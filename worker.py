@@ -19,10 +19,12 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.mailer import Mailer, Sender
 from activities.rendering import TemplateLibrary
 from activities.smtp_pool import SmtpEndpoint, SmtpPool
+from activities.suppression import SuppressionList
 from connection import TemporalUnreachable, connect
 from devstack import DevServer, OutboxSink
 from settings import Settings, SmtpTls, load_settings
 from workflows.deal import DealWorkflow
+from workflows.suppressed_address import SuppressedAddressWorkflow
 
 
 def build_mailer(settings: Settings) -> Mailer:
@@ -49,11 +51,13 @@ def build_mailer(settings: Settings) -> Mailer:
 
 def build_worker(client: Client, settings: Settings, mailer: Mailer | None = None) -> Worker:
     mailer = mailer or build_mailer(settings)
+    suppressions = SuppressionList(client, settings.temporal_task_queue)
+    mailer.suppressions = suppressions
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
-        workflows=[DealWorkflow],
-        activities=[mailer.send_email],
+        workflows=[DealWorkflow, SuppressedAddressWorkflow],
+        activities=[mailer.send_email, suppressions.suppress],
         max_cached_workflows=settings.max_cached_workflows,
         max_concurrent_activities=settings.max_concurrent_activities,
         workflow_runner=workflow_runner(),

@@ -9,6 +9,7 @@ connection, time-out) raises so that Temporal retries with backoff.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -22,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 from activities.email_models import EmailReceipt, EmailRequest, Party
 from activities.rendering import RenderedEmail, TemplateLibrary, TemplateProblem
 from activities.smtp_pool import SmtpPool
+from activities.suppression import Suppression, SuppressionList
 
 SEND_EMAIL = "send_email"
 
@@ -33,6 +35,8 @@ class FailureType:
     ADDRESS = "InvalidAddress"
     BOUNCE = "MailboxRejected"
     REJECTED = "SmtpRejected"
+    OPTED_OUT = "OptedOut"
+    SUPPRESSED = "Suppressed"
 
 
 NON_RETRYABLE = [
@@ -40,6 +44,8 @@ NON_RETRYABLE = [
     FailureType.ADDRESS,
     FailureType.BOUNCE,
     FailureType.REJECTED,
+    FailureType.OPTED_OUT,
+    FailureType.SUPPRESSED,
 ]
 
 
@@ -81,10 +87,17 @@ def _first_code(error: aiosmtplib.SMTPRecipientsRefused) -> tuple[int, str]:
 class Mailer:
     """Holds what every send needs: the sender's identity, the templates and the SMTP pool."""
 
-    def __init__(self, sender: Sender, templates: TemplateLibrary, pool: SmtpPool) -> None:
+    def __init__(
+        self,
+        sender: Sender,
+        templates: TemplateLibrary,
+        pool: SmtpPool,
+        suppressions: SuppressionList | None = None,
+    ) -> None:
         self.sender = sender
         self.templates = templates
         self.pool = pool
+        self.suppressions = suppressions
 
     def build(self, request: EmailRequest) -> EmailMessage:
         """The exact message for ``request``: the same bytes on every retry."""
@@ -123,15 +136,53 @@ class Mailer:
         message.add_alternative(rendered.html, subtype="html")
         return message
 
+    async def _unsuppressed(self, request: EmailRequest) -> EmailRequest:
+        """The request without suppressed recipients; none left is a non-retryable failure."""
+        if self.suppressions is None:
+            return request
+        allowed, found = [], []
+        for party in request.to:
+            entry = await self.suppressions.find(party.email)
+            if entry is None:
+                allowed.append(party)
+            else:
+                found.append(entry)
+        if allowed:
+            return request.model_copy(update={"to": allowed})
+        opted_out = [e for e in found if e.reason == "opted_out"]
+        kind = FailureType.OPTED_OUT if opted_out else FailureType.SUPPRESSED
+        detail = "; ".join(f"{e.address} {e.reason.replace('_', ' ')} ({e.deal_id})" for e in found)
+        raise ApplicationError(f"suppressed: {detail}", type=kind, non_retryable=True)
+
+    async def _suppress_bounced(self, request: EmailRequest, detail: str) -> None:
+        if self.suppressions is None:
+            return
+        for party in request.to:
+            if party.email.lower() in detail.lower():
+                entry = Suppression(
+                    address=party.email,
+                    reason="bounced",
+                    detail=detail,
+                    deal_id=request.context.deal.deal_id,
+                    at=datetime.now(UTC),
+                )
+                await self.suppressions.add(entry)
+
     @activity.defn(name=SEND_EMAIL)
     async def send_email(self, request: EmailRequest) -> EmailReceipt:
         message = self.build(request)
+        # The suppression list is checked last, right before SMTP: an opt-out
+        # recorded a second ago by another deal still stops this email.
+        allowed = await self._unsuppressed(request)
+        if allowed is not request:
+            request, message = allowed, self.build(allowed)
         try:
             async with self.pool.connection() as smtp:
                 refused, _ = await smtp.send_message(message)
         except aiosmtplib.SMTPRecipientsRefused as error:
             code, detail = _first_code(error)
             if code >= 500:
+                await self._suppress_bounced(request, detail)
                 raise ApplicationError(
                     f"recipient refused: {detail}", type=FailureType.BOUNCE, non_retryable=True
                 ) from None

@@ -9,8 +9,16 @@ import pytest
 
 from starter import Refused, record
 from tests.conftest import Deals, sent_at, steps
-from tests.test_lifecycle import deal_id, near, stage_is, status
-from workflows.models import BuyerReplied, Closed, OutOfOffice, Paused, PriceAgreed, SignalPayload
+from tests.test_lifecycle import deal_id, eventually, near, stage_is, status
+from workflows.models import (
+    BuyerReplied,
+    Closed,
+    OptedOut,
+    OutOfOffice,
+    Paused,
+    PriceAgreed,
+    SignalPayload,
+)
 from workflows.stages import BuyerSignal, Stage
 
 COMMITTEE = [
@@ -134,3 +142,54 @@ async def test_skipping_a_touch_moves_on_to_the_next_one(deals: Deals) -> None:
     with pytest.raises(Refused, match="no follow-up to skip"):
         await record(deals.client, deal_id(handle), BuyerSignal.TOUCH_SKIPPED, SignalPayload())
     await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+async def test_an_opt_out_ends_the_deal_and_no_deal_mails_the_address_again(
+    deals: Deals,
+) -> None:
+    first = await deals.start(kind="rfp")
+    await stage_is(first, Stage.PROPOSAL_RECEIVED)
+    await deals.mail(1)
+    opt_out = OptedOut(source="unsubscribe link")
+    assert await record(deals.client, deal_id(first), BuyerSignal.OPTED_OUT, opt_out) == (
+        Stage.OPTED_OUT
+    )
+    ended = await first.result()
+    assert ended.stage is Stage.OPTED_OUT
+    await deals.skip(timedelta(days=10))
+    await quiet(deals, 1)
+
+    # Another case for the same buyer: nothing reaches the address.
+    second = await deals.start(
+        kind="rfq", items=[{"name": "Widget", "quantity": 1, "list_price": "9"}]
+    )
+    other = await second.result()
+    assert other.stage is Stage.OPTED_OUT
+    quotation = other.messages[0]
+    assert quotation.template == "quotation" and quotation.outcome == "skipped"
+    assert "opted out" in quotation.error and deal_id(first) in quotation.error
+    # The rep's negotiation task still went out; the buyer got nothing.
+    assert steps(await deals.settle(2)) == ["proposal", "task_negotiate_quote"]
+
+
+async def test_a_hard_bounce_suppresses_the_address_for_other_deals(deals: Deals) -> None:
+    deals.sink.refused_recipients["bea@buyer.example.org"] = "550 5.1.1 No such mailbox"
+    first = await deals.start(kind="rfp")
+
+    async def bounced() -> None:
+        assert [m.outcome for m in (await status(first)).messages][:1] == ["bounced"]
+
+    await eventually(bounced)
+    deals.sink.refused_recipients.clear()  # even a mailbox that would now accept stays suppressed
+    second = await deals.start(kind="rfp")
+
+    async def skipped() -> None:
+        messages = (await status(second)).messages
+        assert messages and messages[0].outcome == "skipped"
+        assert "bounced" in messages[0].error
+
+    await eventually(skipped)
+    await asyncio.sleep(0.5)
+    assert "proposal" not in steps([m.message for m in deals.sink.received])
+    for handle in (first, second):
+        await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))

@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         StepFacts,
     )
     from activities.mailer import NON_RETRYABLE, FailureType, Mailer
+    from activities.suppression import Suppression, SuppressionList
     from workflows import pricing
     from workflows.business_calendar import (
         BusinessCalendar,
@@ -49,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         MessageRecord,
         NextStepAgreed,
         NextTouch,
+        OptedOut,
         OrderPlaced,
         OutOfOffice,
         Paused,
@@ -86,6 +88,7 @@ SEND_RETRY_POLICY = RetryPolicy(
 )
 SEND_ATTEMPT_TIMEOUT = timedelta(minutes=2)
 BOUNCE_TYPES = frozenset({FailureType.BOUNCE, FailureType.REJECTED})
+SUPPRESSED_TYPES = frozenset({FailureType.OPTED_OUT, FailureType.SUPPRESSED})
 STATUS = "status"
 PLAN = "plan"
 RESEND_FAILED = "resend_failed"
@@ -122,7 +125,9 @@ class DealWorkflow:
         self.problems: list[str] = []
         self.outbox: list[Outbound] = []
         self.threads: dict[Thread, EmailThread] = {}
+        # Addresses this deal must not mail: bounced, opted out, or suppressed elsewhere.
         self.bounced: set[str] = set()
+        self.suppressing: list[Suppression] = []
         # Sends that failed for good (template, address, SMTP down too long), kept for `resend`.
         self.failed: list[Outbound] = []
         self.sequence = 0
@@ -155,6 +160,7 @@ class DealWorkflow:
         self._open()
         while True:
             self._release_pause()
+            await self._record_suppressions()
             await self._send_outbox()
             if self._finished():
                 break
@@ -197,7 +203,22 @@ class DealWorkflow:
             self._queue(task("task_negotiate_quote"))
 
     def _finished(self) -> bool:
-        return self.stage.is_terminal and not self.outbox and not self.interview_pending
+        return (
+            self.stage.is_terminal
+            and not self.outbox
+            and not self.interview_pending
+            and not self.suppressing
+        )
+
+    async def _record_suppressions(self) -> None:
+        while self.suppressing:
+            await workflow.execute_activity_method(
+                SuppressionList.suppress,
+                self.suppressing[0],
+                start_to_close_timeout=SEND_ATTEMPT_TIMEOUT,
+                retry_policy=SEND_RETRY_POLICY,
+            )
+            self.suppressing.pop(0)
 
     def _schedule(self) -> Schedule:
         return Schedule(
@@ -373,8 +394,21 @@ class DealWorkflow:
         cause = error.cause
         kind = cause.type if isinstance(cause, ApplicationError) and cause.type else "SendFailed"
         message = cause.message if cause is not None else error.message
-        record.outcome = "bounced" if kind in BOUNCE_TYPES else "failed"
         record.error = f"{kind}: {message}"
+        if kind in SUPPRESSED_TYPES:
+            # Another deal (or an earlier bounce) suppressed the address: not a problem to fix.
+            record.outcome = "skipped"
+            self.bounced.update(address.lower() for address in record.to)
+            reachable = [c for c in self.deal.contacts if c.email.lower() not in self.bounced]
+            if kind == FailureType.OPTED_OUT and not reachable and not self.stage.is_terminal:
+                self._close(
+                    Stage.OPTED_OUT,
+                    BuyerSignal.OPTED_OUT,
+                    Closed(reason=message, source="suppression list"),
+                )
+            self._changed()
+            return
+        record.outcome = "bounced" if kind in BOUNCE_TYPES else "failed"
         self.problems.append(f"{record.step} to {', '.join(record.to)}: {record.error}")
         if record.outcome == "failed":
             self.failed.append(outbound)
@@ -733,6 +767,33 @@ class DealWorkflow:
         step = self._next_due()
         if step is None or step.action not in (Action.FOLLOW_UP, Action.INTERVIEW_REMINDER):
             raise ValueError("the deal has no follow-up to skip next")
+
+    @workflow.update(name=BuyerSignal.OPTED_OUT.value)
+    def opted_out(self, signal: OptedOut) -> Stage:
+        address = str(signal.address or self.deal.buyer.email).lower()
+        self.bounced.add(address)
+        self.suppressing.append(
+            Suppression(
+                address=address,
+                reason="opted_out",
+                detail=signal.note,
+                deal_id=self.deal.deal_id,
+                at=workflow.now(),
+            )
+        )
+        if self.stage is Stage.LOST:
+            self.interview_pending = False
+            self._record(BuyerSignal.OPTED_OUT, signal)
+            return self.stage
+        closing = Closed(reason=f"{address} opted out", source=signal.source, note=signal.note)
+        return self._close(Stage.OPTED_OUT, BuyerSignal.OPTED_OUT, closing)
+
+    @opted_out.validator
+    def _check_opted_out(self, signal: OptedOut) -> None:
+        self._refuse(BuyerSignal.OPTED_OUT)
+        known = {contact.email.lower() for contact in self.deal.contacts}
+        if signal.address and str(signal.address).lower() not in known:
+            raise ValueError(f"{signal.address} is not a contact of this deal")
 
     @workflow.update(name=RESEND_FAILED)
     def resend_failed(self, signal: SignalPayload) -> int:

@@ -215,6 +215,12 @@ class Paused(SignalPayload):
     until: AwareDatetime | None = None
 
 
+class OptedOut(SignalPayload):
+    """The buyer asked for no more email: the address is suppressed for every deal."""
+
+    address: EmailStr | None = None
+
+
 class Closed(SignalPayload):
     """Lost, disqualified or cancelled: always with the reason."""
 

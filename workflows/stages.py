@@ -35,6 +35,7 @@ class Stage(StrEnum):
     DISQUALIFIED = "Disqualified"
     NO_RESPONSE = "No Response"
     CANCELLED = "Cancelled"
+    OPTED_OUT = "Opted Out"
 
     @property
     def is_terminal(self) -> bool:
@@ -56,7 +57,14 @@ PRE_ORDER_STAGES = frozenset(
     }
 )
 TERMINAL_STAGES = frozenset(
-    {Stage.WON, Stage.LOST, Stage.DISQUALIFIED, Stage.NO_RESPONSE, Stage.CANCELLED}
+    {
+        Stage.WON,
+        Stage.LOST,
+        Stage.DISQUALIFIED,
+        Stage.NO_RESPONSE,
+        Stage.CANCELLED,
+        Stage.OPTED_OUT,
+    }
 )
 
 # Stages in which the deal waits on the buyer with a follow-up cadence.
@@ -91,6 +99,7 @@ class BuyerSignal(StrEnum):
     PAUSED = "paused"
     RESUMED = "resumed"
     TOUCH_SKIPPED = "touch_skipped"
+    OPTED_OUT = "opted_out"
 
 
 OPEN_STAGES = frozenset(Stage) - TERMINAL_STAGES
@@ -120,6 +129,8 @@ ACCEPTED_IN: dict[BuyerSignal, frozenset[Stage]] = {
     BuyerSignal.PAUSED: OPEN_STAGES,
     BuyerSignal.RESUMED: OPEN_STAGES,
     BuyerSignal.TOUCH_SKIPPED: OPEN_STAGES,
+    # An opt-out is honoured whatever the stage, even on a closed deal still inviting.
+    BuyerSignal.OPTED_OUT: OPEN_STAGES | {Stage.LOST},
 }
 
 
