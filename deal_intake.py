@@ -94,6 +94,7 @@ def build_deal(settings: Settings, fields: Mapping[str, Any]) -> DealInput:
     data.setdefault("message_domain", settings.sender_domain)
     data.setdefault("send_retry_for", settings.send_retry_for)
     data.setdefault("shift_policy", settings.shift_policy.value)
+    data.setdefault("routing", template_routing(settings.templates_dir))
     for contact in data.get("contacts") or []:
         if isinstance(contact, Mapping) and contact.get("time_zone"):
             check_time_zone(str(contact["time_zone"]))
@@ -104,6 +105,15 @@ def build_deal(settings: Settings, fields: Mapping[str, Any]) -> DealInput:
     if "calendar" not in data and settings.window is not None:
         deal.calendar = business_calendar(settings, deal.buyer.time_zone, deal.buyer.country)
     return deal
+
+
+def template_routing(folder: Path) -> dict[str, list[str]]:
+    """Which buying-committee roles each template targets (``<step>/roles.txt``, one a line)."""
+    routing = {}
+    for roles_file in sorted(folder.glob("*/roles.txt")):
+        roles = [line.strip() for line in roles_file.read_text().splitlines() if line.strip()]
+        routing[roles_file.parent.name] = roles
+    return routing
 
 
 def business_calendar(

@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import (
         BuyerReplied,
         Closed,
+        Contact,
         DealInput,
         DealStatus,
         DeclinedToTalk,
@@ -335,19 +336,20 @@ class DealWorkflow:
 
     async def _send(self, outbound: Outbound) -> bool:
         """Send one email; False (recorded on the deal) when it could not go out."""
-        recipients = self._recipients(outbound.audience)
+        everyone = self._recipients(outbound.audience, outbound.template)
+        recipients = [r for r in everyone if r.email.lower() not in self.bounced]
         self.sequence += 1
         step = f"{self.sequence:03d}-{outbound.template}"
         record = MessageRecord(
             step=step,
             template=outbound.template,
-            to=[r.email for r in recipients],
+            to=[r.email for r in recipients or everyone],
             at=workflow.now(),
             outcome="skipped",
         )
         self.messages.append(record)
-        blocked = [r.email for r in recipients if r.email.lower() in self.bounced]
-        if blocked:
+        blocked = [r.email for r in everyone if r not in recipients]
+        if not recipients:
             record.error = f"address bounced earlier: {', '.join(blocked)}"
             self._changed()
             return False
@@ -418,10 +420,13 @@ class DealWorkflow:
                 self._queue(task("task_fix_address", reason=record.error))
         self._changed()
 
-    def _recipients(self, audience: Audience) -> list[Party]:
+    def _recipients(self, audience: Audience, template: str) -> list[Party]:
         deal = self.deal
         if audience is Audience.BUYER:
-            return [self._buyer()]
+            # A template may target roles of the buying committee; else the main contact.
+            roles = set(deal.routing.get(template, []))
+            chosen = [c for c in deal.contacts if c.role in roles] or [deal.buyer]
+            return [self._party(contact) for contact in chosen]
         if audience is Audience.FULFILMENT:
             return [Party(name="Fulfilment", email=deal.fulfilment_address, role="fulfilment")]
         if audience is Audience.INTERVIEWER and deal.win_loss_interviewer:
@@ -429,7 +434,10 @@ class DealWorkflow:
         return [Party(name="Deal owner", email=deal.owner, role="rep")]
 
     def _buyer(self) -> Party:
-        contact = self.deal.buyer
+        return self._party(self.deal.buyer)
+
+    @staticmethod
+    def _party(contact: Contact) -> Party:
         return Party(
             name=contact.name, email=contact.email, time_zone=contact.time_zone, role=contact.role
         )
@@ -829,7 +837,7 @@ class DealWorkflow:
         return planned
 
     def _planned(self, at: datetime, step: str, template: str, audience: Audience) -> PlannedSend:
-        to = [party.email for party in self._recipients(audience)]
+        to = [party.email for party in self._recipients(audience, template)]
         return PlannedSend(at=at, step=step, template=template, to=to)
 
     @workflow.query(name=STATUS)

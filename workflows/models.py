@@ -129,6 +129,8 @@ class DealInput(Model):
     # The buyer's business calendar; None sends at any time.
     calendar: BusinessCalendar | None = None
     shift_policy: ShiftPolicy = ShiftPolicy.SHIFT
+    # Template -> the buying-committee roles it goes to (from templates/<step>/roles.txt).
+    routing: dict[str, list[str]] = Field(default_factory=dict)
     # How long a send may keep failing transiently (SMTP down) before it is recorded as failed.
     send_retry_for: timedelta = timedelta(hours=24)
 
