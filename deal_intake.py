@@ -94,6 +94,8 @@ def build_deal(settings: Settings, fields: Mapping[str, Any]) -> DealInput:
     data.setdefault("message_domain", settings.sender_domain)
     data.setdefault("send_retry_for", settings.send_retry_for)
     data.setdefault("shift_policy", settings.shift_policy.value)
+    if settings.send_rate_per_second:
+        data.setdefault("send_task_queue", settings.send_task_queue)
     data.setdefault("routing", template_routing(settings.templates_dir))
     for contact in data.get("contacts") or []:
         if isinstance(contact, Mapping) and contact.get("time_zone"):

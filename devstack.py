@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sysconfig
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -128,6 +129,7 @@ class ReceivedMail:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    received_at: float = field(default_factory=time.monotonic)
 
     @property
     def message(self) -> EmailMessage:

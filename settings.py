@@ -146,6 +146,10 @@ class Settings(BaseSettings):
     extra_holidays: list[date] = Field(default_factory=list)
     shift_policy: ShiftPolicy = ShiftPolicy.SHIFT
 
+    # Throttling per sending mailbox: sends run on their own task queue, which the
+    # Temporal server rate-limits across all workers (None: no limit).
+    send_rate_per_second: float | None = Field(default=None, gt=0)
+
     # Sends that keep failing transiently (SMTP down) are retried this long, then recorded.
     send_retry_for: timedelta = timedelta(hours=24)
 
@@ -191,6 +195,10 @@ class Settings(BaseSettings):
     def window(self) -> SendWindow | None:
         """The send window, or None when buyers may be emailed at any time."""
         return parse_window(self.send_window)
+
+    @property
+    def send_task_queue(self) -> str:
+        return f"{self.temporal_task_queue}-send"
 
     @property
     def sender_domain(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from contextlib import AsyncExitStack
 
 import typer
 from temporalio.client import Client
@@ -64,6 +65,17 @@ def build_worker(client: Client, settings: Settings, mailer: Mailer | None = Non
     )
 
 
+def build_send_worker(client: Client, settings: Settings, mailer: Mailer) -> Worker:
+    """The worker of the send queue: the server holds it to the mailbox's send rate."""
+    return Worker(
+        client,
+        task_queue=settings.send_task_queue,
+        activities=[mailer.send_email],
+        max_concurrent_activities=settings.max_concurrent_activities,
+        max_task_queue_activities_per_second=settings.send_rate_per_second,
+    )
+
+
 def workflow_runner() -> SandboxedWorkflowRunner:
     """The sandbox for deal workflows (the worker and the replay tests use the same)."""
     # pydantic's EmailStr imports these lazily; load them once, outside the sandbox.
@@ -89,7 +101,10 @@ async def serve(settings: Settings) -> None:
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, stop.set)
     try:
-        async with worker:
+        async with AsyncExitStack() as running:
+            await running.enter_async_context(worker)
+            if settings.send_rate_per_second:
+                await running.enter_async_context(build_send_worker(client, settings, mailer))
             await stop.wait()
         print("worker: stopped", flush=True)
     finally:

@@ -372,6 +372,7 @@ class DealWorkflow:
             receipt: EmailReceipt = await workflow.execute_activity_method(
                 Mailer.send_email,
                 request,
+                task_queue=self.deal.send_task_queue,
                 start_to_close_timeout=SEND_ATTEMPT_TIMEOUT,
                 schedule_to_close_timeout=self.deal.send_retry_for,
                 retry_policy=SEND_RETRY_POLICY,

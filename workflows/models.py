@@ -129,6 +129,8 @@ class DealInput(Model):
     # The buyer's business calendar; None sends at any time.
     calendar: BusinessCalendar | None = None
     shift_policy: ShiftPolicy = ShiftPolicy.SHIFT
+    # Where sends run (a rate-limited queue per sending mailbox); None: the deal's own queue.
+    send_task_queue: str | None = None
     # Template -> the buying-committee roles it goes to (from templates/<step>/roles.txt).
     routing: dict[str, list[str]] = Field(default_factory=dict)
     # How long a send may keep failing transiently (SMTP down) before it is recorded as failed.
