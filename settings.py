@@ -149,6 +149,10 @@ class Settings(BaseSettings):
     # Throttling per sending mailbox: sends run on their own task queue, which the
     # Temporal server rate-limits across all workers (None: no limit).
     send_rate_per_second: float | None = Field(default=None, gt=0)
+    # At most this many emails from the sender address in any 24 hours (None: no cap);
+    # the rest wait for a free slot, nothing is dropped.
+    send_cap_per_24h: int | None = Field(default=None, gt=0)
+    send_cap_window: timedelta = timedelta(hours=24)
 
     # Sends that keep failing transiently (SMTP down) are retried this long, then recorded.
     send_retry_for: timedelta = timedelta(hours=24)

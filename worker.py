@@ -17,6 +17,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.mailbox_quota import MailboxQuota
 from activities.mailer import Mailer, Sender
 from activities.rendering import TemplateLibrary
 from activities.smtp_pool import SmtpEndpoint, SmtpPool
@@ -25,6 +26,7 @@ from connection import TemporalUnreachable, connect
 from devstack import DevServer, OutboxSink
 from settings import Settings, SmtpTls, load_settings
 from workflows.deal import DealWorkflow
+from workflows.mailbox_quota import MailboxQuotaWorkflow
 from workflows.suppressed_address import SuppressedAddressWorkflow
 
 
@@ -54,10 +56,15 @@ def build_worker(client: Client, settings: Settings, mailer: Mailer | None = Non
     mailer = mailer or build_mailer(settings)
     suppressions = SuppressionList(client, settings.temporal_task_queue)
     mailer.suppressions = suppressions
+    if settings.send_cap_per_24h:
+        mailbox = str(settings.sender_address)
+        queue = settings.temporal_task_queue
+        cap, window = settings.send_cap_per_24h, settings.send_cap_window
+        mailer.quota = MailboxQuota(client, queue, mailbox, cap, window)
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
-        workflows=[DealWorkflow, SuppressedAddressWorkflow],
+        workflows=[DealWorkflow, SuppressedAddressWorkflow, MailboxQuotaWorkflow],
         activities=[mailer.send_email, suppressions.suppress],
         max_cached_workflows=settings.max_cached_workflows,
         max_concurrent_activities=settings.max_concurrent_activities,

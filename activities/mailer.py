@@ -9,7 +9,7 @@ connection, time-out) raises so that Temporal retries with backoff.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -21,6 +21,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.email_models import EmailReceipt, EmailRequest, Party
+from activities.mailbox_quota import MailboxQuota
 from activities.rendering import RenderedEmail, TemplateLibrary, TemplateProblem
 from activities.smtp_pool import SmtpPool
 from activities.suppression import Suppression, SuppressionList
@@ -93,11 +94,13 @@ class Mailer:
         templates: TemplateLibrary,
         pool: SmtpPool,
         suppressions: SuppressionList | None = None,
+        quota: MailboxQuota | None = None,
     ) -> None:
         self.sender = sender
         self.templates = templates
         self.pool = pool
         self.suppressions = suppressions
+        self.quota = quota
 
     def build(self, request: EmailRequest) -> EmailMessage:
         """The exact message for ``request``: the same bytes on every retry."""
@@ -176,6 +179,17 @@ class Mailer:
         allowed = await self._unsuppressed(request)
         if allowed is not request:
             request, message = allowed, self.build(allowed)
+        if self.quota is not None:
+            slot = await self.quota.slot(request.message_id)
+            # The server's clock, as the quota's slots are (it also skips time in tests).
+            wait = slot - activity.info().current_attempt_scheduled_time
+            if wait > timedelta(0):
+                # Over the mailbox's 24-hour cap: come back when the slot frees up.
+                raise ApplicationError(
+                    f"mailbox cap reached; this email goes out at {slot.isoformat()}",
+                    type="MailboxCapReached",
+                    next_retry_delay=wait,
+                )
         try:
             async with self.pool.connection() as smtp:
                 refused, _ = await smtp.send_message(message)
