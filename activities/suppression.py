@@ -46,13 +46,15 @@ class SuppressionList:
         handle = self.client.get_workflow_handle(suppression_id(address))
         try:
             described = await handle.describe()
-            if described.status != WorkflowExecutionStatus.RUNNING:
-                return None
-            return await handle.query(SUPPRESSION_QUERY, result_type=Suppression)
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:
                 return None
             raise
+        if described.status != WorkflowExecutionStatus.RUNNING:
+            return None
+        # The entry travels as the memo: readable from the start, before any
+        # workflow task has run (a query would have to wait for one).
+        return Suppression.model_validate_json(await described.memo_value("entry", type_hint=str))
 
     async def add(self, entry: Suppression) -> None:
         await self.client.start_workflow(
@@ -63,6 +65,7 @@ class SuppressionList:
             # Suppressing twice keeps the first entry: the call is idempotent.
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            memo={"entry": entry.model_dump_json()},
         )
 
     @activity.defn(name=SUPPRESS_ADDRESS)
