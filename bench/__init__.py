@@ -1,0 +1,1 @@
+"""Benchmarks: how close Dealflow runs to Temporal's own limit (``make bench``)."""
