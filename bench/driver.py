@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -81,9 +81,9 @@ def deal_input(settings: Settings, deal_id: str, timings: dict[str, Any]) -> Dea
     )
 
 
-async def start_skeleton(client: Client, settings: Settings, deal: DealInput) -> None:
+async def start_skeleton(client: Client, settings: Settings, deal: DealInput) -> WorkflowHandle:
     """Exactly what ``starter.start_deal`` sends, for the skeleton workflow."""
-    await client.start_workflow(
+    return await client.start_workflow(
         DealSkeleton.run,
         deal,
         id=workflow_id(deal.deal_id),
@@ -207,29 +207,26 @@ async def count(client: Client, query: str) -> int:
 
 @dataclass
 class Closed:
-    """When the server started and closed each workflow of a run."""
+    """When the server started and closed the workflows of a run."""
 
     first_start: float
-    last_close: float
-    completed: int
-    other: list[str]
+    closes: list[float]  # sorted
+    other: list[str]  # workflows that did not complete
 
     @property
     def seconds(self) -> float:
-        return self.last_close - self.first_start
+        return self.closes[-1] - self.first_start
 
 
 async def closed_runs(client: Client, task_queue: str) -> Closed:
-    starts, closes, completed, other = [], [], 0, []
+    starts, closes, other = [], [], []
     async for execution in client.list_workflows(f"TaskQueue = '{task_queue}'"):
         starts.append(execution.start_time.timestamp())
         if execution.close_time is not None:
             closes.append(execution.close_time.timestamp())
-        if execution.status == WorkflowExecutionStatus.COMPLETED:
-            completed += 1
-        else:
+        if execution.status != WorkflowExecutionStatus.COMPLETED:
             other.append(f"{execution.id}: {execution.status}")
-    return Closed(min(starts), max(closes or [time.time()]), completed, other)
+    return Closed(min(starts), sorted(closes), other)
 
 
 def stamp() -> Callable[[], float]:

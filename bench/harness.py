@@ -11,6 +11,7 @@ deals, sends buyer signals and watches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import statistics
@@ -47,20 +48,27 @@ class BenchServer(DevServer):
     """``devstack.DevServer`` with a choice of storage tuning (see ``SERVER_MODES``)."""
 
     tuning: Sequence[str] = tuple(DEV_SERVER_TUNING)
+    log_file: Path | None = None
 
     def command(self) -> list[str]:
         command = super().command()
         return command[: len(command) - len(DEV_SERVER_TUNING)] + list(self.tuning)
 
     async def start(self, ready_within: float = 60.0) -> None:
-        # As DevServer.start, without the server's start-up banner in the benchmark's output.
-        self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-            self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
-        )
+        # As DevServer.start, with the server's banner and logs (errors such as "context
+        # canceled" at shutdown) in a file rather than in the benchmark's table.
+        log = self.log_file.open("wb") if self.log_file else subprocess.DEVNULL
+        with contextlib.closing(log) if self.log_file else contextlib.nullcontext():
+            self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
         deadline = time.monotonic() + ready_within
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the dev server exited with code {self.process.returncode}")
+                tail = self.log_file.read_text()[-2000:] if self.log_file else ""
+                raise RuntimeError(
+                    f"the dev server exited with code {self.process.returncode}\n{tail}"
+                )
             try:
                 await Client.connect(self.address)
                 return
@@ -236,6 +244,7 @@ async def stack(server_mode: str = "embedded") -> AsyncIterator[Stack]:
             db_file=Path(folder) / "temporal.db" if on_disk else None,
             headless=True,
             tuning=tuning,
+            log_file=Path(folder) / "server.log",
         )
         sink = SinkProcess()
         await server.start()
