@@ -4,12 +4,20 @@ Every deal sends its ten emails (proposal, final offer, order confirmation,
 fulfilment hand-over, delivery notice, invoice task, check-in, check-in call
 task, win-loss invitation, interview task), takes four buyer signals from the
 driver (price agreed, order placed, delivered, interview recorded) and waits on
-two timers that fire (check-in, win-loss: a couple of seconds here) and four
-that are cancelled by a signal. The skeleton (``bench.skeletons.DealSkeleton``)
-does the same with empty bodies, on the same server, right before and right
-after the deals; the baseline is the mean of its two runs.
+two timers that fire (check-in, win-loss: five seconds here) and four that are
+cancelled by a signal. The skeleton (``bench.skeletons.DealSkeleton``) does the
+same with empty bodies, on the same server, right before and right after the
+deals; the baseline is the mean of its two runs.
 
-Figure: deals/s = N / (last close - first start), both as recorded by the server.
+All N deals are in flight at once (started as ``bulk-start`` would), which keeps
+the server saturated for the skeleton and the worker for the deals. Figure:
+deals/s = N / (last close - first start), as recorded by the server.
+
+Under that load a deal's two sends before the check-in (or the win-loss) timer
+can take longer than the timer: the deal then skips it (no timer, one workflow
+task less), as it would in production. The skeleton, being faster, rarely does.
+The histories of sampled deals and skeletons are compared and the difference
+reported; a skipped timer lightens the deal's work, so it flatters our figure.
 """
 
 from __future__ import annotations
@@ -29,15 +37,16 @@ from bench.driver import (
     count,
     deal_input,
     plan,
-    start_all,
+    start_skeleton,
 )
 from bench.harness import CpuMeter, Row, Stack, stack, wait_until
-from starter import workflow_id
+from starter import start_deal, workflow_id
+from workflows.models import DealInput
 
 NAME = "lifecycle"
-DEFAULT_N = 500
-# Long enough that the two sends before each timer rarely outlast it under load
-# (a deal whose sends did skips that timer: its history no longer has the shape).
+DEFAULT_N = 300
+# Short, since all deals wait on them at about the same time and the server idles
+# meanwhile; long enough that an unloaded deal's two sends do not outlast them.
 TIMINGS = cadence(check_in_after="PT5S", win_loss_after="PT5S")
 SHAPE_SAMPLE = 10
 EMAILS_PER_DEAL = 10
@@ -57,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run_once(stack: Stack, kind: str, n: int, label: str) -> float:
-    """Drive N deals (or skeletons) to the end; deals/s as the server saw it."""
+    """Drive N deals (or skeletons) to the end, all at once; deals/s as the server saw it."""
     queue = f"{NAME}-{label}"
     settings = stack.settings(queue)
     deals = [deal_input(settings, f"{label}-{i:05d}", TIMINGS) for i in range(n)]
@@ -65,27 +74,33 @@ async def run_once(stack: Stack, kind: str, n: int, label: str) -> float:
         meter = CpuMeter(stack, worker)
         driver = SignalDriver(stack.client, queue, plan(WON_PATH))
         driving = asyncio.create_task(driver.run())
+        start = start_deal if kind == "deals" else start_skeleton
+        slots = asyncio.Semaphore(settings.bulk_start_concurrency)
+
+        async def one(deal: DealInput) -> None:
+            async with slots:
+                handle = await start(stack.client, settings, deal)
+            await handle.result()
+
         try:
-            await start_all(stack.client, settings, kind, deals, settings.bulk_start_concurrency)
-            query = f"TaskQueue = '{queue}' AND ExecutionStatus != 'Running'"
-            await wait_until(
-                lambda: _closed(stack.client, query, n), f"{label}: {n} deals closed", 30 + n
-            )
+            await asyncio.wait_for(asyncio.gather(*(one(deal) for deal in deals)), 60 + n)
         finally:
             driving.cancel()
         cpu = meter.summary()
+    closed = f"TaskQueue = '{queue}' AND ExecutionStatus != 'Running'"
+    await wait_until(lambda: _closed(stack, closed, n), "visibility of closed deals", 30)
     runs = await closed_runs(stack.client, queue)
     if runs.other:
         print(f"  {label}: {len(runs.other)} did not complete, e.g. {runs.other[:3]}")
     for problem in driver.problems[:3]:
         print(f"  {label}: signal problem: {problem}")
     rate = n / runs.seconds
-    print(f"  {label:>10}: {n} {kind} in {runs.seconds:5.1f} s = {rate:6.1f}/s; {cpu}")
+    print(f"  {label:>3}: {n} {kind} in {runs.seconds:5.1f} s = {rate:4.1f}/s; {cpu}")
     return rate
 
 
-async def _closed(client: Client, query: str, n: int) -> bool:
-    return await count(client, query) >= n
+async def _closed(stack: Stack, query: str, n: int) -> bool:
+    return await count(stack.client, query) >= n
 
 
 async def shape(client: Client, deal_id: str) -> Counter[str]:
@@ -116,8 +131,16 @@ async def run(args: argparse.Namespace) -> list[Row]:
             for found in shapes
             if found != expected
         ]
-        if odd:
-            notes.append(f"{len(odd)} of {len(shapes)} sampled {name} differ in shape: {odd[0]}")
+        skipped = [diff for diff in odd if set(diff) <= {"timers", "fired"}]
+        if skipped:
+            timers = -sum(diff["timers"] for diff in skipped)
+            notes.append(
+                f"{len(skipped)} of {len(shapes)} sampled {name} skipped {timers} timer(s) "
+                "in all: their sends outlasted the timer"
+            )
+            print(f"  {notes[-1]}")
+        if len(skipped) < len(odd):
+            notes.append(f"sampled {name} differ from the path's shape: {odd}")
             print(f"  WARNING: {notes[-1]}")
     if emails != n * EMAILS_PER_DEAL:
         notes.append(f"the sink accepted {emails} emails, expected {n * EMAILS_PER_DEAL}")
