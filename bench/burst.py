@@ -41,7 +41,7 @@ from worker import build_mailer
 from workflows.stages import BuyerSignal, Stage
 
 NAME = "burst"
-DEFAULT_N = 1000
+DEFAULT_N = 600
 CHECK_IN_AFTER = timedelta(hours=1)
 # Margin between the last deal parked and the due instant.
 MARGIN = 5.0
@@ -119,8 +119,8 @@ async def ours(stack: Stack, n: int) -> tuple[Burst, float]:
         finally:
             driving.cancel()
         ordering = clock()
-        # Delivery takes fewer sends than getting to Order Confirmed did.
-        due = time.time() + 0.75 * ordering + MARGIN
+        # Delivery takes two sends per deal, getting to Order Confirmed took three.
+        due = time.time() + 0.6 * ordering + MARGIN
         delivered_at = datetime.fromtimestamp(due, UTC) - CHECK_IN_AFTER
         deliver = SignalDriver(
             stack.client, queue, plan({Stage.ORDER_CONFIRMED: BuyerSignal.DELIVERED}, delivered_at)

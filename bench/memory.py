@@ -24,7 +24,7 @@ from bench.noop import WaitingNoop
 from workflows.stages import Stage
 
 NAME = "memory"
-DEFAULT_N = 3000
+DEFAULT_N = 1000
 WARM_UP = 100
 # RSS is read as the median of this many one-second-apart samples once settled.
 SAMPLES = 3
