@@ -7,6 +7,7 @@ Nothing here asserts anything about time: the table says which goals are met.
     python -m bench                          # all five, default sizes
     python -m bench --only burst --n 10000   # one scenario at full size
     DEALFLOW_SMTP_POOL_SIZE=8 python -m bench --only send   # try a knob
+    python -m bench --only send --smtp-latency 50            # as against a remote relay
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default="embedded",
         help="dev server storage: "
         + "; ".join(f"{name}: {text}" for name, (text, _, _) in SERVER_MODES.items()),
+    )
+    parser.add_argument(
+        "--smtp-latency",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="the sink answers each message this much later, as a remote relay (default 0)",
     )
     for module in SCENARIOS.values():
         module.add_arguments(parser)
@@ -116,7 +124,11 @@ def table(rows: list[Row]) -> str:
 async def main(args: argparse.Namespace) -> int:
     began = time.monotonic()
     print(f"dealflow bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}")
-    print(f"knobs: {knobs()}; dev server: {SERVER_MODES[args.server][0]}\n")
+    print(f"knobs: {knobs()}")
+    print(
+        f"dev server: {SERVER_MODES[args.server][0]}; SMTP sink latency {args.smtp_latency:g} ms; "
+        "deals without a business calendar (DEALFLOW_SEND_WINDOW=always)\n"
+    )
     rows: list[Row] = []
     failed: list[str] = []
     for name in args.only:

@@ -192,7 +192,7 @@ async def raw_smtp(stack: Stack, n: int) -> Burst:
 async def run(args: argparse.Namespace) -> list[Row]:
     n = args.burst_n
     print(f"check-in burst: {n} delivered deals due at one instant")
-    async with stack(args.server) as s:
+    async with stack(args.server, args.smtp_latency) as s:
         mine, starting = await ours(s, n)
         baseline = await no_op(s, n, starting)
         smtp = await raw_smtp(s, n)

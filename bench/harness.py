@@ -146,9 +146,11 @@ class Arrival:
 class SinkProcess(Child):
     """``bench.sink``: aiosmtpd on a free loopback port, reporting every accepted email."""
 
-    def __init__(self) -> None:
+    def __init__(self, latency_ms: float = 0.0) -> None:
         self.port = free_port()
-        super().__init__("the SMTP sink", ["-m", "bench.sink", str(self.port)])
+        self.latency_ms = latency_ms
+        argv = ["-m", "bench.sink", str(self.port), str(latency_ms)]
+        super().__init__("the SMTP sink", argv)
         self.arrivals: list[Arrival] = []
         self.steps: Counter[str] = Counter()
 
@@ -234,8 +236,13 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack(server_mode: str = "embedded") -> AsyncIterator[Stack]:
-    """A fresh dev server and SMTP sink, stopped (and their data deleted) on exit."""
+async def stack(
+    server_mode: str = "embedded", smtp_latency_ms: float = 0.0
+) -> AsyncIterator[Stack]:
+    """A fresh dev server and SMTP sink, stopped (and their data deleted) on exit.
+
+    ``smtp_latency_ms`` makes the sink answer each message that much later (a remote relay).
+    """
     _, on_disk, tuning = SERVER_MODES[server_mode]
     with tempfile.TemporaryDirectory(prefix="dealflow-bench-") as folder:
         server = BenchServer(
@@ -246,7 +253,7 @@ async def stack(server_mode: str = "embedded") -> AsyncIterator[Stack]:
             tuning=tuning,
             log_file=Path(folder) / "server.log",
         )
-        sink = SinkProcess()
+        sink = SinkProcess(smtp_latency_ms)
         await server.start()
         try:
             await sink.start()

@@ -112,7 +112,7 @@ async def shape(client: Client, deal_id: str) -> Counter[str]:
 async def run(args: argparse.Namespace) -> list[Row]:
     n = args.lifecycle_n
     print(f"lifecycle: {n} deals RFP -> Won vs the skeleton (before and after)")
-    async with stack(args.server) as s:
+    async with stack(args.server, args.smtp_latency) as s:
         before = await run_once(s, "skeletons", n, "S1")
         ours = await run_once(s, "deals", n, "D")
         after = await run_once(s, "skeletons", n, "S2")

@@ -98,7 +98,7 @@ async def _waiting(stack: Stack, query: str, worker: WorkerProcess, total: int) 
 async def run(args: argparse.Namespace) -> list[Row]:
     n = args.memory_n
     print(f"memory: worker RSS with {n} open workflows (cache holds them all)")
-    async with stack(args.server) as s:
+    async with stack(args.server, args.smtp_latency) as s:
         baseline = await measure(s, "skeletons", n)
         ours = await measure(s, "deals", n)
     return [Row("4 memory per open deal", ours, baseline, "KiB", 2.0, "max")]

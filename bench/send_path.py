@@ -142,7 +142,7 @@ async def timed(stack: Stack, n: int, send: object) -> float:
 
 async def run(args: argparse.Namespace) -> list[Row]:
     n = args.send_n
-    async with stack(args.server) as s:
+    async with stack(args.server, args.smtp_latency) as s:
         settings = s.settings(NAME)
         pool = settings.smtp_pool_size
         concurrency = settings.max_concurrent_activities
