@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -343,7 +343,9 @@ async def test_check_in_follows_delivery_and_replans_when_the_date_moves(deals: 
     replanned = (await status(handle)).next_touch
     assert replanned is not None and replanned.at - first.at == timedelta(days=2)
 
-    await deals.skip(timedelta(days=7))
+    # Deliver at 06:00 UTC so that the corrected check-in (noon) still lies ahead.
+    early_on_delivery_day = datetime.combine(today + timedelta(days=7), time(6), UTC)
+    await deals.skip(early_on_delivery_day - await deals.now())
     await record(deals.client, deal_id(handle), BuyerSignal.DELIVERED, Delivered())
     delivered_at = await deals.now()
     await deals.mail(6)
@@ -367,8 +369,6 @@ async def test_check_in_follows_delivery_and_replans_when_the_date_moves(deals: 
 
 
 def correction_moment(correction: DeliveryDateChanged) -> datetime:
-    from datetime import UTC, time
-
     return datetime.combine(correction.delivery_date, time(12), UTC)
 
 
