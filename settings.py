@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import secrets
 import sys
 from datetime import date, time, timedelta
 from decimal import Decimal
@@ -29,6 +30,12 @@ TASK_QUEUE = "dealflow"
 class SmtpTls(StrEnum):
     STARTTLS = "starttls"
     IMPLICIT = "implicit"
+    NONE = "none"
+
+
+class ImapTls(StrEnum):
+    IMPLICIT = "implicit"
+    STARTTLS = "starttls"
     NONE = "none"
 
 
@@ -157,6 +164,27 @@ class Settings(BaseSettings):
     # Sends that keep failing transiently (SMTP down) are retried this long, then recorded.
     send_retry_for: timedelta = timedelta(hours=24)
 
+    # Signed tokens in emails (Reply-To address, unsubscribe links). Every worker and the
+    # HTTP endpoints need the same secret; unset, one is made and kept in the data directory.
+    signing_secret: SecretStr | None = None
+    # Where buyers reach the HTTP endpoints (the unsubscribe links point here).
+    public_url: str = "http://localhost:8080"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    # Fulfilment / ERP webhook: HMAC-SHA256 over "<timestamp>.<body>"; unset, it is closed.
+    webhook_secret: SecretStr | None = None
+    webhook_tolerance: timedelta = timedelta(minutes=5)
+
+    # The mailbox buyers reply to (IMAP); unset host: no poller runs.
+    imap_host: str | None = None
+    imap_port: int = Field(default=993, ge=1, le=65535)
+    imap_tls: ImapTls = ImapTls.IMPLICIT
+    imap_username: str | None = None
+    imap_password: SecretStr | None = None
+    imap_folder: str = "INBOX"
+    imap_poll_every: timedelta = timedelta(minutes=1)
+    imap_batch_size: int = Field(default=200, ge=1, le=5000)
+
     # Worker
     max_cached_workflows: int = Field(default=10_000, ge=0)
     max_concurrent_activities: int = Field(default=64, ge=1)
@@ -211,6 +239,22 @@ class Settings(BaseSettings):
     @property
     def outbox_dir(self) -> Path:
         return self.data_dir / "outbox"
+
+    @property
+    def reply_base(self) -> str:
+        """The address replies go to; each deal's Reply-To adds its token to the local part."""
+        return str(self.reply_to or self.sender_address)
+
+    def signing_key(self) -> str:
+        """The signing secret; unset, a random one kept in the data directory (dev, one host)."""
+        if self.signing_secret is not None:
+            return self.signing_secret.get_secret_value()
+        path = self.data_dir / "signing-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
 
 
 def _variable(loc: tuple[int | str, ...]) -> str:

@@ -1,0 +1,95 @@
+"""Tokens we hand out in emails and later get back from the world.
+
+Two kinds, both signed with the one signing secret (``DEALFLOW_SIGNING_SECRET``):
+
+- the **reply token** in the Reply-To address (``sales+D-100.3f9a1c2b7e@example.com``):
+  a reply that lost its In-Reply-To and References headers still names its deal;
+- the **unsubscribe token** in the List-Unsubscribe links: opaque to the buyer,
+  it names the deal and the address, and cannot be forged to unsubscribe someone else.
+
+Neither token ever enters a workflow's history: the send activity adds them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass
+
+# Hex, lowercase: some mail systems lower-case the local part of an address.
+_REPLY_SIGNATURE_LENGTH = 10
+_REPLY_TOKEN = re.compile(r"^(?P<deal>[A-Za-z0-9][A-Za-z0-9._-]{0,63})\.(?P<sig>[0-9a-f]{10})$")
+
+
+class BadToken(ValueError):
+    """The token was not made by us (tampered, truncated, or signed with another secret)."""
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    deal_id: str
+    address: str
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenSigner:
+    def __init__(self, secret: str) -> None:
+        self._key = secret.encode()
+
+    def _mac(self, purpose: str, payload: str) -> bytes:
+        return hmac.new(self._key, f"{purpose}:{payload}".encode(), hashlib.sha256).digest()
+
+    # --- reply tokens ---
+
+    def reply_token(self, deal_id: str) -> str:
+        signature = self._mac("reply", deal_id).hex()[:_REPLY_SIGNATURE_LENGTH]
+        return f"{deal_id}.{signature}"
+
+    def reply_address(self, base: str, deal_id: str) -> str:
+        """``sales@example.com`` -> ``sales+<token>@example.com``."""
+        local, _, domain = base.rpartition("@")
+        return f"{local}+{self.reply_token(deal_id)}@{domain}"
+
+    def deal_of_reply_address(self, address: str) -> str | None:
+        """The deal named by a ``local+token@domain`` address we made, else None."""
+        local = address.rpartition("@")[0]
+        _, plus, token = local.partition("+")
+        found = _REPLY_TOKEN.match(token) if plus else None
+        if found is None:
+            return None
+        deal_id = found["deal"]
+        expected = self._mac("reply", deal_id).hex()[:_REPLY_SIGNATURE_LENGTH]
+        return deal_id if hmac.compare_digest(expected, found["sig"]) else None
+
+    # --- unsubscribe tokens ---
+
+    def unsubscribe_token(self, deal_id: str, address: str) -> str:
+        payload = _b64(json.dumps([deal_id, address.lower()], separators=(",", ":")).encode())
+        return f"{payload}.{_b64(self._mac('unsubscribe', payload)[:16])}"
+
+    def unsubscribe(self, token: str) -> Unsubscribe:
+        """The deal and address a token names; ``BadToken`` when we did not sign it."""
+        payload, dot, signature = token.strip().partition(".")
+        if not dot:
+            raise BadToken("the unsubscribe link is incomplete")
+        try:
+            given = _unb64(signature)
+        except ValueError:
+            raise BadToken("the unsubscribe link is damaged") from None
+        if not hmac.compare_digest(given, self._mac("unsubscribe", payload)[:16]):
+            raise BadToken("the unsubscribe link was not issued by us or was altered")
+        try:
+            deal_id, address = json.loads(_unb64(payload))
+        except (ValueError, TypeError):
+            raise BadToken("the unsubscribe link is damaged") from None
+        return Unsubscribe(deal_id=str(deal_id), address=str(address))
