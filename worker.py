@@ -18,8 +18,9 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.mailbox_quota import MailboxQuota
-from activities.mailer import Mailer, Sender
+from activities.mailer import BuyerLinks, Mailer, Sender
 from activities.rendering import TemplateLibrary
+from activities.signed_tokens import TokenSigner
 from activities.smtp_pool import SmtpEndpoint, SmtpPool
 from activities.suppression import SuppressionList
 from connection import TemporalUnreachable, connect
@@ -47,8 +48,16 @@ def build_mailer(settings: Settings) -> Mailer:
         postal_address=settings.company_postal_address,
         reply_to=str(settings.reply_to) if settings.reply_to else None,
     )
+    links = BuyerLinks(
+        signer=TokenSigner(settings.signing_key()),
+        reply_base=settings.reply_base,
+        public_url=settings.public_url,
+    )
     return Mailer(
-        sender, TemplateLibrary(settings.templates_dir), SmtpPool(endpoint, settings.smtp_pool_size)
+        sender,
+        TemplateLibrary(settings.templates_dir),
+        SmtpPool(endpoint, settings.smtp_pool_size),
+        links=links,
     )
 
 

@@ -52,6 +52,8 @@ class StepFacts(BaseModel):
 
     touch: int | None = None
     reason: str = ""
+    # What the buyer wrote, when a reply from the mailbox triggered this step.
+    quote: str = ""
     previous_delivery_date: date | None = None
     next_step_at: datetime | None = None
     outcome: str = ""
@@ -79,6 +81,9 @@ class EmailRequest(BaseModel):
     date: datetime
     context: EmailContext
     thread: EmailThread | None = None
+    # To the buyer (not a rep task or hand-over): carries the deal's Reply-To token
+    # and the List-Unsubscribe links.
+    buyer_facing: bool = False
 
 
 class EmailReceipt(BaseModel):

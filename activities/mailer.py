@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 from activities.email_models import EmailReceipt, EmailRequest, Party
 from activities.mailbox_quota import MailboxQuota
 from activities.rendering import RenderedEmail, TemplateLibrary, TemplateProblem
+from activities.signed_tokens import TokenSigner
 from activities.smtp_pool import SmtpPool
 from activities.suppression import Suppression, SuppressionList
 
@@ -68,6 +69,36 @@ class Sender:
         }
 
 
+@dataclass(frozen=True)
+class BuyerLinks:
+    """What makes a buyer email answerable by machine: the deal's own Reply-To address
+    and the one-click unsubscribe links (RFC 8058), all signed so that none can be forged."""
+
+    signer: TokenSigner
+    reply_base: str
+    public_url: str
+
+    @property
+    def unsubscribe_mailbox(self) -> str:
+        local, _, domain = self.reply_base.rpartition("@")
+        return f"{local}+unsubscribe@{domain}"
+
+    def unsubscribe_url(self, request: EmailRequest) -> str:
+        token = self.signer.unsubscribe_token(
+            request.context.deal.deal_id, [party.email for party in request.to]
+        )
+        return f"{self.public_url.rstrip('/')}/unsubscribe/{token}"
+
+    def headers(self, request: EmailRequest, unsubscribe_url: str) -> dict[str, str]:
+        token = unsubscribe_url.rsplit("/", 1)[1]
+        mailto = f"mailto:{self.unsubscribe_mailbox}?subject=unsubscribe%20{token}"
+        return {
+            "Reply-To": self.signer.reply_address(self.reply_base, request.context.deal.deal_id),
+            "List-Unsubscribe": f"<{unsubscribe_url}>, <{mailto}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        }
+
+
 def _address(party: Party) -> Address:
     try:
         checked = validate_email(party.email, check_deliverability=False)
@@ -95,25 +126,35 @@ class Mailer:
         pool: SmtpPool,
         suppressions: SuppressionList | None = None,
         quota: MailboxQuota | None = None,
+        links: BuyerLinks | None = None,
     ) -> None:
         self.sender = sender
         self.templates = templates
         self.pool = pool
         self.suppressions = suppressions
         self.quota = quota
+        self.links = links
 
     def build(self, request: EmailRequest) -> EmailMessage:
         """The exact message for ``request``: the same bytes on every retry."""
         recipients = [_address(party) for party in request.to]
         context: dict[str, Any] = request.context.model_dump()
         context["sender"] = self.sender.as_context()
+        buyer_links = self.links if request.buyer_facing else None
+        unsubscribe_url = buyer_links.unsubscribe_url(request) if buyer_links else ""
+        context["unsubscribe_url"] = unsubscribe_url
         try:
             rendered = self.templates.render(request.template, context)
         except TemplateProblem as error:
             raise ApplicationError(
                 str(error), type=FailureType.TEMPLATE, non_retryable=True
             ) from None
-        return self._message(request, recipients, rendered)
+        message = self._message(request, recipients, rendered)
+        if buyer_links is not None:
+            for name, value in buyer_links.headers(request, unsubscribe_url).items():
+                del message[name]
+                message[name] = value
+        return message
 
     def _message(
         self, request: EmailRequest, recipients: list[Address], rendered: RenderedEmail

@@ -5,7 +5,7 @@ Two kinds, both signed with the one signing secret (``DEALFLOW_SIGNING_SECRET``)
 - the **reply token** in the Reply-To address (``sales+D-100.3f9a1c2b7e@example.com``):
   a reply that lost its In-Reply-To and References headers still names its deal;
 - the **unsubscribe token** in the List-Unsubscribe links: opaque to the buyer,
-  it names the deal and the address, and cannot be forged to unsubscribe someone else.
+  it names the deal and the addresses, and cannot be forged to unsubscribe someone else.
 
 Neither token ever enters a workflow's history: the send activity adds them.
 """
@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # Hex, lowercase: some mail systems lower-case the local part of an address.
@@ -31,7 +32,8 @@ class BadToken(ValueError):
 @dataclass(frozen=True)
 class Unsubscribe:
     deal_id: str
-    address: str
+    # Everyone the email went to: one click cannot tell which of them clicked.
+    addresses: tuple[str, ...]
 
 
 def _b64(data: bytes) -> str:
@@ -73,8 +75,10 @@ class TokenSigner:
 
     # --- unsubscribe tokens ---
 
-    def unsubscribe_token(self, deal_id: str, address: str) -> str:
-        payload = _b64(json.dumps([deal_id, address.lower()], separators=(",", ":")).encode())
+    def unsubscribe_token(self, deal_id: str, addresses: str | Sequence[str]) -> str:
+        named = [addresses] if isinstance(addresses, str) else list(addresses)
+        text = json.dumps([deal_id, [a.lower() for a in named]], separators=(",", ":"))
+        payload = _b64(text.encode())
         return f"{payload}.{_b64(self._mac('unsubscribe', payload)[:16])}"
 
     def unsubscribe(self, token: str) -> Unsubscribe:
@@ -89,7 +93,7 @@ class TokenSigner:
         if not hmac.compare_digest(given, self._mac("unsubscribe", payload)[:16]):
             raise BadToken("the unsubscribe link was not issued by us or was altered")
         try:
-            deal_id, address = json.loads(_unb64(payload))
+            deal_id, addresses = json.loads(_unb64(payload))
+            return Unsubscribe(deal_id=str(deal_id), addresses=tuple(str(a) for a in addresses))
         except (ValueError, TypeError):
             raise BadToken("the unsubscribe link is damaged") from None
-        return Unsubscribe(deal_id=str(deal_id), address=str(address))

@@ -48,6 +48,7 @@ def settings(sink: OutboxSink) -> Settings:
         company_name="Seller GmbH",
         company_postal_address="Seller GmbH\nHauptstrasse 1\n10115 Berlin",
         send_window="always",
+        signing_secret="test-signing-secret",
         _env_file=None,
     )
 

@@ -190,6 +190,11 @@ def _instants(zone: ZoneInfo, day: date, wall: time) -> list[datetime]:
     return [_first_change(zone, readings[0], readings[-1])]
 
 
+def day_starts(day: date, time_zone: str) -> datetime:
+    """The first instant of ``day`` in ``time_zone`` (not always 00:00, on a DST change)."""
+    return _instants(ZoneInfo(time_zone), day, time(0))[0]
+
+
 def _next_business_day(calendar: BusinessCalendar, day: date) -> date:
     for offset in range(1, MAX_SCAN_DAYS + 1):
         candidate = day + timedelta(days=offset)

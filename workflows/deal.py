@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from typing import Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -35,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         BusinessCalendar,
         SendWindow,
         add_delay,
+        day_starts,
         next_slot,
     )
     from workflows.models import (
@@ -47,6 +49,8 @@ with workflow.unsafe.imports_passed_through():
         Delivered,
         DeliveryDateChanged,
         DiscountRequested,
+        InboundKind,
+        InboundMessage,
         InterviewRecorded,
         MessageRecord,
         NextStepAgreed,
@@ -93,6 +97,8 @@ SUPPRESSED_TYPES = frozenset({FailureType.OPTED_OUT, FailureType.SUPPRESSED})
 STATUS = "status"
 PLAN = "plan"
 RESEND_FAILED = "resend_failed"
+INBOUND_MESSAGE = "inbound_message"
+EVENTS_REMEMBERED = 1000
 
 
 ALWAYS_OPEN = BusinessCalendar(
@@ -153,6 +159,8 @@ class DealWorkflow:
         self.resumed_at: datetime | None = None
         self.changes = 0
         self.published: tuple[object, ...] = ()
+        # Ids of events already applied (inbound Message-IDs, webhook event ids), newest last.
+        self.events: list[str] = []
 
     # --- the loop ---
 
@@ -366,6 +374,7 @@ class DealWorkflow:
                 step=outbound.step,
             ),
             thread=thread,
+            buyer_facing=outbound.audience is Audience.BUYER,
         )
         record.message_id = request.message_id
         try:
@@ -446,6 +455,7 @@ class DealWorkflow:
     # --- state ---
 
     def _move(self, stage: Stage, signal: str, payload: SignalPayload) -> None:
+        self._remember(payload)
         self.stage = stage
         self.history.append(
             StageChange(
@@ -523,18 +533,26 @@ class DealWorkflow:
 
     # --- buyer signals: one update each, refused with the reason by its validator ---
 
-    def _refuse(self, signal: BuyerSignal) -> None:
+    def _refuse(self, signal: BuyerSignal, payload: SignalPayload) -> None:
+        if payload.event_id and payload.event_id in self.events:
+            raise ValueError(f"event {payload.event_id} was already applied to this deal")
         reason = refusal(signal, self.stage)
         if reason:
             raise ValueError(reason)
 
-    def _record(self, signal: BuyerSignal, payload: SignalPayload) -> None:
+    def _remember(self, payload: SignalPayload) -> None:
+        if payload.event_id:
+            self.events.append(payload.event_id)
+            del self.events[:-EVENTS_REMEMBERED]
+
+    def _record(self, signal: BuyerSignal | str, payload: SignalPayload) -> None:
         """A signal that keeps the stage: kept in the history all the same, for audit."""
+        self._remember(payload)
         self.history.append(
             StageChange(
                 at=workflow.now(),
                 stage=self.stage,
-                signal=signal.value,
+                signal=str(signal),
                 source=payload.source,
                 note=payload.note,
             )
@@ -558,7 +576,7 @@ class DealWorkflow:
 
     @requirements_clarified.validator
     def _check_requirements_clarified(self, signal: RequirementsClarified) -> None:
-        self._refuse(BuyerSignal.REQUIREMENTS_CLARIFIED)
+        self._refuse(BuyerSignal.REQUIREMENTS_CLARIFIED, signal)
         if not (signal.items or self.items):
             raise ValueError("the proposal needs line items: give at least one --item")
 
@@ -570,7 +588,7 @@ class DealWorkflow:
 
     @declined_to_talk.validator
     def _check_declined_to_talk(self, signal: DeclinedToTalk) -> None:
-        self._refuse(BuyerSignal.DECLINED_TO_TALK)
+        self._refuse(BuyerSignal.DECLINED_TO_TALK, signal)
 
     @workflow.update(name=BuyerSignal.DISCOUNT_REQUESTED.value)
     def discount_requested(self, signal: DiscountRequested) -> Stage:
@@ -581,7 +599,7 @@ class DealWorkflow:
 
     @discount_requested.validator
     def _check_discount_requested(self, signal: DiscountRequested) -> None:
-        self._refuse(BuyerSignal.DISCOUNT_REQUESTED)
+        self._refuse(BuyerSignal.DISCOUNT_REQUESTED, signal)
         reason = pricing.discount_refusal(
             self.items, self.deal.cadence.reserved_margin_percent, signal.percent
         )
@@ -596,7 +614,7 @@ class DealWorkflow:
 
     @price_agreed.validator
     def _check_price_agreed(self, signal: PriceAgreed) -> None:
-        self._refuse(BuyerSignal.PRICE_AGREED)
+        self._refuse(BuyerSignal.PRICE_AGREED, signal)
         if not self.items:
             raise ValueError("the final offer needs line items: record the requirements first")
 
@@ -608,7 +626,7 @@ class DealWorkflow:
 
     @next_step_agreed.validator
     def _check_next_step_agreed(self, signal: NextStepAgreed) -> None:
-        self._refuse(BuyerSignal.NEXT_STEP_AGREED)
+        self._refuse(BuyerSignal.NEXT_STEP_AGREED, signal)
         if signal.at <= workflow.now():
             raise ValueError(f"the agreed next step {signal.at.isoformat()} is in the past")
 
@@ -623,7 +641,7 @@ class DealWorkflow:
 
     @order_placed.validator
     def _check_order_placed(self, signal: OrderPlaced) -> None:
-        self._refuse(BuyerSignal.ORDER_PLACED)
+        self._refuse(BuyerSignal.ORDER_PLACED, signal)
         if signal.delivery_date < workflow.now().date():
             raise ValueError(f"the delivery date {signal.delivery_date} is in the past")
         if signal.order_value is None and not self.items:
@@ -650,7 +668,7 @@ class DealWorkflow:
 
     @delivery_date_changed.validator
     def _check_delivery_date_changed(self, signal: DeliveryDateChanged) -> None:
-        self._refuse(BuyerSignal.DELIVERY_DATE_CHANGED)
+        self._refuse(BuyerSignal.DELIVERY_DATE_CHANGED, signal)
         if signal.delivery_date == self.delivery_date:
             raise ValueError(f"the delivery date is already {signal.delivery_date}")
 
@@ -665,7 +683,7 @@ class DealWorkflow:
 
     @delivered.validator
     def _check_delivered(self, signal: Delivered) -> None:
-        self._refuse(BuyerSignal.DELIVERED)
+        self._refuse(BuyerSignal.DELIVERED, signal)
         if signal.delivered_at and signal.delivered_at > workflow.now():
             raise ValueError("the delivery time is in the future; record it once delivered")
 
@@ -681,7 +699,7 @@ class DealWorkflow:
 
     @interview_recorded.validator
     def _check_interview_recorded(self, signal: InterviewRecorded) -> None:
-        self._refuse(BuyerSignal.INTERVIEW_RECORDED)
+        self._refuse(BuyerSignal.INTERVIEW_RECORDED, signal)
         if self.stage is Stage.LOST and not (self.interview_pending and self.interview_invited):
             raise ValueError("no loss interview was invited for this deal")
 
@@ -692,7 +710,7 @@ class DealWorkflow:
 
     @lost.validator
     def _check_lost(self, signal: Closed) -> None:
-        self._refuse(BuyerSignal.LOST)
+        self._refuse(BuyerSignal.LOST, signal)
 
     @workflow.update(name=BuyerSignal.DISQUALIFIED.value)
     def disqualified(self, signal: Closed) -> Stage:
@@ -700,7 +718,7 @@ class DealWorkflow:
 
     @disqualified.validator
     def _check_disqualified(self, signal: Closed) -> None:
-        self._refuse(BuyerSignal.DISQUALIFIED)
+        self._refuse(BuyerSignal.DISQUALIFIED, signal)
 
     @workflow.update(name=BuyerSignal.CANCELLED.value)
     def cancelled(self, signal: Closed) -> Stage:
@@ -710,18 +728,22 @@ class DealWorkflow:
 
     @cancelled.validator
     def _check_cancelled(self, signal: Closed) -> None:
-        self._refuse(BuyerSignal.CANCELLED)
+        self._refuse(BuyerSignal.CANCELLED, signal)
 
     @workflow.update(name=BuyerSignal.BUYER_REPLIED.value)
     def buyer_replied(self, signal: BuyerReplied) -> Stage:
+        return self._buyer_replied(signal.contact, signal)
+
+    def _buyer_replied(self, contact: str, signal: SignalPayload, quote: str = "") -> Stage:
         self.replied = True
         self._record(BuyerSignal.BUYER_REPLIED, signal)
-        self._queue(task("task_buyer_replied", reason=signal.contact or self.deal.buyer.email))
+        who = contact or self.deal.buyer.email
+        self._queue(task("task_buyer_replied", reason=who, quote=quote))
         return self.stage
 
     @buyer_replied.validator
     def _check_buyer_replied(self, signal: BuyerReplied) -> None:
-        self._refuse(BuyerSignal.BUYER_REPLIED)
+        self._refuse(BuyerSignal.BUYER_REPLIED, signal)
         known = {contact.email.lower() for contact in self.deal.contacts}
         if signal.contact and signal.contact.lower() not in known:
             raise ValueError(f"{signal.contact} is not a contact of this deal")
@@ -734,7 +756,7 @@ class DealWorkflow:
 
     @out_of_office.validator
     def _check_out_of_office(self, signal: OutOfOffice) -> None:
-        self._refuse(BuyerSignal.OUT_OF_OFFICE)
+        self._refuse(BuyerSignal.OUT_OF_OFFICE, signal)
         if signal.until and signal.until <= workflow.now():
             raise ValueError(f"the return date {signal.until.isoformat()} is in the past")
 
@@ -746,7 +768,7 @@ class DealWorkflow:
 
     @paused_by_ops.validator
     def _check_paused(self, signal: Paused) -> None:
-        self._refuse(BuyerSignal.PAUSED)
+        self._refuse(BuyerSignal.PAUSED, signal)
         if signal.until and signal.until <= workflow.now():
             raise ValueError(f"the resume date {signal.until.isoformat()} is in the past")
 
@@ -758,7 +780,7 @@ class DealWorkflow:
 
     @resumed.validator
     def _check_resumed(self, signal: SignalPayload) -> None:
-        self._refuse(BuyerSignal.RESUMED)
+        self._refuse(BuyerSignal.RESUMED, signal)
         if not self.paused:
             raise ValueError("the deal is not paused")
 
@@ -772,37 +794,111 @@ class DealWorkflow:
 
     @touch_skipped.validator
     def _check_touch_skipped(self, signal: SignalPayload) -> None:
-        self._refuse(BuyerSignal.TOUCH_SKIPPED)
+        self._refuse(BuyerSignal.TOUCH_SKIPPED, signal)
         step = self._next_due()
         if step is None or step.action not in (Action.FOLLOW_UP, Action.INTERVIEW_REMINDER):
             raise ValueError("the deal has no follow-up to skip next")
 
     @workflow.update(name=BuyerSignal.OPTED_OUT.value)
     def opted_out(self, signal: OptedOut) -> Stage:
-        address = str(signal.address or self.deal.buyer.email).lower()
-        self.bounced.add(address)
-        self.suppressing.append(
-            Suppression(
-                address=address,
-                reason="opted_out",
-                detail=signal.note,
-                deal_id=self.deal.deal_id,
-                at=workflow.now(),
-            )
-        )
+        return self._opt_out([str(signal.address or self.deal.buyer.email)], signal)
+
+    def _opt_out(self, addresses: list[str], signal: SignalPayload) -> Stage:
+        for address in addresses:
+            self.bounced.add(address.lower())
+            self._suppress(address.lower(), "opted_out", signal.note)
+        address = ", ".join(a.lower() for a in addresses)
         if self.stage is Stage.LOST:
             self.interview_pending = False
             self._record(BuyerSignal.OPTED_OUT, signal)
             return self.stage
-        closing = Closed(reason=f"{address} opted out", source=signal.source, note=signal.note)
+        closing = Closed(
+            reason=f"{address} opted out",
+            source=signal.source,
+            note=signal.note,
+            event_id=signal.event_id,
+        )
         return self._close(Stage.OPTED_OUT, BuyerSignal.OPTED_OUT, closing)
+
+    def _suppress(self, address: str, reason: Literal["opted_out", "bounced"], detail: str) -> None:
+        self.suppressing.append(
+            Suppression(
+                address=address,
+                reason=reason,
+                detail=detail,
+                deal_id=self.deal.deal_id,
+                at=workflow.now(),
+            )
+        )
 
     @opted_out.validator
     def _check_opted_out(self, signal: OptedOut) -> None:
-        self._refuse(BuyerSignal.OPTED_OUT)
+        self._refuse(BuyerSignal.OPTED_OUT, signal)
         known = {contact.email.lower() for contact in self.deal.contacts}
         if signal.address and str(signal.address).lower() not in known:
             raise ValueError(f"{signal.address} is not a contact of this deal")
+
+    @workflow.signal(name=INBOUND_MESSAGE)
+    def inbound_message(self, mail: InboundMessage) -> None:
+        """A message from the reply mailbox. A signal: the poller needs no answer, and it
+        may deliver the same message twice (a re-read after a crash): ``event_id`` dedupes."""
+        if mail.event_id and mail.event_id in self.events:
+            return
+        if mail.kind is InboundKind.BOUNCE:
+            # Whatever the stage: a dead address must not be mailed again.
+            self._bounced(mail)
+            return
+        accepted = {
+            InboundKind.REPLY: BuyerSignal.BUYER_REPLIED,
+            InboundKind.OUT_OF_OFFICE: BuyerSignal.OUT_OF_OFFICE,
+            InboundKind.UNSUBSCRIBE: BuyerSignal.OPTED_OUT,
+        }[mail.kind]
+        if refusal(accepted, self.stage):
+            # Nothing to act on (the deal has closed): kept in the history all the same.
+            self._record(f"inbound {mail.kind.value}", self._noted(mail, "deal closed, no action"))
+            return
+        if mail.kind is InboundKind.REPLY:
+            self._buyer_replied(mail.sender, mail, quote=self._quote(mail))
+        elif mail.kind is InboundKind.OUT_OF_OFFICE:
+            until = None
+            if mail.returns_on is not None:
+                until = day_starts(mail.returns_on, self.deal.buyer.time_zone).astimezone(UTC)
+            if until is None or until <= workflow.now():
+                until = workflow.now() + self.deal.cadence.out_of_office_pause
+            self.away_until = until
+            self._record(BuyerSignal.OUT_OF_OFFICE, self._noted(mail, f"back {until:%Y-%m-%d}"))
+        else:
+            known = {contact.email.lower() for contact in self.deal.contacts}
+            contacts = [a for a in mail.addresses if a.lower() in known]
+            if contacts:
+                self._opt_out(contacts, mail)
+            else:
+                self._record("inbound unsubscribe", self._noted(mail, "not a contact of the deal"))
+
+    def _bounced(self, mail: InboundMessage) -> None:
+        address = mail.failed_recipient.lower()
+        lasting = "permanent" if mail.permanent else "transient"
+        status = f"{mail.bounce_status or 'no status'} {lasting}"
+        known = {contact.email.lower() for contact in self.deal.contacts}
+        if not mail.permanent or address not in known:
+            # A full mailbox or an unknown recipient: nothing to change, but worth seeing.
+            self._record("inbound bounce", self._noted(mail, f"{address or '?'}: {status}"))
+            return
+        self.bounced.add(address)
+        self._suppress(address, "bounced", f"{status}: {mail.subject}")
+        reporter = mail.sender or "the mail server"
+        problem = f"bounce from {address} ({status}), reported by {reporter}"
+        self.problems.append(problem)
+        self._queue(task("task_fix_address", reason=problem))
+        self._record("inbound bounce", self._noted(mail, problem))
+
+    @staticmethod
+    def _noted(mail: InboundMessage, note: str) -> SignalPayload:
+        return SignalPayload(source=mail.source, note=note, event_id=mail.event_id)
+
+    @staticmethod
+    def _quote(mail: InboundMessage) -> str:
+        return f"{mail.subject}: {mail.snippet}" if mail.snippet else mail.subject
 
     @workflow.update(name=RESEND_FAILED)
     def resend_failed(self, signal: SignalPayload) -> int:

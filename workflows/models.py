@@ -155,6 +155,9 @@ class SignalPayload(Model):
 
     source: str = "ops"
     note: str = ""
+    # The id the source gave this event (an inbound Message-ID, a webhook event id):
+    # the deal applies each id once, so a re-read mailbox or a replayed webhook changes nothing.
+    event_id: str = Field(default="", max_length=998)
 
 
 class RequirementsClarified(SignalPayload):
@@ -223,6 +226,32 @@ class OptedOut(SignalPayload):
     """The buyer asked for no more email: the address is suppressed for every deal."""
 
     address: EmailStr | None = None
+
+
+class InboundKind(StrEnum):
+    """What a message in the reply mailbox means for its deal (activities/inbound_mail.py)."""
+
+    REPLY = "reply"
+    OUT_OF_OFFICE = "out_of_office"
+    BOUNCE = "bounce"
+    UNSUBSCRIBE = "unsubscribe"
+
+
+class InboundMessage(SignalPayload):
+    """A message from the mailbox, matched to this deal; ``event_id`` is its Message-ID."""
+
+    kind: InboundKind
+    sender: str = ""
+    subject: str = ""
+    snippet: str = ""
+    # Out-of-office: the day the buyer is back, when the auto-reply says.
+    returns_on: date | None = None
+    # Bounce: who failed, the status (5.1.1), and whether retrying can help.
+    failed_recipient: str = ""
+    bounce_status: str = ""
+    permanent: bool = True
+    # Unsubscribe (mailto: link): the addresses the signed token named.
+    addresses: list[str] = Field(default_factory=list)
 
 
 class Closed(SignalPayload):

@@ -1,0 +1,180 @@
+"""The deal's side of inbound mail: the ``inbound_message`` signal, applied once per
+Message-ID, and the headers that let the buyer's answers find their deal."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+from temporalio.client import WorkflowHandle
+
+from activities.signed_tokens import TokenSigner
+from starter import Refused, record
+from tests.conftest import Deals, body, steps
+from tests.test_lifecycle import deal_id, stage_is, status
+from workflows.deal import INBOUND_MESSAGE
+from workflows.models import (
+    DealStatus,
+    DeliveryDateChanged,
+    InboundKind,
+    InboundMessage,
+    OrderPlaced,
+)
+from workflows.stages import BuyerSignal, Stage
+
+SIGNER = TokenSigner("test-signing-secret")
+
+
+async def eventually(
+    handle: WorkflowHandle, holds: Callable[[DealStatus], bool], within: float = 10.0
+) -> DealStatus:
+    """The deal's status once ``holds`` is true of it (polled in real time)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not holds(current := await status(handle)):
+        assert loop.time() < deadline, f"status never matched: {current}"
+        await asyncio.sleep(0.1)
+    return current
+
+
+async def inbound(deals: Deals, deal: str, mail: InboundMessage) -> None:
+    await deals.client.get_workflow_handle(f"deal-{deal}").signal(INBOUND_MESSAGE, mail)
+
+
+async def test_buyer_emails_carry_the_deal_reply_token_and_one_click_unsubscribe(
+    deals: Deals,
+) -> None:
+    handle = await deals.start(kind="rfp")
+    proposal = (await deals.mail(1))[0]
+    deal = deal_id(handle)
+    reply_to = str(proposal["Reply-To"])
+    assert SIGNER.deal_of_reply_address(reply_to) == deal
+    assert reply_to.startswith("sales+") and reply_to.endswith("@seller.example.com")
+    assert proposal["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    links = [part.strip(" <>") for part in str(proposal["List-Unsubscribe"]).split(",")]
+    https, mailto = links
+    assert https.startswith("http") and "/unsubscribe/" in https
+    token = https.rsplit("/", 1)[1]
+    named = SIGNER.unsubscribe(token)
+    assert named.deal_id == deal and named.addresses == ("bea@buyer.example.org",)
+    assert mailto == f"mailto:sales+unsubscribe@seller.example.com?subject=unsubscribe%20{token}"
+
+    # A rep task is not a marketing email: no unsubscribe, no deal token to reply to.
+    await inbound(deals, deal, reply("<r1@buyer.example.org>"))
+    task = (await deals.mail(2))[-1]
+    assert task["X-Dealflow-Step"] == "task_buyer_replied"
+    assert task["List-Unsubscribe"] is None and task["Reply-To"] is None
+
+
+def reply(message_id: str, **fields: object) -> InboundMessage:
+    values: dict[str, object] = {
+        "kind": InboundKind.REPLY,
+        "event_id": message_id,
+        "source": "mailbox",
+        "sender": "bea@buyer.example.org",
+        "subject": "Re: Your proposal",
+        "snippet": "Can we talk about the installation date?",
+    }
+    return InboundMessage.model_validate({**values, **fields})
+
+
+async def test_a_reply_read_twice_stops_the_cadence_once(deals: Deals) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.mail(1)
+    await inbound(deals, deal_id(handle), reply("<r1@buyer.example.org>"))
+    await inbound(deals, deal_id(handle), reply("<r1@buyer.example.org>"))  # a re-read mailbox
+    task = (await deals.mail(2))[-1]
+    assert "Can we talk about the installation date?" in body(task)
+    await asyncio.sleep(0.5)
+    current = await status(handle)
+    assert current.replied and current.next_touch is None
+    replies = [h for h in current.history if h.signal == BuyerSignal.BUYER_REPLIED.value]
+    assert len(replies) == 1 and replies[0].source == "mailbox"
+    assert steps(await deals.settle(2)) == ["proposal", "task_buyer_replied"]
+
+    # A second, different reply is news again.
+    await inbound(deals, deal_id(handle), reply("<r2@buyer.example.org>"))
+    await deals.settle(3)
+
+
+async def test_an_auto_reply_with_a_return_date_holds_follow_ups_until_that_day(
+    deals: Deals,
+) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.mail(1)
+    back = (await deals.now()).date() + timedelta(days=6)
+    away = reply("<ooo@buyer.example.org>", kind=InboundKind.OUT_OF_OFFICE, returns_on=back)
+    await inbound(deals, deal_id(handle), away)
+    current = await eventually(handle, lambda s: s.held_until is not None)
+    assert current.held_until is not None
+    # Midnight of the return day in the buyer's zone (Europe/Berlin).
+    assert current.held_until.date() in (back, back - timedelta(days=1))
+    assert not current.replied
+    assert current.next_touch is not None and current.next_touch.at >= current.held_until
+
+
+async def test_a_hard_bounce_suppresses_the_address_flags_the_deal_and_tells_the_rep(
+    deals: Deals,
+) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.mail(1)
+    bounce = reply(
+        "<dsn-1@mx.buyer.example.org>",
+        kind=InboundKind.BOUNCE,
+        sender="mailer-daemon@mx.buyer.example.org",
+        failed_recipient="bea@buyer.example.org",
+        bounce_status="5.1.1",
+        permanent=True,
+    )
+    await inbound(deals, deal_id(handle), bounce)
+    await inbound(deals, deal_id(handle), bounce)
+    task = (await deals.settle(2))[-1]
+    assert task["X-Dealflow-Step"] == "task_fix_address"
+    assert "5.1.1" in body(task)
+    current = await status(handle)
+    assert len(current.problems) == 1 and "bea@buyer.example.org" in current.problems[0]
+
+    # The address is on the global list: a second deal to it sends nothing.
+    other = await deals.start(kind="rfp")
+    await eventually(other, lambda s: bool(s.messages) and s.messages[0].outcome == "skipped")
+    assert len(deals.sink.received) == 2
+
+
+async def test_a_transient_bounce_changes_nothing_but_is_kept_in_the_history(
+    deals: Deals,
+) -> None:
+    handle = await deals.start(kind="rfp")
+    await deals.mail(1)
+    full = reply(
+        "<dsn-2@mx.buyer.example.org>",
+        kind=InboundKind.BOUNCE,
+        failed_recipient="bea@buyer.example.org",
+        bounce_status="4.2.2",
+        permanent=False,
+    )
+    await inbound(deals, deal_id(handle), full)
+    current = await eventually(handle, lambda s: s.history[-1].signal == "inbound bounce")
+    assert "4.2.2 transient" in current.history[-1].note
+    assert not current.problems and current.next_touch is not None
+
+
+async def test_an_event_id_applied_once_is_refused_the_second_time(deals: Deals) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    today = (await deals.now()).date()
+    order = OrderPlaced(delivery_date=today + timedelta(days=3), event_id="erp-77")
+    await record(deals.client, deal_id(handle), BuyerSignal.ORDER_PLACED, order)
+    moved = {"delivery_date": today + timedelta(days=5), "reason": "late", "event_id": "erp-77"}
+    with pytest.raises(Refused, match="event erp-77 was already applied"):
+        await record(
+            deals.client,
+            deal_id(handle),
+            BuyerSignal.DELIVERY_DATE_CHANGED,
+            DeliveryDateChanged.model_validate(moved),
+        )
+    assert (await status(handle)).delivery_date == order.delivery_date
