@@ -1,4 +1,5 @@
-"""The embedded development stack: Temporal's dev server and a local SMTP sink.
+"""The embedded development stack: Temporal's dev server, a local SMTP sink and a
+local IMAP mailbox (Dovecot, from Debian's dovecot-imapd) for replies.
 
 Used by ``worker.py --dev``, the tests and the benchmarks. Nothing here runs in
 production, where a Temporal cluster and an SMTP relay take their place.
@@ -7,7 +8,9 @@ production, where a Temporal cluster and an SMTP relay take their place.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sysconfig
@@ -200,3 +203,138 @@ class OutboxSink:
         deal = re.sub(r"[^A-Za-z0-9._-]+", "-", str(message.get("X-Dealflow-Deal", "")))
         assert self.folder is not None
         (self.folder / f"{stamp}-{count:05d}-{deal}-{step}.eml").write_bytes(mail.data)
+
+
+DOVECOT_CONFIG = """\
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+first_valid_uid = {uid}
+mail_location = maildir:~/Maildir
+{internal_users}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/users
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={root}/home/%u
+}}
+"""
+
+
+def dovecot_binary() -> Path:
+    found = shutil.which("dovecot") or (
+        "/usr/sbin/dovecot" if Path("/usr/sbin/dovecot").exists() else None
+    )
+    if found is None:
+        raise FileNotFoundError(
+            "dovecot is not installed: run 'make test' (it installs Debian's dovecot-imapd) "
+            "or 'apt-get install dovecot-imapd'"
+        )
+    return Path(found)
+
+
+class LocalMailbox:
+    """A real IMAP server on loopback holding one reply mailbox, delivered to as Maildir.
+
+    Dovecot refuses to serve mail as root, so under root the mailbox belongs to
+    ``nobody``; under any other user, to that user.
+    """
+
+    def __init__(self, folder: Path, user: str = "sales", password: str = "dev", port: int = 0):
+        self.root = folder.resolve()
+        self.user = user
+        self.password = password
+        self.port = port or free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._uid, self._gid = (65534, 65534) if os.getuid() == 0 else (os.getuid(), os.getgid())
+
+    @property
+    def maildir(self) -> Path:
+        return self.root / "home" / self.user / "Maildir"
+
+    def start(self) -> LocalMailbox:
+        for part in ("run", "state", "home"):
+            (self.root / part).mkdir(parents=True, exist_ok=True)
+        for sub in ("new", "cur", "tmp"):
+            (self.maildir / sub).mkdir(parents=True, exist_ok=True)
+        self._own(self.root / "home")
+        name = os.environ.get("USER") or "root"
+        internal = (
+            ""
+            if os.getuid() == 0
+            else (f"default_internal_user = {name}\ndefault_login_user = {name}")
+        )
+        config = DOVECOT_CONFIG.format(
+            root=self.root, port=self.port, uid=self._uid, gid=self._gid, internal_users=internal
+        )
+        (self.root / "dovecot.conf").write_text(config)
+        (self.root / "users").write_text(f"{self.user}:{{PLAIN}}{self.password}\n")
+        self._process = subprocess.Popen(
+            [str(dovecot_binary()), "-F", "-c", str(self.root / "dovecot.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                error = self._process.stderr.read().decode() if self._process.stderr else ""
+                raise RuntimeError(f"dovecot exited at start: {error.strip()}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"dovecot did not listen on 127.0.0.1:{self.port} within 15 s")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def deliver(self, raw: bytes) -> Path:
+        """Deliver one message as an MTA's local delivery agent does (Maildir: tmp, then new)."""
+        unique = f"{time.time_ns()}.{os.getpid()}_{threading.get_ident()}.dealflow"
+        staged = self.maildir / "tmp" / unique
+        staged.write_bytes(raw)
+        self._own(staged)
+        final = self.maildir / "new" / unique
+        staged.rename(final)
+        return final
+
+    def recreate(self) -> None:
+        """Empty the mailbox and start it afresh: the server hands out a new UIDVALIDITY."""
+        shutil.rmtree(self.maildir)
+        for sub in ("new", "cur", "tmp"):
+            (self.maildir / sub).mkdir(parents=True)
+        self._own(self.root / "home")
+
+    def _own(self, path: Path) -> None:
+        if os.getuid() != 0:
+            return
+        for current in [path, *path.rglob("*")] if path.is_dir() else [path]:
+            os.chown(current, self._uid, self._gid)

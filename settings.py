@@ -35,7 +35,6 @@ class SmtpTls(StrEnum):
 
 class ImapTls(StrEnum):
     IMPLICIT = "implicit"
-    STARTTLS = "starttls"
     NONE = "none"
 
 
@@ -205,6 +204,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "smtp_tls=none sends mail in clear text and is for a local SMTP sink only; "
                 "set DEALFLOW_SMTP_TLS=starttls or implicit (or DEALFLOW_SMTP_ALLOW_INSECURE=true)"
+            )
+        if self.imap_host and not (self.imap_username and self.imap_password):
+            raise ValueError(
+                "DEALFLOW_IMAP_HOST needs DEALFLOW_IMAP_USERNAME and DEALFLOW_IMAP_PASSWORD"
+            )
+        if self.imap_host and self.imap_tls is ImapTls.NONE and not _is_loopback(self.imap_host):
+            raise ValueError(
+                "imap_tls=none reads the mailbox in clear text and is for a local server only; "
+                "use DEALFLOW_IMAP_TLS=implicit (port 993)"
             )
         if bool(self.temporal_tls_cert) != bool(self.temporal_tls_key):
             raise ValueError("DEALFLOW_TEMPORAL_TLS_CERT and DEALFLOW_TEMPORAL_TLS_KEY go together")

@@ -60,6 +60,12 @@ from deal_intake import (
 )
 from settings import Settings, demo_cadence, load_settings
 from workflows.deal import PLAN, RESEND_FAILED, STATUS, DealWorkflow
+from workflows.mailbox_poller import (
+    INBOX_QUERY,
+    MAILBOX_POLLER_ID,
+    POLL_NOW,
+    MailboxPollerReport,
+)
 from workflows.models import (
     BuyerReplied,
     Closed,
@@ -161,6 +167,20 @@ async def _explain_rpc(client: Client, deal_id: str, error: RPCError) -> Refused
         stage = described.typed_search_attributes.get(DEAL_STAGE) or "closed"
         return Refused(f"deal {deal_id!r} is closed ({stage}); it takes no more signals")
     return Refused(f"deal {deal_id!r}: {error.message}")
+
+
+async def inbox(client: Client) -> MailboxPollerReport:
+    """What the mailbox poller read lately, and what it did with each message."""
+    handle = client.get_workflow_handle(MAILBOX_POLLER_ID)
+    try:
+        return await handle.query(INBOX_QUERY, result_type=MailboxPollerReport)
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            raise Refused(
+                "no mailbox poller is running: set DEALFLOW_IMAP_HOST (and user, password) "
+                "and start the worker"
+            ) from None
+        raise
 
 
 def owner_filter(owner: str) -> str:
@@ -740,6 +760,32 @@ async def plan_command(client: Client, settings: Settings, deal_id: str = DealId
     out.print(table)
     if not planned:
         out.print("nothing planned: the deal waits for a buyer signal")
+
+
+@app.command("inbox")
+@_run
+async def inbox_command(
+    client: Client,
+    settings: Settings,
+    limit: int = typer.Option(30, "--limit", min=1, help="How many of the latest messages."),
+    poll: bool = typer.Option(False, "--poll", help="Read the mailbox now, then show."),
+) -> None:
+    """Recent inbound messages: class, the deal each matched (or why none), what was done."""
+    if poll:
+        await client.get_workflow_handle(MAILBOX_POLLER_ID).signal(POLL_NOW)
+        await asyncio.sleep(2)
+    report = await inbox(client)
+    table = Table("read", "from", "subject", "class", "deal", "outcome", title=report.mailbox)
+    for entry in report.recent[-limit:]:
+        deal = f"{entry.deal_id} ({entry.how})" if entry.deal_id else "-"
+        table.add_row(
+            _when(entry.read_at), entry.sender, entry.subject, f"{entry.kind.value}: {entry.why}",
+            deal, entry.outcome,
+        )  # fmt: skip
+    out.print(table)
+    cursor = report.cursor
+    out.print(f"{report.polls} reads this run; UIDVALIDITY {cursor.uid_validity}, "
+              f"last UID {cursor.last_uid}")  # fmt: skip
 
 
 def _when(moment: datetime) -> str:

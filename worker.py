@@ -14,11 +14,13 @@ from contextlib import AsyncExitStack
 
 import typer
 from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.mailbox import ImapEndpoint, MailboxReader
 from activities.mailbox_quota import MailboxQuota
-from activities.mailer import BuyerLinks, Mailer, Sender
+from activities.mailer import BuyerLinks, Mailer, Sender, unsubscribe_mailbox
 from activities.rendering import TemplateLibrary
 from activities.signed_tokens import TokenSigner
 from activities.smtp_pool import SmtpEndpoint, SmtpPool
@@ -27,6 +29,11 @@ from connection import TemporalUnreachable, connect
 from devstack import DevServer, OutboxSink
 from settings import Settings, SmtpTls, load_settings
 from workflows.deal import DealWorkflow
+from workflows.mailbox_poller import (
+    MAILBOX_POLLER_ID,
+    MailboxPollerState,
+    MailboxPollerWorkflow,
+)
 from workflows.mailbox_quota import MailboxQuotaWorkflow
 from workflows.suppressed_address import SuppressedAddressWorkflow
 
@@ -61,8 +68,52 @@ def build_mailer(settings: Settings) -> Mailer:
     )
 
 
-def build_worker(client: Client, settings: Settings, mailer: Mailer | None = None) -> Worker:
+def build_mailbox_reader(settings: Settings) -> MailboxReader | None:
+    """The IMAP side of the poller, when a reply mailbox is configured."""
+    if not settings.imap_host:
+        return None
+    password = settings.imap_password.get_secret_value() if settings.imap_password else ""
+    endpoint = ImapEndpoint(
+        host=settings.imap_host,
+        port=settings.imap_port,
+        tls=settings.imap_tls.value,
+        username=settings.imap_username or "",
+        password=password,
+        folder=settings.imap_folder,
+    )
+    signer = TokenSigner(settings.signing_key())
+    own = {str(settings.sender_address), settings.reply_base}
+    return MailboxReader(
+        endpoint,
+        signer,
+        own_addresses=sorted(own),
+        unsubscribe_address=unsubscribe_mailbox(settings.reply_base),
+        domains=[settings.sender_domain],
+        batch_size=settings.imap_batch_size,
+    )
+
+
+async def start_mailbox_poller(client: Client, settings: Settings) -> str:
+    """Start the mailbox's poller workflow, or find the one already running; its id."""
+    mailbox = f"{settings.imap_username}@{settings.imap_host}/{settings.imap_folder}"
+    handle = await client.start_workflow(
+        MailboxPollerWorkflow.run,
+        MailboxPollerState(mailbox=mailbox, poll_every=settings.imap_poll_every),
+        id=MAILBOX_POLLER_ID,
+        task_queue=settings.temporal_task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+    return handle.id
+
+
+def build_worker(
+    client: Client,
+    settings: Settings,
+    mailer: Mailer | None = None,
+    mailbox: MailboxReader | None = None,
+) -> Worker:
     mailer = mailer or build_mailer(settings)
+    mailbox = mailbox or build_mailbox_reader(settings)
     suppressions = SuppressionList(client, settings.temporal_task_queue)
     mailer.suppressions = suppressions
     if settings.send_cap_per_24h:
@@ -73,8 +124,17 @@ def build_worker(client: Client, settings: Settings, mailer: Mailer | None = Non
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
-        workflows=[DealWorkflow, SuppressedAddressWorkflow, MailboxQuotaWorkflow],
-        activities=[mailer.send_email, suppressions.suppress],
+        workflows=[
+            DealWorkflow,
+            SuppressedAddressWorkflow,
+            MailboxQuotaWorkflow,
+            MailboxPollerWorkflow,
+        ],
+        activities=[
+            mailer.send_email,
+            suppressions.suppress,
+            *([mailbox.read_mailbox] if mailbox else []),
+        ],
         max_cached_workflows=settings.max_cached_workflows,
         max_concurrent_activities=settings.max_concurrent_activities,
         workflow_runner=workflow_runner(),
@@ -121,6 +181,9 @@ async def serve(settings: Settings) -> None:
             await running.enter_async_context(worker)
             if settings.send_rate_per_second:
                 await running.enter_async_context(build_send_worker(client, settings, mailer))
+            if settings.imap_host:
+                poller = await start_mailbox_poller(client, settings)
+                print(f"worker: reading replies from {settings.imap_host} ({poller})", flush=True)
             await stop.wait()
         print("worker: stopped", flush=True)
     finally:

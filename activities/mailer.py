@@ -69,6 +69,12 @@ class Sender:
         }
 
 
+def unsubscribe_mailbox(reply_base: str) -> str:
+    """Where the mailto: unsubscribe link writes: the reply mailbox, tagged ``+unsubscribe``."""
+    local, _, domain = reply_base.rpartition("@")
+    return f"{local}+unsubscribe@{domain}"
+
+
 @dataclass(frozen=True)
 class BuyerLinks:
     """What makes a buyer email answerable by machine: the deal's own Reply-To address
@@ -80,8 +86,7 @@ class BuyerLinks:
 
     @property
     def unsubscribe_mailbox(self) -> str:
-        local, _, domain = self.reply_base.rpartition("@")
-        return f"{local}+unsubscribe@{domain}"
+        return unsubscribe_mailbox(self.reply_base)
 
     def unsubscribe_url(self, request: EmailRequest) -> str:
         token = self.signer.unsubscribe_token(

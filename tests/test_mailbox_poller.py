@@ -1,0 +1,186 @@
+"""The mailbox poller against a real IMAP server (Dovecot on loopback) and real deals:
+replies stop the cadence once, however often the mailbox is read."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from temporalio.client import Client, WorkflowHandle
+
+from devstack import LocalMailbox
+from settings import ImapTls, Settings
+from starter import inbox
+from tests.conftest import Deals, steps
+from tests.test_lifecycle import deal_id, stage_is, status
+from worker import start_mailbox_poller
+from workflows.mailbox_poller import POLL_NOW, MailboxPollerReport
+from workflows.stages import BuyerSignal, Stage
+
+
+@pytest.fixture
+def mailbox() -> Iterator[LocalMailbox]:
+    # Not under pytest's tmp_path: Dovecot's own users must be able to reach the folder.
+    folder = Path(tempfile.mkdtemp(prefix="dealflow-mail-"))
+    folder.chmod(0o755)
+    server = LocalMailbox(folder, user="sales", password="s3cret").start()
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def settings(settings: Settings, mailbox: LocalMailbox) -> Settings:
+    """The shared test settings, reading replies from the local Dovecot."""
+    return settings.model_copy(
+        update={
+            "imap_host": "127.0.0.1",
+            "imap_port": mailbox.port,
+            "imap_tls": ImapTls.NONE,
+            "imap_username": "sales",
+            "imap_password": SecretStr("s3cret"),
+        }
+    )
+
+
+def reply_to(ours: EmailMessage, text: str, *, threaded: bool = True) -> bytes:
+    """What the buyer's mail program sends back: new text on top, ours quoted below."""
+    answer = EmailMessage()
+    answer["From"] = "Bea Buyer <bea@buyer.example.org>"
+    answer["To"] = str(ours["Reply-To"])
+    answer["Subject"] = f"Re: {ours['Subject']}"
+    answer["Message-ID"] = make_msgid(domain="buyer.example.org")
+    if threaded:
+        answer["In-Reply-To"] = str(ours["Message-ID"])
+        answer["References"] = str(ours["Message-ID"])
+    quoted = "\n".join(
+        f"> {line}" for line in str(ours.get_body(("plain",)).get_content()).split("\n")
+    )
+    answer.set_content(f"{text}\n\nOn Monday, Seller GmbH wrote:\n{quoted}\n")
+    return bytes(answer)
+
+
+def out_of_office(ours: EmailMessage) -> bytes:
+    notice = EmailMessage()
+    notice["From"] = "Bea Buyer <bea@buyer.example.org>"
+    notice["To"] = str(ours["Reply-To"])
+    notice["Subject"] = f"Automatic reply: {ours['Subject']}"
+    notice["Auto-Submitted"] = "auto-replied"
+    notice["In-Reply-To"] = str(ours["Message-ID"])
+    notice["Message-ID"] = make_msgid(domain="buyer.example.org")
+    notice.set_content("I am out of the office until 14 December 2099 with limited access.")
+    return bytes(notice)
+
+
+async def poll(
+    client: Client, handle: WorkflowHandle, holds: Callable[[MailboxPollerReport], bool]
+):  # type: ignore[no-untyped-def]
+    """Ask the poller to read now; wait (real time) until its report satisfies ``holds``."""
+    await handle.signal(POLL_NOW)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while not holds(report := await inbox(client)):
+        assert loop.time() < deadline, f"the poller never got there: {report}"
+        await asyncio.sleep(0.2)
+    return report
+
+
+async def started_poller(deals: Deals) -> WorkflowHandle:
+    poller_id = await start_mailbox_poller(deals.client, deals.settings)
+    return deals.client.get_workflow_handle(poller_id)
+
+
+async def test_a_reply_in_the_mailbox_stops_the_cadence_once_even_when_read_again(
+    deals: Deals, mailbox: LocalMailbox
+) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    proposal = (await deals.mail(1))[0]
+    deal = deal_id(handle)
+
+    mailbox.deliver(deals.sink.received[0].data)  # our own copy (a Bcc to the mailbox)
+    mailbox.deliver(reply_to(proposal, "Looks good. Can you deliver in March?"))
+    poller = deals.client.get_workflow_handle(
+        await start_mailbox_poller(deals.client, deals.settings)
+    )
+    report = await poll(deals.client, poller, lambda r: len(r.recent) == 2)
+
+    own, answer = report.recent
+    assert own.kind == "own_message" and own.deal_id is None
+    assert answer.kind == "human_reply" and answer.deal_id == deal and answer.how == "in-reply-to"
+    assert answer.outcome == f"signalled reply to deal {deal}"
+    assert answer.snippet.startswith("Looks good. Can you deliver in March?")
+    task = (await deals.mail(2))[-1]
+    assert task["X-Dealflow-Step"] == "task_buyer_replied"
+    assert "Can you deliver in March?" in str(task.get_body(("plain",)).get_content())
+    assert (await status(handle)).replied
+
+    # The poller dies and its cursor is lost: a new one reads everything again.
+    await poller.terminate("simulated crash before the cursor was saved")
+    poller = deals.client.get_workflow_handle(
+        await start_mailbox_poller(deals.client, deals.settings)
+    )
+    again = await poll(deals.client, poller, lambda r: len(r.recent) == 2)
+    assert again.cursor.last_uid == report.cursor.last_uid
+    await asyncio.sleep(1)
+    history = (await status(handle)).history
+    assert [h.signal for h in history].count(BuyerSignal.BUYER_REPLIED.value) == 1
+    assert steps(await deals.settle(2)) == ["proposal", "task_buyer_replied"]
+
+
+async def test_a_new_uidvalidity_rescans_the_mailbox_without_signalling_twice(
+    deals: Deals, mailbox: LocalMailbox
+) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    proposal = (await deals.mail(1))[0]
+    reply = reply_to(proposal, "Please call me tomorrow.", threaded=False)
+    mailbox.deliver(reply)
+    poller = deals.client.get_workflow_handle(
+        await start_mailbox_poller(deals.client, deals.settings)
+    )
+    first = await poll(deals.client, poller, lambda r: len(r.recent) == 1)
+    assert first.recent[0].how == "reply-to token"  # no threading headers: the token found it
+    await deals.mail(2)
+
+    # The mailbox is rebuilt (server migration): new UIDVALIDITY, old mail plus one new message.
+    await asyncio.sleep(1.1)  # Dovecot's UIDVALIDITY is a timestamp in seconds
+    mailbox.recreate()
+    mailbox.deliver(reply)
+    mailbox.deliver(out_of_office(proposal))
+    second = await poll(
+        deals.client, poller, lambda r: r.cursor.uid_validity != first.cursor.uid_validity
+    )
+    assert second.cursor.last_uid == 2
+    kinds = {entry.kind for entry in second.recent}
+    assert kinds == {"human_reply", "auto_reply"}
+    current = await status(handle)
+    assert [h.signal for h in current.history].count(BuyerSignal.BUYER_REPLIED.value) == 1
+    assert [h.signal for h in current.history].count(BuyerSignal.OUT_OF_OFFICE.value) == 1
+    assert current.held_until is not None and current.held_until.year == 2099
+    assert len(deals.sink.received) == 2
+
+
+async def test_a_message_for_no_deal_is_listed_with_the_reason(
+    deals: Deals, mailbox: LocalMailbox
+) -> None:
+    cold = EmailMessage()
+    cold["From"] = "someone@elsewhere.example.net"
+    cold["To"] = "sales@seller.example.com"
+    cold["Subject"] = "Do you sell conveyors?"
+    cold["Message-ID"] = make_msgid(domain="elsewhere.example.net")
+    cold.set_content("Hello, we are looking for a supplier.")
+    mailbox.deliver(bytes(cold))
+    poller = deals.client.get_workflow_handle(
+        await start_mailbox_poller(deals.client, deals.settings)
+    )
+    report = await poll(deals.client, poller, lambda r: len(r.recent) == 1)
+    entry = report.recent[0]
+    assert entry.kind == "unrelated" and entry.deal_id is None and entry.outcome

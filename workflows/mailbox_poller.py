@@ -1,0 +1,140 @@
+"""The mailbox poller: one long-running workflow per reply mailbox.
+
+Temporal runs the schedule: read what arrived (an activity), signal each matched
+deal, sleep, again; continue-as-new keeps the history short. The cursor lives in
+this workflow's state, so it moves in the same step as the signals are sent: a
+crash re-reads at worst, and every deal applies a given Message-ID once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import date, timedelta
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.inbound_mail import InboundKind as MailKind
+    from activities.mailbox import READ_MAILBOX, InboxEntry, MailboxBatch, MailboxCursor
+    from workflows.deal import INBOUND_MESSAGE
+    from workflows.models import InboundKind, InboundMessage
+
+MAILBOX_POLLER_WORKFLOW = "MailboxPoller"
+MAILBOX_POLLER_ID = "mailbox-poller"
+INBOX_QUERY = "inbox"
+POLL_NOW = "poll_now"
+RECENT_KEPT = 200
+POLLS_PER_RUN = 500
+READ_TIMEOUT = timedelta(minutes=5)
+READ_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=5),
+)
+# What each class of inbound mail means for its deal; the rest is only listed.
+SIGNALLED = {
+    MailKind.HUMAN_REPLY: InboundKind.REPLY,
+    MailKind.AUTO_REPLY: InboundKind.OUT_OF_OFFICE,
+    MailKind.BOUNCE: InboundKind.BOUNCE,
+    MailKind.UNSUBSCRIBE: InboundKind.UNSUBSCRIBE,
+}
+
+
+class MailboxPollerState(BaseModel):
+    mailbox: str
+    poll_every: timedelta = timedelta(minutes=1)
+    cursor: MailboxCursor = Field(default_factory=MailboxCursor)
+    recent: list[InboxEntry] = Field(default_factory=list)
+
+
+class MailboxPollerReport(BaseModel):
+    """What ``starter.py inbox`` shows."""
+
+    mailbox: str
+    cursor: MailboxCursor
+    polls: int
+    recent: list[InboxEntry]
+
+
+@workflow.defn(name=MAILBOX_POLLER_WORKFLOW)
+class MailboxPollerWorkflow:
+    @workflow.init
+    def __init__(self, state: MailboxPollerState) -> None:
+        self.state = state
+        self.polls = 0
+        self.poll_requested = False
+
+    @workflow.run
+    async def run(self, state: MailboxPollerState) -> None:
+        while self.polls < POLLS_PER_RUN and not workflow.info().is_continue_as_new_suggested():
+            batch: MailboxBatch = await workflow.execute_activity(
+                READ_MAILBOX,
+                self.state.cursor,
+                result_type=MailboxBatch,
+                start_to_close_timeout=READ_TIMEOUT,
+                heartbeat_timeout=timedelta(minutes=1),
+                retry_policy=READ_RETRY,
+            )
+            self.polls += 1
+            for entry in batch.entries:
+                await self._deliver(entry)
+            self.state.cursor = batch.cursor
+            if batch.more:
+                continue
+            self.poll_requested = False
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self.poll_requested, timeout=self.state.poll_every
+                )
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.continue_as_new(self.state)
+
+    async def _deliver(self, entry: InboxEntry) -> None:
+        seen = {e.message_id for e in self.state.recent}
+        kind = SIGNALLED.get(entry.kind)
+        if entry.deal_id and kind is not None:
+            if entry.message_id in seen:
+                entry.outcome = "already delivered to the deal"
+            else:
+                entry.outcome = await self._signal(entry, kind)
+        self.state.recent = [e for e in self.state.recent if e.message_id != entry.message_id]
+        self.state.recent.append(entry)
+        del self.state.recent[:-RECENT_KEPT]
+
+    async def _signal(self, entry: InboxEntry, kind: InboundKind) -> str:
+        message = InboundMessage(
+            kind=kind,
+            event_id=entry.message_id,
+            source="mailbox",
+            sender=entry.sender,
+            subject=entry.subject,
+            snippet=entry.snippet,
+            returns_on=date.fromisoformat(entry.returns_on) if entry.returns_on else None,
+            failed_recipient=entry.failed_recipient,
+            bounce_status=entry.bounce_status,
+            permanent=entry.permanent,
+            addresses=entry.unsubscribe_addresses,
+        )
+        deal = workflow.get_external_workflow_handle(f"deal-{entry.deal_id}")
+        try:
+            await deal.signal(INBOUND_MESSAGE, message)
+        except FailureError as error:
+            # The deal has ended or never existed: nothing to stop, but say so.
+            return f"deal {entry.deal_id} is closed or unknown ({error.message})"
+        return f"signalled {kind.value} to deal {entry.deal_id}"
+
+    @workflow.signal(name=POLL_NOW)
+    def poll_now(self) -> None:
+        self.poll_requested = True
+
+    @workflow.query(name=INBOX_QUERY)
+    def inbox(self) -> MailboxPollerReport:
+        return MailboxPollerReport(
+            mailbox=self.state.mailbox,
+            cursor=self.state.cursor,
+            polls=self.polls,
+            recent=list(self.state.recent),
+        )
