@@ -27,6 +27,7 @@ from activities.smtp_pool import SmtpEndpoint, SmtpPool
 from activities.suppression import SuppressionList
 from connection import TemporalUnreachable, connect
 from devstack import DevServer, OutboxSink
+from endpoints import EndpointsUnavailable, running_endpoints
 from settings import Settings, SmtpTls, load_settings
 from workflows.deal import DealWorkflow
 from workflows.mailbox_poller import (
@@ -159,7 +160,7 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, http: bool = False) -> None:
     try:
         client = await connect(settings)
     except TemporalUnreachable as error:
@@ -184,6 +185,12 @@ async def serve(settings: Settings) -> None:
             if settings.imap_host:
                 poller = await start_mailbox_poller(client, settings)
                 print(f"worker: reading replies from {settings.imap_host} ({poller})", flush=True)
+            if http:
+                try:
+                    await running.enter_async_context(running_endpoints(settings, client))
+                except EndpointsUnavailable as error:
+                    print(f"worker: {error}", file=sys.stderr)
+                    raise SystemExit(1) from None
             await stop.wait()
         print("worker: stopped", flush=True)
     finally:
@@ -217,10 +224,12 @@ async def serve_dev(settings: Settings) -> None:
             f"dev: Temporal UI     http://localhost:{server.ui_port}\n"
             f"dev: Temporal server {server.address} (data in {server.db_file})\n"
             f"dev: SMTP sink       127.0.0.1:{sink.port}, emails in {settings.outbox_dir}/\n"
+            f"dev: HTTP endpoints  http://{settings.http_host}:{settings.http_port} "
+            "(unsubscribe links, fulfilment webhook)\n"
             "dev: Ctrl-C stops the worker, the SMTP sink and the server",
             flush=True,
         )
-        await serve(dev)
+        await serve(dev, http=True)
     finally:
         sink.stop()
         server.stop()

@@ -1,0 +1,419 @@
+"""The HTTP side of Dealflow: one small ASGI app for buyer signals that arrive over HTTP.
+
+- ``GET /healthz``: 200 ``ok``.
+- ``GET /unsubscribe/{token}``: a confirmation page with a button; changes nothing,
+  because mail scanners prefetch every link in an email.
+- ``POST /unsubscribe/{token}`` (RFC 8058 one-click, body ``List-Unsubscribe=One-Click``):
+  suppresses the token's addresses for every deal, then tells the deal.
+- ``POST /webhooks/fulfilment``: the ERP reports an order, a moved delivery date or a
+  delivery, signed with HMAC-SHA256 (``Dealflow-Timestamp``, ``Dealflow-Signature``).
+
+Every answer comes after Temporal took the change; Temporal holds all state, so any
+number of these processes can run behind a load balancer. ``python endpoints.py`` runs
+it alone; ``worker.py --dev`` runs it next to the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, nullcontext
+from datetime import UTC, datetime
+from signal import SIGINT, SIGTERM
+from typing import Any, Literal
+
+import uvicorn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.signed_tokens import BadToken, TokenSigner, Unsubscribe
+from activities.suppression import Suppression, SuppressionList
+from connection import TemporalUnreachable, connect
+from deal_intake import explain
+from settings import Settings, load_settings
+from starter import workflow_id
+from workflows.deal import INBOUND_MESSAGE
+from workflows.models import (
+    Delivered,
+    DeliveryDateChanged,
+    InboundKind,
+    InboundMessage,
+    OrderPlaced,
+    SignalPayload,
+)
+from workflows.search_attributes import DEAL_STAGE
+from workflows.stages import BuyerSignal, Stage
+
+ONE_CLICK = ("List-Unsubscribe", "One-Click")  # RFC 8058, section 3.1
+TIMESTAMP_HEADER = "Dealflow-Timestamp"
+SIGNATURE_HEADER = "Dealflow-Signature"
+MAX_WEBHOOK_BODY = 64 * 1024
+# A deal with no worker polling never answers an update; the ERP should retry, not hang.
+UPDATE_TIMEOUT = 30.0
+
+FULFILMENT_EVENTS: dict[str, tuple[BuyerSignal, type[SignalPayload]]] = {
+    BuyerSignal.ORDER_PLACED.value: (BuyerSignal.ORDER_PLACED, OrderPlaced),
+    BuyerSignal.DELIVERY_DATE_CHANGED.value: (
+        BuyerSignal.DELIVERY_DATE_CHANGED,
+        DeliveryDateChanged,
+    ),
+    BuyerSignal.DELIVERED.value: (BuyerSignal.DELIVERED, Delivered),
+}
+
+
+class EndpointsUnavailable(Exception):
+    """The HTTP endpoints cannot listen (port taken, bad host); the message says what to set."""
+
+
+class FulfilmentEvent(BaseModel):
+    """The webhook's body; ``data`` holds the fields of the signal's payload model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(min_length=1, max_length=200)
+    type: Literal["order_placed", "delivery_date_changed", "delivered"]
+    deal_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Problem(Exception):
+    """An HTTP answer other than success: the status and one line saying what to do."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The ``v1`` signature of a webhook body: what the ERP computes, and what we check."""
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(
+    secret: str, timestamp: str | None, signature: str | None, body: bytes, tolerance: float
+) -> None:
+    """Raise ``Problem(401)`` unless the body was signed with the secret, recently."""
+    if not timestamp or not signature:
+        raise Problem(401, f"missing {TIMESTAMP_HEADER} or {SIGNATURE_HEADER} header")
+    expected = sign(secret, timestamp, body)
+    # Several v1= values: the ERP signs with the old and the new secret while both rotate.
+    given = [part.strip()[3:] for part in signature.split(",") if part.strip().startswith("v1=")]
+    if not any(hmac.compare_digest(expected, value) for value in given):
+        raise Problem(
+            401,
+            f"{SIGNATURE_HEADER} does not match: send v1=<hex HMAC-SHA256 of "
+            "'<timestamp>.<raw body>' with the webhook secret>",
+        )
+    try:
+        skew = abs(time.time() - int(timestamp))
+    except ValueError:
+        raise Problem(401, f"{TIMESTAMP_HEADER} must be unix seconds") from None
+    if skew > tolerance:
+        raise Problem(
+            401,
+            f"{TIMESTAMP_HEADER} is {skew:.0f} s away from our clock (tolerance {tolerance:.0f} s):"
+            " a replayed request, or the sender's clock is wrong",
+        )
+
+
+def _page(title: str, text: str, status: int = 200, form: str = "") -> HTMLResponse:
+    body = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width">'
+        '<meta name=robots content="noindex">'
+        f"<title>{html.escape(title)}</title></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>{form}</body></html>"
+    )
+    return HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def _unavailable(error: Exception) -> Problem:
+    reason = error.message if isinstance(error, RPCError) else str(error)
+    return Problem(503, f"Temporal is unavailable ({reason}); try again")
+
+
+@contextmanager
+def _temporal_errors() -> Iterator[None]:
+    try:
+        yield
+    # RuntimeError: the client's (re)connect failed, before any RPC status exists.
+    except (RPCError, RuntimeError) as error:
+        raise _unavailable(error) from None
+
+
+class Endpoints:
+    """The handlers, with what they need: settings, the Temporal client, the token signer."""
+
+    def __init__(self, settings: Settings, client: Client) -> None:
+        self.settings = settings
+        self.client = client
+        self.signer = TokenSigner(settings.signing_key())
+        self.suppressions = SuppressionList(client, settings.temporal_task_queue)
+
+    # --- unsubscribe (RFC 8058) ---
+
+    def _named(self, request: Request) -> Unsubscribe | HTMLResponse:
+        try:
+            return self.signer.unsubscribe(request.path_params["token"])
+        except BadToken:
+            return _page(
+                "This unsubscribe link is not valid",
+                "The link may have been cut or changed on its way. Please reply to the email "
+                "and ask to be unsubscribed; we will take you off the list.",
+                status=400,
+            )
+
+    async def confirm_unsubscribe(self, request: Request) -> Response:
+        named = self._named(request)
+        if isinstance(named, Response):
+            return named
+        who = ", ".join(named.addresses)
+        button = (
+            # No action: the form posts back to this very URL, whatever prefix a proxy adds.
+            f'<form method=post><input type=hidden name="{ONE_CLICK[0]}" value="{ONE_CLICK[1]}">'
+            "<button type=submit>Unsubscribe</button></form>"
+        )
+        return _page(
+            "Unsubscribe?",
+            f"{who} will get no more emails from {self.settings.company_name}, about deal "
+            f"{named.deal_id} or any other.",
+            form=button,
+        )
+
+    async def unsubscribe(self, request: Request) -> Response:
+        named = self._named(request)
+        if isinstance(named, Response):
+            return named
+        form = await request.form()
+        if form.get(ONE_CLICK[0]) != ONE_CLICK[1]:
+            return _page(
+                "Nothing was changed",
+                "This address takes a one-click unsubscribe (List-Unsubscribe=One-Click). "
+                "Open the link from the email in a browser to unsubscribe.",
+                status=400,
+            )
+        try:
+            await self._opt_out(named, request.path_params["token"])
+        except Problem:
+            return _page(
+                "Please try again",
+                "We could not record your request just now. Please try again in a few minutes.",
+                status=503,
+            )
+        return _page(
+            "You are unsubscribed",
+            f"{', '.join(named.addresses)} will get no more emails from "
+            f"{self.settings.company_name}.",
+        )
+
+    async def _opt_out(self, named: Unsubscribe, token: str) -> None:
+        # The global list first: it holds even when the deal has closed or is gone.
+        with _temporal_errors():
+            for address in named.addresses:
+                entry = Suppression(
+                    address=address,
+                    reason="opted_out",
+                    detail="one-click unsubscribe",
+                    deal_id=named.deal_id,
+                    at=datetime.now(UTC),
+                )
+                await self.suppressions.add(entry)
+            # A second click is the same event; a token for a large committee is too long
+            # for an event id, so it goes in as its digest.
+            if len(token) > 900:
+                token = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+            message = InboundMessage(
+                kind=InboundKind.UNSUBSCRIBE,
+                addresses=list(named.addresses),
+                event_id=f"unsubscribe:{token}",
+                source="unsubscribe link",
+            )
+            try:
+                await self.client.get_workflow_handle(workflow_id(named.deal_id)).signal(
+                    INBOUND_MESSAGE, message
+                )
+            except RPCError as error:
+                if error.status != RPCStatusCode.NOT_FOUND:
+                    raise
+
+    # --- fulfilment / ERP webhook ---
+
+    async def fulfilment(self, request: Request) -> Response:
+        try:
+            deal_id, stage = await self._fulfilment(request)
+        except Problem as problem:
+            # RFC 9110 wants a scheme on every 401; ours is the signature header.
+            challenge = {"WWW-Authenticate": SIGNATURE_HEADER} if problem.status == 401 else None
+            return JSONResponse(
+                {"error": problem.message}, status_code=problem.status, headers=challenge
+            )
+        return JSONResponse({"deal_id": deal_id, "stage": stage})
+
+    async def _fulfilment(self, request: Request) -> tuple[str, str]:
+        secret = self.settings.webhook_secret
+        if secret is None or not secret.get_secret_value():
+            raise Problem(503, "the webhook is closed: set DEALFLOW_WEBHOOK_SECRET to open it")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_WEBHOOK_BODY:
+                raise Problem(413, f"body over {MAX_WEBHOOK_BODY} bytes")
+        verify_signature(
+            secret.get_secret_value(),
+            request.headers.get(TIMESTAMP_HEADER),
+            request.headers.get(SIGNATURE_HEADER),
+            bytes(body),
+            self.settings.webhook_tolerance.total_seconds(),
+        )
+        try:
+            event = FulfilmentEvent.model_validate_json(bytes(body))
+        except ValidationError as error:
+            raise Problem(400, explain(error)) from None
+        signal, model = FULFILMENT_EVENTS[event.type]
+        # The envelope's event id is the one the deal dedupes on; data cannot override it.
+        fields = {**event.data, "source": "webhook", "event_id": event.event_id}
+        try:
+            payload = model.model_validate(fields)
+        except ValidationError as error:
+            raise Problem(400, f"data.{explain(error)}") from None
+        return event.deal_id, await self._apply(event.deal_id, signal, payload)
+
+    async def _apply(self, deal_id: str, signal: BuyerSignal, payload: SignalPayload) -> str:
+        """Run the signal's update as ``starter.record`` does, but keep apart what ``record``
+        folds into one ``Refused``: an unknown deal (404), a refusal (409), Temporal down (503).
+        """
+        handle = self.client.get_workflow_handle(workflow_id(deal_id))
+        try:
+            async with asyncio.timeout(UPDATE_TIMEOUT):
+                stage = await handle.execute_update(signal.value, payload)
+        except WorkflowUpdateFailedError as error:
+            reason = getattr(error.cause, "message", None) or str(error.cause or error)
+            raise Problem(409, f"deal {deal_id!r} refused {signal.value}: {reason}") from None
+        except TimeoutError:
+            raise Problem(
+                503, f"deal {deal_id!r} did not answer in {UPDATE_TIMEOUT:.0f} s; try again"
+            ) from None
+        except RuntimeError as error:
+            raise _unavailable(error) from None
+        except RPCError as error:
+            if error.status != RPCStatusCode.NOT_FOUND:
+                raise _unavailable(error) from None
+            # An update to a finished deal is NOT_FOUND too: only describe tells the two apart.
+            with _temporal_errors():
+                try:
+                    described = await handle.describe()
+                except RPCError as missing:
+                    if missing.status != RPCStatusCode.NOT_FOUND:
+                        raise
+                    raise Problem(404, f"no deal {deal_id!r}") from None
+            if described.status == WorkflowExecutionStatus.RUNNING:
+                raise Problem(503, f"deal {deal_id!r}: {error.message}; try again") from None
+            closed = described.typed_search_attributes.get(DEAL_STAGE) or "closed"
+            raise Problem(409, f"deal {deal_id!r} is closed ({closed})") from None
+        return Stage(stage).value
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+def build_app(settings: Settings, client: Client) -> Starlette:
+    """The ASGI app; ``client`` must use the pydantic data converter (``connection.connect``)."""
+    endpoints = Endpoints(settings, client)
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/unsubscribe/{token}", endpoints.confirm_unsubscribe, methods=["GET"]),
+            Route("/unsubscribe/{token}", endpoints.unsubscribe, methods=["POST"]),
+            Route("/webhooks/fulfilment", endpoints.fulfilment, methods=["POST"]),
+        ]
+    )
+
+
+class _Server(uvicorn.Server):
+    # Whoever runs us owns SIGINT/SIGTERM (the worker stops everything on one event).
+    def capture_signals(self) -> Any:
+        return nullcontext()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    # Bound here, not by uvicorn, which answers a taken port with sys.exit().
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise EndpointsUnavailable(
+            f"cannot listen on {host}:{port} ({error.strerror}); "
+            "set DEALFLOW_HTTP_HOST / DEALFLOW_HTTP_PORT"
+        ) from None
+    return listener
+
+
+@asynccontextmanager
+async def running_endpoints(settings: Settings, client: Client) -> AsyncIterator[str]:
+    """Serve the endpoints while the block runs; yields the URL they listen on."""
+    listener = _listen(settings.http_host, settings.http_port)
+    config = uvicorn.Config(
+        build_app(settings, client),
+        lifespan="off",
+        log_level="warning",
+        # Access logs would keep every unsubscribe token, which unsubscribes whoever it names.
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = _Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    host, port = listener.getsockname()[:2]
+    try:
+        yield f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    finally:
+        server.should_exit = True
+        await serving
+        listener.close()
+
+
+async def serve_endpoints(
+    settings: Settings, client: Client, stop: asyncio.Event | None = None
+) -> None:
+    """Serve on ``settings.http_host:http_port`` until ``stop`` is set (or forever)."""
+    async with running_endpoints(settings, client) as url:
+        print(f"endpoints: listening on {url} (public URL {settings.public_url})", flush=True)
+        await (stop or asyncio.Event()).wait()
+
+
+async def _main() -> None:
+    settings = load_settings()
+    try:
+        client = await connect(settings)
+    except TemporalUnreachable as error:
+        print(f"endpoints: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (SIGINT, SIGTERM):
+        loop.add_signal_handler(signal_number, stop.set)
+    try:
+        await serve_endpoints(settings, client, stop)
+    except EndpointsUnavailable as error:
+        print(f"endpoints: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print("endpoints: stopped", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())

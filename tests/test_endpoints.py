@@ -1,0 +1,266 @@
+"""The HTTP endpoints, served by uvicorn on loopback and called over real HTTP, in front of
+the time-skipping Temporal server and a worker: one-click unsubscribe and the ERP webhook."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from activities.signed_tokens import TokenSigner
+from activities.suppression import SuppressionList
+from devstack import free_port
+from endpoints import running_endpoints, sign
+from settings import Settings
+from tests.conftest import Deals, only, steps
+from tests.test_inbound_signals import eventually
+from tests.test_lifecycle import deal_id, stage_is, status
+from workflows.stages import BuyerSignal, Stage
+
+SECRET = "test-webhook-secret"
+ONE_CLICK = {"List-Unsubscribe": "One-Click"}
+
+
+@dataclass
+class Site:
+    http: httpx.AsyncClient
+    deals: Deals
+
+
+async def serve(deals: Deals, **settings: Any) -> AsyncIterator[Site]:
+    configured = deals.settings.model_copy(update={"http_port": free_port(), **settings})
+    async with (
+        running_endpoints(configured, deals.client) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        yield Site(http, deals)
+
+
+@pytest.fixture
+async def site(deals: Deals) -> AsyncIterator[Site]:
+    async for running in serve(deals, webhook_secret=SecretStr(SECRET)):
+        yield running
+
+
+@pytest.fixture
+async def closed_site(deals: Deals) -> AsyncIterator[Site]:
+    async for running in serve(deals, webhook_secret=None):
+        yield running
+
+
+async def unsubscribe_path(deals: Deals) -> tuple[str, str]:
+    """A new RFP deal's id and the path of its proposal's one-click unsubscribe link."""
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    proposal = only(await deals.mail(1), "proposal")
+    link = str(proposal["List-Unsubscribe"]).split(",")[0].strip(" <>")
+    return deal_id(handle), "/unsubscribe/" + link.rsplit("/", 1)[1]
+
+
+async def test_health_check_answers_ok(site: Site) -> None:
+    answer = await site.http.get("/healthz")
+    assert answer.status_code == 200 and answer.text == "ok"
+
+
+async def test_one_click_unsubscribe_opts_the_deal_out_and_suppresses_the_address(
+    site: Site,
+) -> None:
+    deals = site.deals
+    deal, path = await unsubscribe_path(deals)
+    answer = await site.http.post(path, data=ONE_CLICK)
+    assert answer.status_code == 200, answer.text
+    assert "You are unsubscribed" in answer.text and "bea@buyer.example.org" in answer.text
+    handle = deals.client.get_workflow_handle(f"deal-{deal}")
+    # Polled through the query: the test server cannot describe a deal whose next touch was unset.
+    current = await eventually(handle, lambda s: s.stage is Stage.OPTED_OUT)
+    assert current.history[-1].source == "unsubscribe link"
+
+    # The address is on the global list: a second deal to it sends nothing.
+    other = await deals.start(kind="rfp")
+    await eventually(other, lambda s: bool(s.messages) and s.messages[0].outcome == "skipped")
+    assert steps(await deals.settle(1)) == ["proposal"]
+
+
+async def test_opening_the_link_shows_a_confirmation_and_changes_nothing(site: Site) -> None:
+    deals = site.deals
+    deal, path = await unsubscribe_path(deals)
+    page = await site.http.get(path)
+    assert page.status_code == 200
+    assert "bea@buyer.example.org" in page.text and deal in page.text
+    assert '<form method=post><input type=hidden name="List-Unsubscribe"' in page.text
+    handle = deals.client.get_workflow_handle(f"deal-{deal}")
+    assert (await status(handle)).stage is Stage.PROPOSAL_RECEIVED
+    suppressions = SuppressionList(deals.client, deals.settings.temporal_task_queue)
+    assert await suppressions.find("bea@buyer.example.org") is None
+
+
+async def test_a_tampered_unsubscribe_link_is_refused_and_says_to_reply(site: Site) -> None:
+    deal, path = await unsubscribe_path(site.deals)
+    tampered = path[:-2] + ("AA" if not path.endswith("AA") else "BB")
+    for answer in (
+        await site.http.post(tampered, data=ONE_CLICK),
+        await site.http.get(tampered),
+    ):
+        assert answer.status_code == 400
+        assert "not valid" in answer.text and "reply to the email" in answer.text
+    handle = site.deals.client.get_workflow_handle(f"deal-{deal}")
+    assert (await status(handle)).stage is Stage.PROPOSAL_RECEIVED
+
+
+async def test_unsubscribing_twice_answers_ok_and_opts_out_once(site: Site) -> None:
+    deals = site.deals
+    deal, path = await unsubscribe_path(deals)
+    first = await site.http.post(path, data=ONE_CLICK)
+    handle = deals.client.get_workflow_handle(f"deal-{deal}")
+    await eventually(handle, lambda s: s.stage is Stage.OPTED_OUT)
+    # The confirmation page's button posts the same field, as multipart here.
+    second = await site.http.post(path, files={"List-Unsubscribe": (None, "One-Click")})
+    assert (first.status_code, second.status_code) == (200, 200)
+    history = (await status(handle)).history
+    assert [h.signal for h in history].count(BuyerSignal.OPTED_OUT.value) == 1
+
+
+async def test_a_post_without_the_one_click_field_changes_nothing(site: Site) -> None:
+    deal, path = await unsubscribe_path(site.deals)
+    answer = await site.http.post(path, data={"List-Unsubscribe": "yes"})
+    assert answer.status_code == 400
+    handle = site.deals.client.get_workflow_handle(f"deal-{deal}")
+    assert (await status(handle)).stage is Stage.PROPOSAL_RECEIVED
+
+
+# --- fulfilment webhook ---
+
+
+def signed(body: bytes, secret: str = SECRET, at: float | None = None) -> dict[str, str]:
+    timestamp = str(int(time.time() if at is None else at))
+    return {
+        "Content-Type": "application/json",
+        "Dealflow-Timestamp": timestamp,
+        "Dealflow-Signature": f"v1={sign(secret, timestamp, body)}",
+    }
+
+
+def event(deal: str, kind: str = "order_placed", event_id: str = "erp-1", **data: Any) -> bytes:
+    body = {"event_id": event_id, "type": kind, "deal_id": deal, "data": data}
+    return json.dumps(body).encode()
+
+
+async def post(site: Site, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return await site.http.post(
+        "/webhooks/fulfilment", content=body, headers=signed(body) if headers is None else headers
+    )
+
+
+async def proposal_deal(deals: Deals) -> tuple[str, str]:
+    """A deal in Proposal Received, and a delivery date ahead of the deal's clock."""
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.mail(1)
+    return deal_id(handle), ((await deals.now()).date() + timedelta(days=10)).isoformat()
+
+
+async def test_a_signed_order_moves_the_deal_and_the_confirmation_goes_out(site: Site) -> None:
+    deals = site.deals
+    deal, delivery = await proposal_deal(deals)
+    answer = await post(site, event(deal, delivery_date=delivery, purchase_order="PO-9"))
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"deal_id": deal, "stage": Stage.ORDER_PLACED.value}
+    confirmation = only(await deals.mail(3), "order_confirmation")
+    assert "bea@buyer.example.org" in str(confirmation["To"])
+    current = await status(deals.client.get_workflow_handle(f"deal-{deal}"))
+    assert str(current.delivery_date) == delivery
+    placed = [h for h in current.history if h.signal == BuyerSignal.ORDER_PLACED.value]
+    assert placed[0].source == "webhook"
+
+
+async def test_a_replayed_event_is_refused_even_freshly_signed(site: Site) -> None:
+    deal, delivery = await proposal_deal(site.deals)
+    body = event(deal, delivery_date=delivery, event_id="erp-42")
+    assert (await post(site, body)).status_code == 200
+    later = event(deal, "delivered", event_id="erp-42")
+    again = await post(site, later)
+    assert again.status_code == 409
+    assert "event erp-42 was already applied to this deal" in again.json()["error"]
+
+
+async def test_a_signal_the_stage_does_not_accept_is_refused_with_the_reason(site: Site) -> None:
+    deal, _ = await proposal_deal(site.deals)
+    answer = await post(site, event(deal, "delivered"))
+    assert answer.status_code == 409
+    assert "not accepted while the deal is 'Proposal Received'" in answer.json()["error"]
+
+
+async def test_an_unknown_deal_is_not_found(site: Site) -> None:
+    answer = await post(site, event("NO-SUCH-DEAL", delivery_date="2099-01-01"))
+    assert answer.status_code == 404
+    assert answer.json() == {"error": "no deal 'NO-SUCH-DEAL'"}
+
+
+async def test_a_bad_or_missing_signature_is_unauthorized(site: Site) -> None:
+    body = event("D-1", delivery_date="2099-01-01")
+    for headers in (signed(body, secret="someone-else"), {"Content-Type": "application/json"}):
+        answer = await post(site, body, headers)
+        assert answer.status_code == 401
+        assert "Dealflow-" in answer.json()["error"]
+    # One of several v1= values may match: the ERP rotates its secret.
+    rotating = signed(body)
+    rotating["Dealflow-Signature"] = "v1=00ff," + rotating["Dealflow-Signature"]
+    assert (await post(site, body, rotating)).status_code == 404
+
+
+async def test_a_stale_timestamp_is_unauthorized(site: Site) -> None:
+    body = event("D-1", delivery_date="2099-01-01")
+    answer = await post(site, body, signed(body, at=time.time() - 3600))
+    assert answer.status_code == 401
+    assert "away from our clock" in answer.json()["error"]
+
+
+async def test_a_malformed_body_is_a_bad_request(site: Site) -> None:
+    cases = {
+        b"{not json": "Invalid JSON",
+        event("D-1", "cancelled"): "type:",
+        event("D-1"): "data.delivery_date: Field required",
+        event("D-1", delivery_date="soon"): "data.delivery_date:",
+    }
+    for body, says in cases.items():
+        answer = await post(site, body)
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert says in error and "\n" not in error
+
+
+async def test_the_webhook_is_closed_without_a_secret(closed_site: Site) -> None:
+    body = event("D-1", delivery_date="2099-01-01")
+    answer = await post(closed_site, body)
+    assert answer.status_code == 503
+    assert "DEALFLOW_WEBHOOK_SECRET" in answer.json()["error"]
+
+
+async def test_both_endpoints_ask_to_try_again_while_temporal_is_unreachable(
+    settings: Settings,
+) -> None:
+    nowhere = await Client.connect(
+        f"127.0.0.1:{free_port()}", lazy=True, data_converter=pydantic_data_converter
+    )
+    configured = settings.model_copy(
+        update={"http_port": free_port(), "webhook_secret": SecretStr(SECRET)}
+    )
+    token = TokenSigner(settings.signing_key()).unsubscribe_token("D-1", "bea@buyer.example.org")
+    body = event("D-1", "delivered")
+    async with (
+        running_endpoints(configured, nowhere) as url,
+        httpx.AsyncClient(base_url=url, timeout=60) as http,
+    ):
+        hook = await http.post("/webhooks/fulfilment", content=body, headers=signed(body))
+        assert hook.status_code == 503 and "try again" in hook.json()["error"]
+        page = await http.post(f"/unsubscribe/{token}", data=ONE_CLICK)
+        assert page.status_code == 503 and "try again" in page.text
