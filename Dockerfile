@@ -13,7 +13,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-COPY settings.py worker.py starter.py ./
+COPY *.py ./
 COPY workflows/ workflows/
 COPY activities/ activities/
 # Read from /app/templates at run time (settings.templates_dir sits next to settings.py).

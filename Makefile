@@ -4,7 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test bench lint format clean
+.PHONY: dev test bench lint format clean dovecot
+
+# Debian's Dovecot: the real IMAP server behind the reply-mailbox tests and `make dev`.
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+dovecot:
+	@command -v dovecot >/dev/null 2>&1 || test -x /usr/sbin/dovecot || { \
+	  echo "installing Debian's dovecot-imapd (IMAP server for the reply mailbox)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dovecot-imapd >/dev/null; }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +22,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-dev: $(STAMP)
+dev: $(STAMP) dovecot
 	$(BIN)/python worker.py --dev $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) dovecot
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 

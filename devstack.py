@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import shutil
+import smtplib
 import socket
 import subprocess
 import sysconfig
@@ -20,8 +21,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
+import typer
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SmtpServer
 from aiosmtpd.smtp import Envelope, Session
@@ -148,9 +151,17 @@ class OutboxSink:
     it may return an SMTP reply such as "451 4.3.0 try later" instead of accepting.
     """
 
-    def __init__(self, port: int = 0, folder: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        folder: Path | None = None,
+        local_mailbox: tuple[str, LocalMailbox] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.folder = folder
+        # (reply address, mailbox): mail for that address, or its +tag variants, is
+        # delivered there instead of the outbox, as a real MX would (buyer replies in dev).
+        self.local_mailbox = local_mailbox
         self.received: list[ReceivedMail] = []
         self.refusals: list[str] = []
         self.refused_recipients: dict[str, str] = {}
@@ -184,7 +195,17 @@ class OutboxSink:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
+    def _is_local(self, address: str) -> bool:
+        if self.local_mailbox is None:
+            return False
+        local, _, domain = self.local_mailbox[0].lower().rpartition("@")
+        their_local, _, their_domain = address.lower().rpartition("@")
+        return their_domain == domain and their_local.partition("+")[0] == local
+
     async def handle_DATA(self, server: SmtpServer, session: Session, envelope: Envelope) -> str:
+        if self.local_mailbox and any(self._is_local(r) for r in envelope.rcpt_tos):
+            self.local_mailbox[1].deliver(envelope.original_content or b"")
+            return "250 Delivered to the local reply mailbox"
         with self._lock:
             if self.refusals:
                 return self.refusals.pop(0)
@@ -338,3 +359,43 @@ class LocalMailbox:
             return
         for current in [path, *path.rglob("*")] if path.is_dir() else [path]:
             os.chown(current, self._uid, self._gid)
+
+
+def compose_reply(original: bytes, text: str) -> tuple[str, str, bytes]:
+    """The buyer's answer to one of our emails, as a mail program writes it:
+    (from, to, message). For the README walkthrough: ``python devstack.py reply``."""
+    ours = message_from_bytes(original, policy=policy.default)
+    assert isinstance(ours, EmailMessage)
+    buyer = ours["To"].addresses[0]
+    answer = EmailMessage()
+    answer["From"] = str(ours["To"])
+    answer["To"] = str(ours["Reply-To"] or ours["From"])
+    answer["Subject"] = f"Re: {ours['Subject']}"
+    answer["Message-ID"] = make_msgid(domain=buyer.domain or "buyer.invalid")
+    answer["In-Reply-To"] = str(ours["Message-ID"])
+    answer["References"] = str(ours["Message-ID"])
+    answer["Date"] = format_datetime(datetime.now(UTC))
+    body = ours.get_body(("plain",))
+    quoted = "\n".join(f"> {line}" for line in str(body.get_content() if body else "").split("\n"))
+    answer.set_content(f"{text}\n\nOn {ours['Date']}, {ours['From']} wrote:\n{quoted}\n")
+    wire = answer.as_bytes(policy=policy.SMTP)
+    return buyer.addr_spec, str(answer["To"].addresses[0].addr_spec), wire
+
+
+def _reply_command(
+    email_file: Path = typer.Argument(..., help="One of our emails, e.g. from .data/outbox/."),
+    text: str = typer.Argument(..., help="What the buyer answers."),
+    smtp_port: int = typer.Option(1025, help="The dev SMTP server (DEALFLOW_DEV_SMTP_PORT)."),
+) -> None:
+    """Answer one of our emails as the buyer would, through the dev SMTP server."""
+    sender, recipient, message = compose_reply(email_file.read_bytes(), text)
+    with smtplib.SMTP("127.0.0.1", smtp_port) as smtp:
+        smtp.sendmail(sender, [recipient], message)
+    print(f"replied as {sender} to {recipient}")
+
+
+if __name__ == "__main__":
+    cli = typer.Typer(add_completion=False, help="Dev-stack helpers.")
+    cli.callback()(lambda: None)  # keep "reply" a sub-command, room for more
+    cli.command("reply")(_reply_command)
+    cli()

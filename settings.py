@@ -195,6 +195,7 @@ class Settings(BaseSettings):
     dev_temporal_port: int = Field(default=7233, ge=1, le=65535)
     dev_ui_port: int = Field(default=8233, ge=1, le=65535)
     dev_smtp_port: int = Field(default=1025, ge=1, le=65535)
+    dev_imap_port: int = Field(default=1143, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

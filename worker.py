@@ -11,8 +11,10 @@ import asyncio
 import signal
 import sys
 from contextlib import AsyncExitStack
+from datetime import timedelta
 
 import typer
+from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.worker import Worker
@@ -26,9 +28,9 @@ from activities.signed_tokens import TokenSigner
 from activities.smtp_pool import SmtpEndpoint, SmtpPool
 from activities.suppression import SuppressionList
 from connection import TemporalUnreachable, connect
-from devstack import DevServer, OutboxSink
+from devstack import DevServer, LocalMailbox, OutboxSink
 from endpoints import EndpointsUnavailable, running_endpoints
-from settings import Settings, SmtpTls, load_settings
+from settings import ImapTls, Settings, SmtpTls, load_settings
 from workflows.deal import DealWorkflow
 from workflows.mailbox_poller import (
     MAILBOX_POLLER_ID,
@@ -203,10 +205,14 @@ async def serve_dev(settings: Settings) -> None:
         ui_port=settings.dev_ui_port,
         db_file=settings.data_dir / "temporal.db",
     )
-    sink = OutboxSink(port=settings.dev_smtp_port, folder=settings.outbox_dir)
+    mailbox = dev_mailbox(settings)
+    local = (settings.reply_base, mailbox) if mailbox else None
+    sink = OutboxSink(port=settings.dev_smtp_port, folder=settings.outbox_dir, local_mailbox=local)
     try:
         sink.start()
     except OSError as error:
+        if mailbox:
+            mailbox.stop()
         print(f"worker: cannot open the SMTP sink on port {sink.port}: {error}; "
               "set DEALFLOW_DEV_SMTP_PORT to a free port", file=sys.stderr)  # fmt: skip
         raise SystemExit(1) from None
@@ -218,8 +224,12 @@ async def serve_dev(settings: Settings) -> None:
                 "smtp_host": "127.0.0.1",
                 "smtp_port": sink.port,
                 "smtp_tls": SmtpTls.NONE,
+                **(dev_mailbox_settings(mailbox) if mailbox else {}),
             }
         )
+        if mailbox:
+            print(f"dev: reply mailbox   imap://{mailbox.user}@127.0.0.1:{mailbox.port} "
+                  f"(replies to {settings.reply_base} land there)", flush=True)  # fmt: skip
         print(
             f"dev: Temporal UI     http://localhost:{server.ui_port}\n"
             f"dev: Temporal server {server.address} (data in {server.db_file})\n"
@@ -233,6 +243,31 @@ async def serve_dev(settings: Settings) -> None:
     finally:
         sink.stop()
         server.stop()
+        if mailbox:
+            mailbox.stop()
+
+
+def dev_mailbox(settings: Settings) -> LocalMailbox | None:
+    """The dev stack's reply mailbox (Dovecot), or None when Dovecot is not installed."""
+    user = settings.reply_base.split("@", 1)[0]
+    mailbox = LocalMailbox(settings.data_dir.resolve() / "mail", user=user, password="dev",
+                           port=settings.dev_imap_port)  # fmt: skip
+    try:
+        return mailbox.start()
+    except (FileNotFoundError, RuntimeError) as error:
+        print(f"dev: no reply mailbox ({error}); replies are not read", flush=True)
+        return None
+
+
+def dev_mailbox_settings(mailbox: LocalMailbox) -> dict[str, object]:
+    return {
+        "imap_host": "127.0.0.1",
+        "imap_port": mailbox.port,
+        "imap_tls": ImapTls.NONE,
+        "imap_username": mailbox.user,
+        "imap_password": SecretStr(mailbox.password),
+        "imap_poll_every": timedelta(seconds=10),
+    }
 
 
 def main(

@@ -8,6 +8,7 @@ connection, time-out) raises so that Temporal retries with backoff.
 
 from __future__ import annotations
 
+import email.policy
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address
@@ -28,6 +29,12 @@ from activities.smtp_pool import SmtpPool
 from activities.suppression import Suppression, SuppressionList
 
 SEND_EMAIL = "send_email"
+# Header lines up to RFC 5322's hard limit: a List-Unsubscribe URI is one long token,
+# and folding it at 78 would turn it into an encoded word no mail client can follow.
+LONG_LINES = email.policy.default.clone(max_line_length=998, cte_type="7bit")
+# aiosmtplib's send_message would flatten with email.policy.SMTP (78): flatten ourselves,
+# 7-bit clean (bodies quoted-printable or base64), so any relay takes it without 8BITMIME.
+WIRE = LONG_LINES.clone(linesep="\r\n")
 
 
 class FailureType:
@@ -164,7 +171,7 @@ class Mailer:
     def _message(
         self, request: EmailRequest, recipients: list[Address], rendered: RenderedEmail
     ) -> EmailMessage:
-        message = EmailMessage()
+        message = EmailMessage(policy=LONG_LINES)
         message["From"] = Address(display_name=self.sender.name, addr_spec=self.sender.address)
         message["To"] = recipients
         if self.sender.reply_to:
@@ -238,7 +245,11 @@ class Mailer:
                 )
         try:
             async with self.pool.connection() as smtp:
-                refused, _ = await smtp.send_message(message)
+                refused, _ = await smtp.sendmail(
+                    self.sender.address,
+                    [str(a.addr_spec) for a in message["To"].addresses],
+                    message.as_bytes(policy=WIRE),
+                )
         except aiosmtplib.SMTPRecipientsRefused as error:
             code, detail = _first_code(error)
             if code >= 500:
