@@ -566,3 +566,17 @@ async def test_invalid_setting_exits_2_naming_the_variable(stack: Stack) -> None
     line = result.one_line_error()
     assert "DEALFLOW_SMTP_PORT" in line
     assert line.startswith("dealflow: invalid setting")
+
+
+async def test_inbox_without_a_mailbox_poller_says_how_to_configure_one(stack: Stack) -> None:
+    result = await stack.cli("inbox")
+    assert result.code == 1
+    line = result.one_line_error()
+    assert line.startswith("dealflow: no mailbox poller is running")
+    assert "DEALFLOW_IMAP_HOST" in line
+
+
+async def test_imap_host_without_credentials_exits_2_naming_the_variable(stack: Stack) -> None:
+    result = await stack.cli("inbox", DEALFLOW_IMAP_HOST="imap.example.com")
+    assert result.code == 2
+    assert "DEALFLOW_IMAP_USERNAME" in result.one_line_error()
