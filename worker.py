@@ -120,10 +120,10 @@ def build_worker(
     suppressions = SuppressionList(client, settings.temporal_task_queue)
     mailer.suppressions = suppressions
     if settings.send_cap_per_24h:
-        mailbox = str(settings.sender_address)
+        sender = str(settings.sender_address)
         queue = settings.temporal_task_queue
         cap, window = settings.send_cap_per_24h, settings.send_cap_window
-        mailer.quota = MailboxQuota(client, queue, mailbox, cap, window)
+        mailer.quota = MailboxQuota(client, queue, sender, cap, window)
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
