@@ -178,3 +178,14 @@ async def test_an_event_id_applied_once_is_refused_the_second_time(deals: Deals)
             DeliveryDateChanged.model_validate(moved),
         )
     assert (await status(handle)).delivery_date == order.delivery_date
+
+
+async def test_the_rep_answering_a_task_email_is_no_buyer_reply(deals: Deals) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.mail(1)
+    rep = reply("<rep-1@seller.example.com>", sender=deals.settings.rep_address)
+    await inbound(deals, deal_id(handle), rep)
+    current = await eventually(handle, lambda s: s.history[-1].note == "from our own side")
+    assert not current.replied and current.next_touch is not None
+    await deals.settle(1)

@@ -857,6 +857,11 @@ class DealWorkflow:
             # Nothing to act on (the deal has closed): kept in the history all the same.
             self._record(f"inbound {mail.kind.value}", self._noted(mail, "deal closed, no action"))
             return
+        internal = {self.deal.owner, self.deal.fulfilment_address, self.deal.win_loss_interviewer}
+        if mail.sender.lower() in {str(a).lower() for a in internal if a}:
+            # The rep answering a task email is not the buyer answering us.
+            self._record(f"inbound {mail.kind.value}", self._noted(mail, "from our own side"))
+            return
         if mail.kind is InboundKind.REPLY:
             self._buyer_replied(mail.sender, mail, quote=self._quote(mail))
         elif mail.kind is InboundKind.OUT_OF_OFFICE:
