@@ -8,11 +8,9 @@ connection, time-out) raises so that Temporal retries with backoff.
 
 from __future__ import annotations
 
-import email.policy
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address
-from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
 
@@ -23,18 +21,13 @@ from temporalio.exceptions import ApplicationError
 
 from activities.email_models import EmailReceipt, EmailRequest, Party
 from activities.mailbox_quota import MailboxQuota
+from activities.mime import Mailbox, OutgoingMessage, compose
 from activities.rendering import RenderedEmail, TemplateLibrary, TemplateProblem
 from activities.signed_tokens import TokenSigner
 from activities.smtp_pool import SmtpPool
 from activities.suppression import Suppression, SuppressionList
 
 SEND_EMAIL = "send_email"
-# Header lines up to RFC 5322's hard limit: a List-Unsubscribe URI is one long token,
-# and folding it at 78 would turn it into an encoded word no mail client can follow.
-LONG_LINES = email.policy.default.clone(max_line_length=998, cte_type="7bit")
-# aiosmtplib's send_message would flatten with email.policy.SMTP (78): flatten ourselves,
-# 7-bit clean (bodies quoted-printable or base64), so any relay takes it without 8BITMIME.
-WIRE = LONG_LINES.clone(linesep="\r\n")
 
 
 class FailureType:
@@ -147,50 +140,59 @@ class Mailer:
         self.quota = quota
         self.links = links
 
-    def build(self, request: EmailRequest) -> EmailMessage:
+    def build(self, request: EmailRequest) -> OutgoingMessage:
         """The exact message for ``request``: the same bytes on every retry."""
         recipients = [_address(party) for party in request.to]
+        return self._message(request, recipients, self._render(request))
+
+    def _render(self, request: EmailRequest) -> RenderedEmail:
         context: dict[str, Any] = request.context.model_dump()
         context["sender"] = self.sender.as_context()
-        buyer_links = self.links if request.buyer_facing else None
-        unsubscribe_url = buyer_links.unsubscribe_url(request) if buyer_links else ""
-        context["unsubscribe_url"] = unsubscribe_url
+        context["unsubscribe_url"] = self._unsubscribe_url(request)
         try:
-            rendered = self.templates.render(request.template, context)
+            return self.templates.render(request.template, context)
         except TemplateProblem as error:
             raise ApplicationError(
                 str(error), type=FailureType.TEMPLATE, non_retryable=True
             ) from None
-        message = self._message(request, recipients, rendered)
-        if buyer_links is not None:
-            for name, value in buyer_links.headers(request, unsubscribe_url).items():
-                del message[name]
-                message[name] = value
-        return message
+
+    def _buyer_links(self, request: EmailRequest) -> BuyerLinks | None:
+        return self.links if request.buyer_facing else None
+
+    def _unsubscribe_url(self, request: EmailRequest) -> str:
+        links = self._buyer_links(request)
+        return links.unsubscribe_url(request) if links else ""
 
     def _message(
         self, request: EmailRequest, recipients: list[Address], rendered: RenderedEmail
-    ) -> EmailMessage:
-        message = EmailMessage(policy=LONG_LINES)
-        message["From"] = Address(display_name=self.sender.name, addr_spec=self.sender.address)
-        message["To"] = recipients
-        if self.sender.reply_to:
-            message["Reply-To"] = self.sender.reply_to
+    ) -> OutgoingMessage:
+        headers = []
         subject = rendered.subject
         if request.thread is not None:
             subject = request.thread.subject
             if not subject.lower().startswith("re:"):
                 subject = f"Re: {subject}"
-            message["In-Reply-To"] = request.thread.message_ids[-1]
-            message["References"] = " ".join(request.thread.message_ids)
-        message["Subject"] = subject
-        message["Date"] = format_datetime(request.date)
-        message["Message-ID"] = request.message_id
-        message["X-Dealflow-Deal"] = request.context.deal.deal_id
-        message["X-Dealflow-Step"] = request.template
-        message.set_content(rendered.text)
-        message.add_alternative(rendered.html, subtype="html")
-        return message
+            headers.append(("In-Reply-To", request.thread.message_ids[-1]))
+            headers.append(("References", " ".join(request.thread.message_ids)))
+        headers.append(("Date", format_datetime(request.date)))
+        headers.append(("X-Dealflow-Deal", request.context.deal.deal_id))
+        headers.append(("X-Dealflow-Step", request.template))
+        reply_to = self.sender.reply_to
+        links = self._buyer_links(request)
+        if links is not None:
+            extra = links.headers(request, self._unsubscribe_url(request))
+            reply_to = extra.pop("Reply-To")
+            headers.extend(extra.items())
+        return compose(
+            sender=Mailbox(self.sender.name, self.sender.address),
+            to=[Mailbox(a.display_name, a.addr_spec) for a in recipients],
+            reply_to=Mailbox("", reply_to) if reply_to else None,
+            subject=subject,
+            text=rendered.text,
+            html=rendered.html,
+            headers=headers,
+            message_id=request.message_id,
+        )
 
     async def _unsuppressed(self, request: EmailRequest) -> EmailRequest:
         """The request without suppressed recipients; none left is a non-retryable failure."""
@@ -203,6 +205,8 @@ class Mailer:
                 allowed.append(party)
             else:
                 found.append(entry)
+        if not found:
+            return request
         if allowed:
             return request.model_copy(update={"to": allowed})
         opted_out = [e for e in found if e.reason == "opted_out"]
@@ -226,12 +230,14 @@ class Mailer:
 
     @activity.defn(name=SEND_EMAIL)
     async def send_email(self, request: EmailRequest) -> EmailReceipt:
-        message = self.build(request)
+        recipients = [_address(party) for party in request.to]
+        rendered = self._render(request)
         # The suppression list is checked last, right before SMTP: an opt-out
         # recorded a second ago by another deal still stops this email.
         allowed = await self._unsuppressed(request)
-        if allowed is not request:
-            request, message = allowed, self.build(allowed)
+        if allowed is not request:  # some recipients are suppressed: leave them out
+            request, recipients = allowed, [_address(party) for party in allowed.to]
+        message = self._message(request, recipients, rendered)
         if self.quota is not None:
             slot = await self.quota.slot(request.message_id)
             # The server's clock, as the quota's slots are (it also skips time in tests).
@@ -246,9 +252,10 @@ class Mailer:
         try:
             async with self.pool.connection() as smtp:
                 refused, _ = await smtp.sendmail(
-                    self.sender.address,
-                    [str(a.addr_spec) for a in message["To"].addresses],
-                    message.as_bytes(policy=WIRE),
+                    message.sender,
+                    message.recipients,
+                    message.data,
+                    mail_options=message.mail_options,
                 )
         except aiosmtplib.SMTPRecipientsRefused as error:
             code, detail = _first_code(error)
@@ -266,7 +273,7 @@ class Mailer:
                     non_retryable=True,
                 ) from None
             raise
-        accepted = [str(a.addr_spec) for a in message["To"].addresses if a.addr_spec not in refused]
+        accepted = [address for address in message.recipients if address not in refused]
         return EmailReceipt(
-            message_id=request.message_id, subject=str(message["Subject"]), accepted=accepted
+            message_id=request.message_id, subject=message.subject, accepted=accepted
         )

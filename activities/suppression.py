@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 from temporalio import activity
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
@@ -43,18 +45,31 @@ class SuppressionList:
         self.task_queue = task_queue
 
     async def find(self, address: str) -> Suppression | None:
-        handle = self.client.get_workflow_handle(suppression_id(address))
+        """The entry if ``address`` is suppressed now: one describe call, read from the server.
+
+        Every send makes this call, so it goes to the service directly: a workflow
+        handle and its description would be built only to read two fields.
+        """
+        request = DescribeWorkflowExecutionRequest(
+            namespace=self.client.namespace,
+            execution=WorkflowExecution(workflow_id=suppression_id(address)),
+        )
         try:
-            described = await handle.describe()
+            described = await self.client.workflow_service.describe_workflow_execution(
+                request, retry=True
+            )
         except RPCError as error:
             if error.status == RPCStatusCode.NOT_FOUND:
                 return None
             raise
-        if described.status != WorkflowExecutionStatus.RUNNING:
+        info = described.workflow_execution_info
+        if info.status != WorkflowExecutionStatus.RUNNING:
             return None
         # The entry travels as the memo: readable from the start, before any
         # workflow task has run (a query would have to wait for one).
-        return Suppression.model_validate_json(await described.memo_value("entry", type_hint=str))
+        memo = info.memo.fields["entry"]
+        text = self.client.data_converter.payload_converter.from_payload(memo, str)
+        return Suppression.model_validate_json(text)
 
     async def add(self, entry: Suppression) -> None:
         await self.client.start_workflow(

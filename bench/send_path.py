@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 
 import aiosmtplib
 
@@ -32,6 +31,7 @@ from activities.email_models import (
     StepFacts,
 )
 from activities.mailer import Mailer
+from activities.mime import OutgoingMessage
 from bench.driver import cadence, deal_input
 from bench.harness import Row, Stack, median, stack, wait_until
 from settings import Settings
@@ -125,10 +125,8 @@ async def raw(port: int, messages: list[tuple[str, list[str], bytes]], connectio
     await asyncio.gather(*(one(messages[i::connections]) for i in range(connections)))
 
 
-def flatten(message: EmailMessage) -> tuple[str, list[str], bytes]:
-    recipients = [address.addr_spec for address in message["To"].addresses]
-    sender = message["From"].addresses[0].addr_spec
-    return sender, recipients, message.as_bytes()
+def flatten(message: OutgoingMessage) -> tuple[str, list[str], bytes]:
+    return message.sender, message.recipients, message.data
 
 
 async def timed(stack: Stack, n: int, send: object) -> float:

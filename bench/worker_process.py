@@ -26,6 +26,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import MetricBuffer, Runtime, TelemetryConfig
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from bench import noop, skeletons
 from settings import SmtpTls, load_settings
@@ -100,7 +101,10 @@ async def main(args: argparse.Namespace) -> None:
             activities=[skeletons.noop],
             max_cached_workflows=settings.max_cached_workflows,
             max_concurrent_activities=settings.max_concurrent_activities,
-            workflow_runner=workflow_runner(),
+            # Passed through as the product's worker passes its workflow modules.
+            workflow_runner=SandboxedWorkflowRunner(
+                restrictions=workflow_runner().restrictions.with_passthrough_modules("bench")
+            ),
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -30,7 +30,8 @@ def replayer() -> Replayer:
     return Replayer(
         workflows=[DealWorkflow],
         data_converter=pydantic_data_converter,
-        workflow_runner=workflow_runner(),
+        # Workflow modules re-imported per run, so the sandbox checks the replayed code.
+        workflow_runner=workflow_runner(isolated=True),
     )
 
 
