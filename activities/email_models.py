@@ -81,9 +81,10 @@ class EmailRequest(BaseModel):
     date: datetime
     context: EmailContext
     thread: EmailThread | None = None
-    # To the buyer (not a rep task or hand-over): carries the deal's Reply-To token
-    # and the List-Unsubscribe links.
-    buyer_facing: bool = False
+    # To the buyer: carries the deal's Reply-To token and the List-Unsubscribe links.
+    # False (a rep task, the hand-over): our own people, never on the suppression list.
+    # None: sent by a deal older than this field; treated as the buyer's, to stay safe.
+    buyer_facing: bool | None = None
 
 
 class EmailReceipt(BaseModel):

@@ -195,8 +195,12 @@ class Mailer:
         )
 
     async def _unsuppressed(self, request: EmailRequest) -> EmailRequest:
-        """The request without suppressed recipients; none left is a non-retryable failure."""
-        if self.suppressions is None:
+        """The request without suppressed recipients; none left is a non-retryable failure.
+
+        Only buyer email is checked: opt-outs and bounces are about buyers, and a rep's
+        task must not vanish because that address once bounced (it fails loudly instead).
+        """
+        if self.suppressions is None or request.buyer_facing is False:
             return request
         allowed, found = [], []
         for party in request.to:
@@ -215,7 +219,7 @@ class Mailer:
         raise ApplicationError(f"suppressed: {detail}", type=kind, non_retryable=True)
 
     async def _suppress_bounced(self, request: EmailRequest, detail: str) -> None:
-        if self.suppressions is None:
+        if self.suppressions is None or request.buyer_facing is False:
             return
         for party in request.to:
             if party.email.lower() in detail.lower():

@@ -11,6 +11,7 @@ import pytest
 from temporalio.client import WorkflowHandle
 
 from activities.signed_tokens import TokenSigner
+from activities.suppression import Suppression, SuppressionList
 from starter import Refused, record
 from tests.conftest import Deals, body, steps
 from tests.test_lifecycle import deal_id, stage_is, status
@@ -189,3 +190,17 @@ async def test_the_rep_answering_a_task_email_is_no_buyer_reply(deals: Deals) ->
     current = await eventually(handle, lambda s: s.history[-1].note == "from our own side")
     assert not current.replied and current.next_touch is not None
     await deals.settle(1)
+
+
+async def test_rep_tasks_are_never_held_back_by_the_suppression_list(deals: Deals) -> None:
+    """Opt-outs and bounces are about buyers: the rep's own address once bouncing must
+    not make the deal's tasks vanish."""
+    suppressions = SuppressionList(deals.client, deals.settings.temporal_task_queue)
+    rep = str(deals.settings.rep_address)
+    entry = Suppression(address=rep, reason="bounced", detail="test", at=await deals.now())
+    await suppressions.add(entry)
+    handle = await deals.start(kind="rfi")
+    task = (await deals.mail(1))[0]
+    assert task["X-Dealflow-Step"] == "task_clarify_requirements"
+    assert rep in str(task["To"])
+    assert (await status(handle)).messages[0].outcome == "sent"
