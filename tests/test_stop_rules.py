@@ -154,6 +154,7 @@ async def test_an_opt_out_ends_the_deal_and_no_deal_mails_the_address_again(
     assert await record(deals.client, deal_id(first), BuyerSignal.OPTED_OUT, opt_out) == (
         Stage.OPTED_OUT
     )
+
     # Polled in real time, never `await result()`: with nothing left to wait for, the
     # time-skipping server jumps ten years ahead, past its default run timeout of the
     # open SuppressedAddress workflow (production servers set no such timeout).
@@ -168,6 +169,7 @@ async def test_an_opt_out_ends_the_deal_and_no_deal_mails_the_address_again(
     second = await deals.start(
         kind="rfq", items=[{"name": "Widget", "quantity": 1, "list_price": "9"}]
     )
+
     async def ended() -> None:
         assert (await status(second)).stage is Stage.OPTED_OUT
 
