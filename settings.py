@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_timeout: float = Field(default=30.0, gt=0)
-    smtp_pool_size: int = Field(default=4, ge=1, le=64)
+    smtp_pool_size: int = Field(default=16, ge=1, le=64)
 
     # Who sends, and the addresses a deal involves
     sender_name: str = "Dealflow Sales"

@@ -26,7 +26,7 @@ class SmtpEndpoint:
 
 
 class SmtpPool:
-    def __init__(self, endpoint: SmtpEndpoint, size: int = 4) -> None:
+    def __init__(self, endpoint: SmtpEndpoint, size: int = 16) -> None:
         self.endpoint = endpoint
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(size)

@@ -158,7 +158,10 @@ class BurstSkeleton:
     @workflow.run
     async def run(self, spec: BurstInput) -> None:
         workflow.upsert_search_attributes([DEAL_STAGE.value_set(Stage.DELIVERED.value)])
-        await workflow.sleep(spec.due - workflow.now())
+        # Past due already (parked late on a busy server): fire at once, as a deal does.
+        wait = spec.due - workflow.now()
+        if wait > timedelta(0):
+            await workflow.sleep(wait)
         for step in ("check_in", "task_check_in_call"):
             await workflow.execute_activity(NOOP, step, start_to_close_timeout=timedelta(minutes=2))
         workflow.upsert_search_attributes([DEAL_STAGE.value_set(Stage.CHECKED_IN.value)])
