@@ -34,7 +34,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.signed_tokens import BadToken, TokenSigner, Unsubscribe
@@ -42,7 +42,7 @@ from activities.suppression import Suppression, SuppressionList
 from connection import TemporalUnreachable, connect
 from deal_intake import explain
 from settings import Settings, load_settings
-from starter import workflow_id
+from starter import DealUnreachable, NoSuchDeal, Refused, record, workflow_id
 from workflows.deal import INBOUND_MESSAGE
 from workflows.models import (
     Delivered,
@@ -52,7 +52,6 @@ from workflows.models import (
     OrderPlaced,
     SignalPayload,
 )
-from workflows.search_attributes import DEAL_STAGE
 from workflows.stages import BuyerSignal, Stage
 
 ONE_CLICK = ("List-Unsubscribe", "One-Click")  # RFC 8058, section 3.1
@@ -291,37 +290,22 @@ class Endpoints:
         return event.deal_id, await self._apply(event.deal_id, signal, payload)
 
     async def _apply(self, deal_id: str, signal: BuyerSignal, payload: SignalPayload) -> str:
-        """Run the signal's update as ``starter.record`` does, but keep apart what ``record``
-        folds into one ``Refused``: an unknown deal (404), a refusal (409), Temporal down (503).
-        """
-        handle = self.client.get_workflow_handle(workflow_id(deal_id))
+        """Run the signal's update (``starter.record``) and answer by what went wrong."""
         try:
             async with asyncio.timeout(UPDATE_TIMEOUT):
-                stage = await handle.execute_update(signal.value, payload)
-        except WorkflowUpdateFailedError as error:
-            reason = getattr(error.cause, "message", None) or str(error.cause or error)
-            raise Problem(409, f"deal {deal_id!r} refused {signal.value}: {reason}") from None
+                stage = await record(self.client, deal_id, signal, payload)
+        except NoSuchDeal:
+            raise Problem(404, f"no deal {deal_id!r}") from None
+        except DealUnreachable as error:
+            raise Problem(503, f"{error}; try again") from None
+        except Refused as error:  # the deal's validator said no, or the deal has closed
+            raise Problem(409, str(error)) from None
         except TimeoutError:
             raise Problem(
                 503, f"deal {deal_id!r} did not answer in {UPDATE_TIMEOUT:.0f} s; try again"
             ) from None
-        except RuntimeError as error:
+        except (RPCError, RuntimeError) as error:
             raise _unavailable(error) from None
-        except RPCError as error:
-            if error.status != RPCStatusCode.NOT_FOUND:
-                raise _unavailable(error) from None
-            # An update to a finished deal is NOT_FOUND too: only describe tells the two apart.
-            with _temporal_errors():
-                try:
-                    described = await handle.describe()
-                except RPCError as missing:
-                    if missing.status != RPCStatusCode.NOT_FOUND:
-                        raise
-                    raise Problem(404, f"no deal {deal_id!r}") from None
-            if described.status == WorkflowExecutionStatus.RUNNING:
-                raise Problem(503, f"deal {deal_id!r}: {error.message}; try again") from None
-            closed = described.typed_search_attributes.get(DEAL_STAGE) or "closed"
-            raise Problem(409, f"deal {deal_id!r} is closed ({closed})") from None
         return Stage(stage).value
 
 

@@ -100,6 +100,18 @@ class Refused(Exception):
     """The deal (or Temporal) refused the command; the message says why and what to do."""
 
 
+class NoSuchDeal(Refused):
+    """No deal was ever started with this id."""
+
+
+class DealClosed(Refused):
+    """The deal has ended; it takes no more signals."""
+
+
+class DealUnreachable(Refused):
+    """Temporal could not answer for the deal just now; trying again may work."""
+
+
 def workflow_id(deal_id: str) -> str:
     return f"deal-{deal_id}"
 
@@ -161,12 +173,12 @@ async def _explain_rpc(client: Client, deal_id: str, error: RPCError) -> Refused
         described = await client.get_workflow_handle(workflow_id(deal_id)).describe()
     except RPCError as missing:
         if missing.status == RPCStatusCode.NOT_FOUND:
-            return Refused(f"no deal {deal_id!r}: check the id with 'starter.py pipeline'")
-        return Refused(f"deal {deal_id!r}: {error.message}")
+            return NoSuchDeal(f"no deal {deal_id!r}: check the id with 'starter.py pipeline'")
+        return DealUnreachable(f"deal {deal_id!r}: {error.message}")
     if described.status != ExecutionStatus.RUNNING:
         stage = described.typed_search_attributes.get(DEAL_STAGE) or "closed"
-        return Refused(f"deal {deal_id!r} is closed ({stage}); it takes no more signals")
-    return Refused(f"deal {deal_id!r}: {error.message}")
+        return DealClosed(f"deal {deal_id!r} is closed ({stage}); it takes no more signals")
+    return DealUnreachable(f"deal {deal_id!r}: {error.message}")
 
 
 async def inbox(client: Client) -> MailboxPollerReport:
