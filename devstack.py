@@ -14,6 +14,7 @@ import shutil
 import smtplib
 import socket
 import subprocess
+import sys
 import sysconfig
 import threading
 import time
@@ -383,14 +384,26 @@ def compose_reply(original: bytes, text: str) -> tuple[str, str, bytes]:
 
 
 def _reply_command(
-    email_file: Path = typer.Argument(..., help="One of our emails, e.g. from .data/outbox/."),
+    email_file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="One of our emails, e.g. from .data/outbox/."
+    ),
     text: str = typer.Argument(..., help="What the buyer answers."),
     smtp_port: int = typer.Option(1025, help="The dev SMTP server (DEALFLOW_DEV_SMTP_PORT)."),
 ) -> None:
     """Answer one of our emails as the buyer would, through the dev SMTP server."""
-    sender, recipient, message = compose_reply(email_file.read_bytes(), text)
-    with smtplib.SMTP("127.0.0.1", smtp_port) as smtp:
-        smtp.sendmail(sender, [recipient], message)
+    try:
+        sender, recipient, message = compose_reply(email_file.read_bytes(), text)
+    except (AttributeError, IndexError, TypeError):
+        print(f"devstack: {email_file} is not one of our emails (no To or Message-ID)",
+              file=sys.stderr)  # fmt: skip
+        raise typer.Exit(1) from None
+    try:
+        with smtplib.SMTP("127.0.0.1", smtp_port) as smtp:
+            smtp.sendmail(sender, [recipient], message)
+    except (OSError, smtplib.SMTPException) as error:
+        print(f"devstack: the dev SMTP server on port {smtp_port} did not take the reply "
+              f"({error}); is 'make dev' running?", file=sys.stderr)  # fmt: skip
+        raise typer.Exit(1) from None
     print(f"replied as {sender} to {recipient}")
 
 

@@ -119,23 +119,26 @@ def workflow_id(deal_id: str) -> str:
 # --- operations (usable without the CLI: tests and benchmarks call these) ---
 
 
+def start_options(settings: Settings, deal: DealInput) -> dict[str, Any]:
+    """How every deal is started: its id, queue, no second run, and a pipeline row at once."""
+    return {
+        "id": workflow_id(deal.deal_id),
+        "task_queue": settings.temporal_task_queue,
+        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        "id_conflict_policy": WorkflowIDConflictPolicy.FAIL,
+        "search_attributes": TypedSearchAttributes(
+            [
+                SearchAttributePair(DEAL_OWNER, str(deal.owner)),
+                SearchAttributePair(DEAL_STAGE, "Starting"),
+                SearchAttributePair(DEAL_VALUE, 0.0),
+            ]
+        ),
+    }
+
+
 async def start_deal(client: Client, settings: Settings, deal: DealInput) -> WorkflowHandle:
     try:
-        return await client.start_workflow(
-            DealWorkflow.run,
-            deal,
-            id=workflow_id(deal.deal_id),
-            task_queue=settings.temporal_task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(DEAL_OWNER, str(deal.owner)),
-                    SearchAttributePair(DEAL_STAGE, "Starting"),
-                    SearchAttributePair(DEAL_VALUE, 0.0),
-                ]
-            ),
-        )
+        return await client.start_workflow(DealWorkflow.run, deal, **start_options(settings, deal))
     except WorkflowAlreadyStartedError:
         raise Refused(
             f"deal {deal.deal_id!r} was already started; pick a new deal id "

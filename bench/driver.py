@@ -22,18 +22,12 @@ from typing import Any
 
 from pydantic import BaseModel
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
 from temporalio.service import RPCError
 
 from bench.skeletons import DealSkeleton
 from deal_intake import build_deal
 from settings import Settings
-from starter import Refused, record, start_deal, workflow_id
+from starter import Refused, record, start_deal, start_options
 from workflows.models import (
     DealInput,
     Delivered,
@@ -41,7 +35,7 @@ from workflows.models import (
     OrderPlaced,
     PriceAgreed,
 )
-from workflows.search_attributes import DEAL_OWNER, DEAL_STAGE, DEAL_VALUE
+from workflows.search_attributes import DEAL_STAGE
 from workflows.stages import BuyerSignal, Stage
 
 # Follow-ups that never come due while a benchmark runs.
@@ -83,21 +77,7 @@ def deal_input(settings: Settings, deal_id: str, timings: dict[str, Any]) -> Dea
 
 async def start_skeleton(client: Client, settings: Settings, deal: DealInput) -> WorkflowHandle:
     """Exactly what ``starter.start_deal`` sends, for the skeleton workflow."""
-    return await client.start_workflow(
-        DealSkeleton.run,
-        deal,
-        id=workflow_id(deal.deal_id),
-        task_queue=settings.temporal_task_queue,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(DEAL_OWNER, str(deal.owner)),
-                SearchAttributePair(DEAL_STAGE, "Starting"),
-                SearchAttributePair(DEAL_VALUE, 0.0),
-            ]
-        ),
-    )
+    return await client.start_workflow(DealSkeleton.run, deal, **start_options(settings, deal))
 
 
 async def start_all(

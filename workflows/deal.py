@@ -534,11 +534,17 @@ class DealWorkflow:
     # --- buyer signals: one update each, refused with the reason by its validator ---
 
     def _refuse(self, signal: BuyerSignal, payload: SignalPayload) -> None:
-        if payload.event_id and payload.event_id in self.events:
+        if self._seen(payload):
             raise ValueError(f"event {payload.event_id} was already applied to this deal")
         reason = refusal(signal, self.stage)
         if reason:
             raise ValueError(reason)
+
+    def _seen(self, payload: SignalPayload) -> bool:
+        return bool(payload.event_id) and payload.event_id in self.events
+
+    def _is_contact(self, address: str) -> bool:
+        return any(contact.email.lower() == address.lower() for contact in self.deal.contacts)
 
     def _remember(self, payload: SignalPayload) -> None:
         if payload.event_id:
@@ -744,8 +750,7 @@ class DealWorkflow:
     @buyer_replied.validator
     def _check_buyer_replied(self, signal: BuyerReplied) -> None:
         self._refuse(BuyerSignal.BUYER_REPLIED, signal)
-        known = {contact.email.lower() for contact in self.deal.contacts}
-        if signal.contact and signal.contact.lower() not in known:
+        if signal.contact and not self._is_contact(signal.contact):
             raise ValueError(f"{signal.contact} is not a contact of this deal")
 
     @workflow.update(name=BuyerSignal.OUT_OF_OFFICE.value)
@@ -834,15 +839,14 @@ class DealWorkflow:
     @opted_out.validator
     def _check_opted_out(self, signal: OptedOut) -> None:
         self._refuse(BuyerSignal.OPTED_OUT, signal)
-        known = {contact.email.lower() for contact in self.deal.contacts}
-        if signal.address and str(signal.address).lower() not in known:
+        if signal.address and not self._is_contact(str(signal.address)):
             raise ValueError(f"{signal.address} is not a contact of this deal")
 
     @workflow.signal(name=INBOUND_MESSAGE)
     def inbound_message(self, mail: InboundMessage) -> None:
         """A message from the reply mailbox. A signal: the poller needs no answer, and it
         may deliver the same message twice (a re-read after a crash): ``event_id`` dedupes."""
-        if mail.event_id and mail.event_id in self.events:
+        if self._seen(mail):
             return
         if mail.kind is InboundKind.BOUNCE:
             # Whatever the stage: a dead address must not be mailed again.
@@ -873,8 +877,7 @@ class DealWorkflow:
             self.away_until = until
             self._record(BuyerSignal.OUT_OF_OFFICE, self._noted(mail, f"back {until:%Y-%m-%d}"))
         else:
-            known = {contact.email.lower() for contact in self.deal.contacts}
-            contacts = [a for a in mail.addresses if a.lower() in known]
+            contacts = [a for a in mail.addresses if self._is_contact(a)]
             if contacts:
                 self._opt_out(contacts, mail)
             else:
@@ -884,8 +887,7 @@ class DealWorkflow:
         address = mail.failed_recipient.lower()
         lasting = "permanent" if mail.permanent else "transient"
         status = f"{mail.bounce_status or 'no status'} {lasting}"
-        known = {contact.email.lower() for contact in self.deal.contacts}
-        if not mail.permanent or address not in known:
+        if not mail.permanent or not self._is_contact(address):
             # A full mailbox or an unknown recipient: nothing to change, but worth seeing.
             self._record("inbound bounce", self._noted(mail, f"{address or '?'}: {status}"))
             return

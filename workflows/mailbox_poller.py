@@ -29,6 +29,8 @@ POLL_NOW = "poll_now"
 RECENT_KEPT = 200
 POLLS_PER_RUN = 500
 READ_TIMEOUT = timedelta(minutes=5)
+# The reader heartbeats after each message; a hung IMAP server is given up on this soon.
+READ_HEARTBEAT = timedelta(minutes=1)
 READ_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=5),
     backoff_coefficient=2.0,
@@ -75,7 +77,7 @@ class MailboxPollerWorkflow:
                 self.state.cursor,
                 result_type=MailboxBatch,
                 start_to_close_timeout=READ_TIMEOUT,
-                heartbeat_timeout=timedelta(minutes=1),
+                heartbeat_timeout=READ_HEARTBEAT,
                 retry_policy=READ_RETRY,
             )
             self.polls += 1
