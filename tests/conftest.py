@@ -1,7 +1,13 @@
 """Shared fixtures: a real Temporal test server, a real SMTP server on loopback, a worker.
 
 Each test gets its own time-skipping server (function scope, as the SDK
-advises), its own SMTP sink on a free port and its own task queue.
+advises), its own SMTP sink on a free port and its own task queue. The server
+is skipped to a named start instant before anything starts (``start_instant``,
+by default a quiet Tuesday 10:00 in Berlin; a test may parametrize it), so no
+test depends on the hour or the weekday at which it runs.
+
+Waits are for conditions, with generous bounds: CI shares two cores with other
+work, so a bound says "something is broken", never "this machine is slow".
 """
 
 from __future__ import annotations
@@ -9,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from email.message import EmailMessage
@@ -17,6 +23,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -25,6 +32,7 @@ from deal_intake import build_deal
 from devstack import OutboxSink, installed_binary, register_search_attributes
 from settings import Settings, load_settings
 from starter import start_deal
+from tests.clock import QUIET_TUESDAY_MORNING, BuyerCalendar, StartInstant
 from worker import build_worker
 from workflows.models import DealInput
 
@@ -53,14 +61,27 @@ def settings(sink: OutboxSink) -> Settings:
     )
 
 
+# Real-time bounds on waiting for a condition: generous, since a loaded 2-core CI machine
+# can be many times slower than a developer's.
+MAIL_WITHIN = 60.0
+
+
 @pytest.fixture
-async def env() -> AsyncIterator[WorkflowEnvironment]:
+def start_instant() -> StartInstant:
+    """Where the test's clock starts; parametrize it to run a test at other instants."""
+    return QUIET_TUESDAY_MORNING
+
+
+@pytest.fixture
+async def env(start_instant: StartInstant) -> AsyncIterator[WorkflowEnvironment]:
     environment = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=str(installed_binary("temporal-test-server")),
     )
     await register_search_attributes(environment.client, environment.client.namespace)
     async with environment:
+        now = await environment.get_current_time()
+        await environment.sleep(start_instant.after(now) - now)
         yield environment
 
 
@@ -79,6 +100,8 @@ class Deals:
     env: WorkflowEnvironment
     settings: Settings
     sink: OutboxSink
+    start_instant: StartInstant
+    started: set[str] = field(default_factory=set)
 
     def input(self, **fields: Any) -> DealInput:
         defaults: dict[str, Any] = {
@@ -101,9 +124,11 @@ class Deals:
         return build_deal(self.settings, {**defaults, **fields})
 
     async def start(self, **fields: Any) -> WorkflowHandle:
-        return await start_deal(self.client, self.settings, self.input(**fields))
+        deal = self.input(**fields)
+        self.started.add(deal.deal_id)
+        return await start_deal(self.client, self.settings, deal)
 
-    async def mail(self, count: int, within: float = 15.0) -> list[EmailMessage]:
+    async def mail(self, count: int, within: float = MAIL_WITHIN) -> list[EmailMessage]:
         """Wait (real time) until the SMTP server holds ``count`` messages; return them all."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
@@ -115,12 +140,32 @@ class Deals:
         return [m.message for m in self.sink.received]
 
     async def settle(self, count: int) -> list[EmailMessage]:
-        """Exactly ``count`` messages, and no more arriving shortly after."""
-        messages = await self.mail(count)
-        await asyncio.sleep(0.5)
-        steps = [m["X-Dealflow-Step"] for m in messages]
-        assert len(self.sink.received) == count, f"more mail than expected after {steps}"
+        """Exactly ``count`` messages, once every deal has done all it had to do."""
+        await self.mail(count)
+        await self.quiet()
+        messages = [m.message for m in self.sink.received]
+        assert len(messages) == count, f"more mail than expected: {steps(messages)}"
         return messages
+
+    async def quiet(self, within: float = MAIL_WITHIN) -> None:
+        """Wait until every deal of this test is idle: no workflow task and no activity
+        open, so nothing more happens until time moves on or a signal arrives."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            busy = [h.id for h in self.handles() if not await is_idle(h)]
+            if not busy:
+                return
+            if loop.time() > deadline:
+                raise AssertionError(f"deals still busy after {within} s: {busy}")
+            await asyncio.sleep(0.05)
+
+    def handles(self) -> list[WorkflowHandle]:
+        """The deals of this test: those it started here and those that have sent mail."""
+        ids = {str(m.message["X-Dealflow-Deal"]) for m in self.sink.received}
+        ids.discard("None")
+        ids |= self.started
+        return [self.client.get_workflow_handle(f"deal-{deal_id}") for deal_id in sorted(ids)]
 
     async def skip(self, duration: timedelta) -> None:
         await self.env.sleep(duration)
@@ -128,10 +173,58 @@ class Deals:
     async def now(self) -> datetime:
         return await self.env.get_current_time()
 
+    async def calendar(self) -> BuyerCalendar:
+        """The buyer's calendar of the start instant's zone, with its holidays."""
+        return self.start_instant.calendar(await self.now())
+
 
 @pytest.fixture
-def deals(client: Client, env: WorkflowEnvironment, settings: Settings, sink: OutboxSink) -> Deals:
-    return Deals(client, env, settings, sink)
+def deals(
+    client: Client,
+    env: WorkflowEnvironment,
+    settings: Settings,
+    sink: OutboxSink,
+    start_instant: StartInstant,
+) -> Deals:
+    return Deals(client, env, settings, sink, start_instant)
+
+
+_ACTIVITY_CLOSED = {
+    EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: "activity_task_completed_event_attributes",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: "activity_task_failed_event_attributes",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: "activity_task_timed_out_event_attributes",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED: "activity_task_canceled_event_attributes",
+}
+_WORKFLOW_CLOSED = {
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+}
+
+
+async def is_idle(handle: WorkflowHandle) -> bool:
+    """Closed, or waiting with no workflow task and no activity open, read from history.
+
+    (The time-skipping server's describe does not report a pending workflow task.)
+    A failed workflow task leaves the deal busy, so a deal stuck on one is never idle.
+    """
+    task_open, activities = False, set()
+    async for event in handle.fetch_history_events():
+        kind = event.event_type
+        if kind in _WORKFLOW_CLOSED:
+            return True
+        if kind == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
+            task_open = True
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            task_open = False
+        elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            activities.add(event.event_id)
+        elif kind in _ACTIVITY_CLOSED:
+            activities.discard(getattr(event, _ACTIVITY_CLOSED[kind]).scheduled_event_id)
+    return not task_open and not activities
 
 
 def sent_at(message: EmailMessage) -> datetime:
