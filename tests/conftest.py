@@ -147,18 +147,10 @@ class Deals:
         assert len(messages) == count, f"more mail than expected: {steps(messages)}"
         return messages
 
-    async def quiet(self, within: float = MAIL_WITHIN) -> None:
-        """Wait until every deal of this test is idle: no workflow task and no activity
-        open, so nothing more happens until time moves on or a signal arrives."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            busy = [h.id for h in self.handles() if not await is_idle(h)]
-            if not busy:
-                return
-            if loop.time() > deadline:
-                raise AssertionError(f"deals still busy after {within} s: {busy}")
-            await asyncio.sleep(0.05)
+    async def quiet(self, *also: WorkflowHandle, within: float = MAIL_WITHIN) -> None:
+        """Wait until every deal of this test (and ``also``) is idle: no workflow task and
+        no activity open, so nothing more happens until time moves on or a signal arrives."""
+        await all_idle([*self.handles(), *also], within)
 
     def handles(self) -> list[WorkflowHandle]:
         """The deals of this test: those it started here and those that have sent mail."""
@@ -203,6 +195,20 @@ _WORKFLOW_CLOSED = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
 }
+
+
+async def all_idle(handles: list[WorkflowHandle], within: float = MAIL_WITHIN) -> None:
+    """Wait until every one of ``handles`` is idle (see ``is_idle``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    busy = handles
+    while True:
+        busy = [h for h in busy if not await is_idle(h)]
+        if not busy:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"deals still busy after {within} s: {[h.id for h in busy]}")
+        await asyncio.sleep(0.05)
 
 
 async def is_idle(handle: WorkflowHandle) -> bool:

@@ -32,6 +32,7 @@ from deal_intake import CSV_COLUMNS
 from devstack import DevServer, OutboxSink, free_port
 from settings import load_settings
 from starter import workflow_id
+from tests.conftest import MAIL_WITHIN
 from worker import build_mailer, build_worker
 from workflows.deal import STATUS
 from workflows.models import DealStatus
@@ -127,7 +128,7 @@ class Stack:
         deal_id: str,
         check: Callable[[DealStatus], bool],
         what: str,
-        within: float = 10.0,
+        within: float = MAIL_WITHIN,
     ) -> DealStatus:
         """Poll the deal's status query until ``check`` holds (real time)."""
         loop = asyncio.get_running_loop()
@@ -140,14 +141,18 @@ class Stack:
                 raise AssertionError(f"{deal_id}: not {what} within {within} s: {deal}")
             await asyncio.sleep(0.1)
 
-    async def wait_for_stage(self, deal_id: str, stage: str, within: float = 10.0) -> DealStatus:
+    async def wait_for_stage(
+        self, deal_id: str, stage: str, within: float = MAIL_WITHIN
+    ) -> DealStatus:
         return await self.wait_for(deal_id, lambda d: d.stage.value == stage, stage, within)
 
     def mail(self, deal_id: str) -> list[EmailMessage]:
         messages = [mail.message for mail in list(self.sink.received)]
         return [m for m in messages if m["X-Dealflow-Deal"] == deal_id]
 
-    async def wait_for_mail(self, deal_id: str, count: int, within: float = 10.0) -> list[str]:
+    async def wait_for_mail(
+        self, deal_id: str, count: int, within: float = MAIL_WITHIN
+    ) -> list[str]:
         """The deal's email steps (X-Dealflow-Step), once at least ``count`` have arrived."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
@@ -393,7 +398,7 @@ async def test_pipeline_counts_and_sums_an_owners_deals_from_visibility(stack: S
     await start_rfp(stack, second, "Gadget:2:250", owner=owner)
 
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
+    deadline = loop.time() + MAIL_WITHIN
     while True:
         result = await stack.cli("pipeline", "--owner", owner)
         assert result.code == 0, result
@@ -415,7 +420,7 @@ async def test_pause_and_resume_all_deals_of_a_rep(stack: Stack) -> None:
     await start_rfp(stack, theirs)
 
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
+    deadline = loop.time() + MAIL_WITHIN
     while True:  # the visibility store catches up with new deals
         paused = await stack.ok("pause", "--owner", owner, "--until", "2099-01-04")
         if "paused: 2 deal(s)" in paused.stdout or loop.time() > deadline:
@@ -471,7 +476,7 @@ async def test_a_whole_won_deal_through_the_cli(stack: Stack, tmp_path: Path) ->
 
     delivered = await stack.ok("delivered", deal_id)
     assert "stage is now Delivered" in delivered.stdout
-    await stack.wait_for_stage(deal_id, "Win-Loss Invited", within=20)
+    await stack.wait_for_stage(deal_id, "Win-Loss Invited")
 
     interviewed = await stack.ok(
         "interview", deal_id, "--why", "price and service", "--process", "CFO and ops",
@@ -499,7 +504,7 @@ async def test_a_whole_won_deal_through_the_cli(stack: Stack, tmp_path: Path) ->
         "task_win_loss_interview",
     ]
     handle = stack.client.get_workflow_handle(workflow_id(deal_id), result_type=DealStatus)
-    result = await asyncio.wait_for(handle.result(), 10)
+    result = await asyncio.wait_for(handle.result(), MAIL_WITHIN)
     assert result.stage.value == "Won"
 
 
@@ -512,7 +517,7 @@ async def test_cancel_ends_the_deal_and_sends_nothing_more(stack: Stack) -> None
     assert cancelled.stdout.strip() == f"{deal_id}: cancelled recorded; stage is now Cancelled"
     assert cancelled.stderr == ""
     handle = stack.client.get_workflow_handle(workflow_id(deal_id), result_type=DealStatus)
-    result = await asyncio.wait_for(handle.result(), 10)
+    result = await asyncio.wait_for(handle.result(), MAIL_WITHIN)
     assert result.stage.value == "Cancelled"
     assert result.outcome_reason == "buyer went bust"
     assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
@@ -526,7 +531,7 @@ async def test_signal_to_a_closed_deal_says_it_is_closed(stack: Stack) -> None:
     await start_rfp(stack, deal_id)
     await stack.ok("cancel", deal_id, "--reason", "buyer went bust")
     handle = stack.client.get_workflow_handle(workflow_id(deal_id), result_type=DealStatus)
-    await asyncio.wait_for(handle.result(), 10)
+    await asyncio.wait_for(handle.result(), MAIL_WITHIN)
     for signal in (["agreed", deal_id], ["cancel", deal_id, "--reason", "again"]):
         result = await stack.cli(*signal)
         assert result.code == 1

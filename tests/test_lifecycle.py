@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +19,7 @@ from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.client import WorkflowHandle
 
 from starter import Refused, record
-from tests.conftest import Deals, body, only, sent_at, steps
+from tests.conftest import MAIL_WITHIN, Deals, body, only, sent_at, steps
 from workflows.deal import STATUS
 from workflows.models import (
     Closed,
@@ -50,7 +50,7 @@ async def status(handle: WorkflowHandle) -> DealStatus:
     return await handle.query(STATUS, result_type=DealStatus)
 
 
-async def eventually(check: Callable[[], Any], within: float = 10.0) -> None:
+async def eventually(check: Callable[[], Any], within: float = MAIL_WITHIN) -> None:
     """Retry an async assertion until it passes (search attributes land after a workflow task)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
@@ -400,7 +400,7 @@ async def test_win_loss_invitation_comes_three_weeks_after_the_check_in(deals: D
     check_in = only(await deals.mail(7), "check_in")
 
     await deals.skip(timedelta(days=20))
-    await asyncio.sleep(0.5)
+    await deals.quiet()
     assert "win_loss_invitation" not in steps(await deals.mail(7))
     await deals.skip(timedelta(days=1, hours=1))
     invitation = only(await deals.mail(9), "win_loss_invitation")
@@ -423,7 +423,7 @@ async def test_agreed_next_step_date_replaces_the_default_delay(deals: Deals) ->
     assert touch is not None and touch.at == agreed
 
     await deals.skip(timedelta(days=3))  # the default offer delay (2 days) has passed
-    await asyncio.sleep(0.5)
+    await deals.quiet()
     assert len(deals.sink.received) == 2
     await deals.skip(timedelta(days=2, hours=1))
     follow_up = (await deals.settle(3))[-1]
@@ -478,6 +478,7 @@ async def test_status_and_search_attributes_follow_each_stage(deals: Deals) -> N
     await stage_is(handle, Stage.ORDER_CONFIRMED)
     await record(deals.client, deal_id(handle), BuyerSignal.DELIVERED, Delivered())
     await stage_is(handle, Stage.DELIVERED)
+    await deals.quiet()
     current = await status(handle)
     assert current.value == Decimal("880")
     assert [m.outcome for m in current.messages] == ["sent"] * len(current.messages)
@@ -519,7 +520,7 @@ async def test_signal_to_an_unknown_deal_is_refused(deals: Deals) -> None:
 async def test_order_with_a_past_delivery_date_is_refused(deals: Deals) -> None:
     handle = await deals.start(kind="rfp")
     await deals.mail(1)
-    past = date.today() - timedelta(days=3)
+    past = (await deals.now()).date() - timedelta(days=3)
     with pytest.raises(Refused, match="in the past"):
         await record(
             deals.client, deal_id(handle), BuyerSignal.ORDER_PLACED, OrderPlaced(delivery_date=past)

@@ -18,7 +18,7 @@ from temporalio.client import Client, WorkflowHandle
 from devstack import LocalMailbox
 from settings import ImapTls, Settings
 from starter import inbox
-from tests.conftest import Deals, steps
+from tests.conftest import MAIL_WITHIN, Deals, steps
 from tests.test_lifecycle import deal_id, stage_is, status
 from worker import start_mailbox_poller
 from workflows.mailbox_poller import POLL_NOW, MailboxPollerReport
@@ -85,7 +85,7 @@ async def poll(
     """Ask the poller to read now; wait (real time) until its report satisfies ``holds``."""
     await handle.signal(POLL_NOW)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
+    deadline = loop.time() + MAIL_WITHIN
     while not holds(report := await inbox(client)):
         assert loop.time() < deadline, f"the poller never got there: {report}"
         await asyncio.sleep(0.2)
@@ -129,7 +129,7 @@ async def test_a_reply_in_the_mailbox_stops_the_cadence_once_even_when_read_agai
     )
     again = await poll(deals.client, poller, lambda r: len(r.recent) == 2)
     assert again.cursor.last_uid == report.cursor.last_uid
-    await asyncio.sleep(1)
+    await deals.quiet()
     history = (await status(handle)).history
     assert [h.signal for h in history].count(BuyerSignal.BUYER_REPLIED.value) == 1
     assert steps(await deals.settle(2)) == ["proposal", "task_buyer_replied"]

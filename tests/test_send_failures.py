@@ -6,7 +6,6 @@ the deal after one attempt, transient ones are retried until delivered once.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import uuid
 from datetime import timedelta
@@ -34,6 +33,16 @@ async def send_attempts(handle: WorkflowHandle) -> list[int]:
     return attempts
 
 
+async def retrying(handle: WorkflowHandle) -> None:
+    """Wait until the deal's send activity has failed once and is being retried."""
+
+    async def second_attempt() -> None:
+        pending = (await handle.describe()).raw_description.pending_activities
+        assert pending and pending[0].attempt >= 2, pending
+
+    await eventually(second_attempt)
+
+
 async def test_missing_template_variable_is_recorded_once_and_resent_after_the_fix(
     deals: Deals, tmp_path: Path
 ) -> None:
@@ -59,7 +68,7 @@ async def test_missing_template_variable_is_recorded_once_and_resent_after_the_f
         assert "voucher_code" in current.problems[0]
         assert [m.outcome for m in current.messages] == ["failed"]
         assert current.stage is Stage.REQUIREMENTS_CLARIFIED
-        await asyncio.sleep(3)  # long enough for a retry, had there been one
+        await deals.quiet(handle)  # a retry, had there been one, would keep it busy
         assert await send_attempts(handle) == [1]
         assert deals.sink.received == []
 
@@ -91,7 +100,7 @@ async def test_smtp_outage_is_waited_out_without_losing_or_doubling_the_email(
 ) -> None:
     deals.sink.stop()
     handle = await deals.start(kind="rfp")
-    await asyncio.sleep(3)  # the first attempts meet a refused connection
+    await retrying(handle)  # the first attempts meet a refused connection
     assert (await status(handle)).messages[0].outcome == "skipped"  # still in flight
     deals.sink.start()  # the SMTP server is back, on the same port
     messages = await deals.settle(1)
@@ -114,6 +123,7 @@ async def test_smtp_5xx_is_recorded_as_a_bounce_and_the_address_is_not_mailed_ag
     assert "rep@seller.example.com" in str(task["To"])
     assert "550" in str(task.get_body(preferencelist=("plain",)).get_content())
 
+    await deals.quiet()  # the task arrives before the deal records its outcome
     current = await status(handle)
     assert [m.outcome for m in current.messages] == ["sent", "bounced", "sent"]
     assert "MailboxRejected" in current.problems[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 import pytest
@@ -28,7 +27,7 @@ COMMITTEE = [
 
 
 async def quiet(deals: Deals, count: int) -> None:
-    await asyncio.sleep(0.5)
+    await deals.quiet()
     assert len(deals.sink.received) == count, steps([m.message for m in deals.sink.received])
 
 
@@ -173,7 +172,7 @@ async def test_an_opt_out_ends_the_deal_and_no_deal_mails_the_address_again(
     async def ended() -> None:
         assert (await status(second)).stage is Stage.OPTED_OUT
 
-    await eventually(ended, within=30)
+    await eventually(ended)
     other = await status(second)
     quotation = other.messages[0]
     assert quotation.template == "quotation" and quotation.outcome == "skipped"
@@ -199,7 +198,7 @@ async def test_a_hard_bounce_suppresses_the_address_for_other_deals(deals: Deals
         assert "bounced" in messages[0].error
 
     await eventually(skipped)
-    await asyncio.sleep(0.5)
+    await deals.quiet()
     assert "proposal" not in steps([m.message for m in deals.sink.received])
     for handle in (first, second):
         await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
