@@ -16,6 +16,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY *.py ./
 COPY workflows/ workflows/
 COPY activities/ activities/
+COPY ledger/ ledger/
 # Read from /app/templates at run time (settings.templates_dir sits next to settings.py).
 COPY templates/ templates/
 

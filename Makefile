@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test bench lint format clean dovecot
+.PHONY: dev test bench lint format clean dovecot postgresql
 
 # Debian's Dovecot: the real IMAP server behind the reply-mailbox tests and `make dev`.
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
@@ -13,6 +13,13 @@ dovecot:
 	  echo "installing Debian's dovecot-imapd (IMAP server for the reply mailbox)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dovecot-imapd >/dev/null; }
+
+# Debian's PostgreSQL binaries: the tests start a throwaway cluster with initdb/pg_ctl.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing Debian's postgresql (the ledger's production database, for the tests)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +32,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 dev: $(STAMP) dovecot
 	$(BIN)/python worker.py --dev $(ARGS)
 
-test: $(STAMP) dovecot
+test: $(STAMP) dovecot postgresql
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 

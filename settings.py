@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import EmailStr, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledger.database import LedgerProblem, async_url, default_url
 from workflows.business_calendar import SendWindow
 from workflows.models import Cadence, ShiftPolicy
 
@@ -184,6 +185,10 @@ class Settings(BaseSettings):
     imap_poll_every: timedelta = timedelta(minutes=1)
     imap_batch_size: int = Field(default=200, ge=1, le=5000)
 
+    # The ledger (send ledger): a SQL database; unset, a SQLite file in the data directory.
+    # Production: postgresql://USER:PASSWORD@HOST:5432/dealflow
+    database_url: SecretStr | None = None
+
     # Worker
     max_cached_workflows: int = Field(default=10_000, ge=0)
     max_concurrent_activities: int = Field(default=64, ge=1)
@@ -217,6 +222,11 @@ class Settings(BaseSettings):
             )
         if bool(self.temporal_tls_cert) != bool(self.temporal_tls_key):
             raise ValueError("DEALFLOW_TEMPORAL_TLS_CERT and DEALFLOW_TEMPORAL_TLS_KEY go together")
+        if self.database_url is not None:
+            try:
+                async_url(self.database_url.get_secret_value())
+            except LedgerProblem as problem:
+                raise ValueError(str(problem)) from None
         self.window  # noqa: B018 - validates the window at start-up
         try:
             self.default_cadence  # noqa: B018 - validates the overrides at start-up
@@ -236,6 +246,13 @@ class Settings(BaseSettings):
     def window(self) -> SendWindow | None:
         """The send window, or None when buyers may be emailed at any time."""
         return parse_window(self.send_window)
+
+    @property
+    def ledger_url(self) -> str:
+        """The ledger database's URL (with its password: never print it)."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return default_url(self.data_dir)
 
     @property
     def send_task_queue(self) -> str:

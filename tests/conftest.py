@@ -13,13 +13,16 @@ work, so a bound says "something is broken", never "this machine is slow".
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,9 +33,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from deal_intake import build_deal
 from devstack import OutboxSink, installed_binary, register_search_attributes
+from ledger import schema
 from settings import Settings, load_settings
 from starter import start_deal
 from tests.clock import QUIET_TUESDAY_MORNING, BuyerCalendar, StartInstant
+from tests.databases import PostgresCluster, start_postgres
 from worker import build_worker
 from workflows.models import DealInput
 
@@ -44,9 +49,52 @@ def sink() -> Any:
     outbox.stop()
 
 
+# Parametrize ``database`` with this to run a test on both ledger databases.
+DATABASES = ["sqlite", "postgresql"]
+on_both_databases = pytest.mark.parametrize("database", DATABASES)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    yield from start_postgres()
+
+
 @pytest.fixture
-def settings(sink: OutboxSink) -> Settings:
+def database() -> str:
+    """Which ledger database a test runs on; SQLite, the embedded default, unless a test
+    asks for both (``on_both_databases``)."""
+    return "sqlite"
+
+
+@pytest.fixture
+async def ledger_url(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest, migrated_sqlite: Path
+) -> str:
+    """A fresh, migrated ledger database for one test."""
+    if database == "postgresql":
+        cluster: PostgresCluster = request.getfixturevalue("postgres")
+        url = await cluster.create_database()
+        await schema.upgrade(url)
+        return url
+    # A copy of a file migrated once per session: the same schema, without the cost.
+    copy = tmp_path / "ledger.sqlite3"
+    shutil.copyfile(migrated_sqlite, copy)
+    return f"sqlite:///{copy}"
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ledger") / "migrated.sqlite3"
+    asyncio.run(schema.upgrade(f"sqlite:///{path}"))
+    # One file, no write-ahead log beside it, so a plain copy is the whole database.
+    sqlite3.connect(path).execute("PRAGMA journal_mode=DELETE").close()
+    return path
+
+
+@pytest.fixture
+def settings(sink: OutboxSink, ledger_url: str) -> Settings:
     return load_settings(
+        database_url=ledger_url,
         smtp_host="127.0.0.1",
         smtp_port=sink.port,
         temporal_task_queue=f"deals-{uuid.uuid4().hex[:8]}",
