@@ -58,6 +58,8 @@ from deal_intake import (
     parse_items,
     read_deal_file,
 )
+from ledger import schema
+from ledger.database import LedgerProblem, display
 from settings import Settings, demo_cadence, load_settings
 from workflows.deal import PLAN, RESEND_FAILED, STATUS, DealWorkflow
 from workflows.mailbox_poller import (
@@ -837,6 +839,26 @@ def main() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+db_app = typer.Typer(no_args_is_help=True, help="The ledger database (DEALFLOW_DATABASE_URL).")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the ledger to the schema this version needs (safe to run again)."""
+    settings = load_settings()
+    try:
+        before, now = asyncio.run(schema.upgrade(settings.ledger_url))
+    except LedgerProblem as problem:
+        err.print(f"dealflow: {problem}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    where = display(settings.ledger_url)
+    if before == now:
+        out.print(f"ledger {where}: schema {now}, up to date", soft_wrap=True)
+    else:
+        out.print(f"ledger {where}: schema {before or 'none'} -> {now}", soft_wrap=True)
 
 
 if __name__ == "__main__":

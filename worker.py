@@ -30,6 +30,9 @@ from activities.suppression import SuppressionList
 from connection import TemporalUnreachable, connect
 from devstack import DevServer, LocalMailbox, OutboxSink
 from endpoints import EndpointsUnavailable, running_endpoints
+from ledger import schema
+from ledger.database import LedgerDatabase, LedgerProblem, display
+from ledger.send_ledger import SendLedger
 from settings import ImapTls, Settings, SmtpTls, load_settings
 from workflows.deal import DealWorkflow
 from workflows.mailbox_poller import (
@@ -68,6 +71,7 @@ def build_mailer(settings: Settings) -> Mailer:
         TemplateLibrary(settings.templates_dir),
         SmtpPool(endpoint, settings.smtp_pool_size),
         links=links,
+        ledger=SendLedger(LedgerDatabase(settings.ledger_url)),
     )
 
 
@@ -176,12 +180,16 @@ def workflow_runner(*, isolated: bool = False) -> SandboxedWorkflowRunner:
 
 
 async def serve(settings: Settings, http: bool = False) -> None:
-    try:
-        client = await connect(settings)
-    except TemporalUnreachable as error:
-        print(f"worker: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
     mailer = build_mailer(settings)
+    assert mailer.ledger is not None
+    # The ledger first: a worker that cannot record its sends must not send at all.
+    try:
+        await schema.check(mailer.ledger.database)
+        client = await connect(settings)
+    except (LedgerProblem, TemporalUnreachable) as problem:
+        print(f"worker: {problem}", file=sys.stderr)
+        await mailer.ledger.database.dispose()
+        raise SystemExit(1) from None
     worker = build_worker(client, settings, mailer)
     print(
         f"worker: polling task queue '{settings.temporal_task_queue}' on "
@@ -210,6 +218,7 @@ async def serve(settings: Settings, http: bool = False) -> None:
         print("worker: stopped", flush=True)
     finally:
         await mailer.pool.close()
+        await mailer.ledger.database.dispose()
 
 
 async def serve_dev(settings: Settings) -> None:
@@ -230,6 +239,10 @@ async def serve_dev(settings: Settings) -> None:
               "set DEALFLOW_DEV_SMTP_PORT to a free port", file=sys.stderr)  # fmt: skip
         raise SystemExit(1) from None
     try:
+        # The embedded ledger migrates itself, so `make dev` stays one command.
+        before, now = await schema.upgrade(settings.ledger_url)
+        if before != now:
+            print(f"dev: ledger          migrated to schema {now}", flush=True)
         await server.start()
         dev = settings.model_copy(
             update={
@@ -247,6 +260,7 @@ async def serve_dev(settings: Settings) -> None:
             f"dev: Temporal UI     http://localhost:{server.ui_port}\n"
             f"dev: Temporal server {server.address} (data in {server.db_file})\n"
             f"dev: SMTP sink       127.0.0.1:{sink.port}, emails in {settings.outbox_dir}/\n"
+            f"dev: ledger          {display(settings.ledger_url)}\n"
             f"dev: HTTP endpoints  http://{settings.http_host}:{settings.http_port} "
             "(unsubscribe links, fulfilment webhook)\n"
             "dev: Ctrl-C stops the worker, the SMTP sink and the server",

@@ -8,6 +8,8 @@ connection, time-out) raises so that Temporal retries with backoff.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address
@@ -26,8 +28,15 @@ from activities.rendering import RenderedEmail, TemplateLibrary, TemplateProblem
 from activities.signed_tokens import TokenSigner
 from activities.smtp_pool import SmtpPool
 from activities.suppression import Suppression, SuppressionList
+from ledger.send_ledger import ClaimOutcome, SendLedger
 
 SEND_EMAIL = "send_email"
+# RFC 5321 4.5.3.2.6: wait up to 10 minutes for the final reply after DATA.
+FINAL_REPLY_TIMEOUT = 600.0
+
+
+class _AlreadySent(Exception):
+    """The ledger says an earlier attempt sent this email: complete without sending."""
 
 
 class FailureType:
@@ -39,6 +48,8 @@ class FailureType:
     REJECTED = "SmtpRejected"
     OPTED_OUT = "OptedOut"
     SUPPRESSED = "Suppressed"
+    # An earlier attempt died after claiming the send: the relay may have it. Held for ops.
+    MAYBE_SENT = "MaybeSent"
 
 
 NON_RETRYABLE = [
@@ -132,6 +143,7 @@ class Mailer:
         suppressions: SuppressionList | None = None,
         quota: MailboxQuota | None = None,
         links: BuyerLinks | None = None,
+        ledger: SendLedger | None = None,
     ) -> None:
         self.sender = sender
         self.templates = templates
@@ -139,6 +151,8 @@ class Mailer:
         self.suppressions = suppressions
         self.quota = quota
         self.links = links
+        self.ledger = ledger
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def build(self, request: EmailRequest) -> OutgoingMessage:
         """The exact message for ``request``: the same bytes on every retry."""
@@ -253,14 +267,14 @@ class Mailer:
                     type="MailboxCapReached",
                     next_retry_delay=wait,
                 )
+        receipt = EmailReceipt(
+            message_id=request.message_id, subject=message.subject, accepted=message.recipients
+        )
         try:
             async with self.pool.connection() as smtp:
-                refused, _ = await smtp.sendmail(
-                    message.sender,
-                    message.recipients,
-                    message.data,
-                    mail_options=message.mail_options,
-                )
+                refused = await self._transmit(smtp, request, message)
+        except _AlreadySent:
+            return receipt
         except aiosmtplib.SMTPRecipientsRefused as error:
             code, detail = _first_code(error)
             if code >= 500:
@@ -278,6 +292,83 @@ class Mailer:
                 ) from None
             raise
         accepted = [address for address in message.recipients if address not in refused]
-        return EmailReceipt(
-            message_id=request.message_id, subject=message.subject, accepted=accepted
+        return receipt.model_copy(update={"accepted": accepted})
+
+    async def _transmit(
+        self, smtp: aiosmtplib.SMTP, request: EmailRequest, message: OutgoingMessage
+    ) -> dict[str, tuple[int, str]]:
+        """One SMTP transaction: MAIL, RCPT, then claim the send in the ledger, then DATA.
+
+        The claim comes after the relay accepted the envelope and right before DATA, so
+        an attempt that dies earlier leaves nothing behind and the retry simply sends.
+        Returns the refused recipients (the rest were accepted).
+        """
+        await smtp.mail(message.sender, options=message.mail_options)
+        refused: dict[str, tuple[int, str]] = {}
+        for recipient in message.recipients:
+            try:
+                await smtp.rcpt(recipient)
+            except aiosmtplib.SMTPRecipientRefused as error:
+                refused[recipient] = (error.code, error.message)
+        if len(refused) == len(message.recipients):
+            await smtp.rset()
+            raise aiosmtplib.SMTPRecipientsRefused(
+                [aiosmtplib.SMTPRecipientRefused(code, text, address)
+                 for address, (code, text) in refused.items()]
+            )  # fmt: skip
+        await self._claim(smtp, request)
+        try:
+            reply = await smtp.data(message.data, timeout=FINAL_REPLY_TIMEOUT)
+        except aiosmtplib.SMTPResponseException as error:
+            # The relay answered: it did not take the message, so a retry may send it.
+            await self._record("failed", request, f"{error.code} {error.message}")
+            raise
+        # Anything else (a dropped connection, no final reply) leaves the claim standing:
+        # the relay may have the message, and the next attempt holds it as maybe sent.
+        await self._record("sent", request, f"{reply.code} {reply.message}")
+        return refused
+
+    async def _claim(self, smtp: aiosmtplib.SMTP, request: EmailRequest) -> None:
+        if self.ledger is None:
+            return
+        # Outside an activity (the send-path benchmark calls it directly) it is a first try.
+        attempt = activity.info().attempt if activity.in_activity() else 1
+        try:
+            claim = await self.ledger.claim(
+                message_id=request.message_id,
+                deal_id=request.context.deal.deal_id,
+                template=request.template,
+                attempt=attempt,
+                worker=self.worker,
+                now=datetime.now(UTC),
+            )
+        except Exception as error:
+            await smtp.rset()
+            raise self.ledger.unavailable(error) from None
+        if claim.outcome is ClaimOutcome.CLAIMED:
+            return
+        await smtp.rset()
+        if claim.outcome is ClaimOutcome.ALREADY_SENT:
+            raise _AlreadySent()
+        held = claim.record
+        raise ApplicationError(
+            f"maybe sent: attempt {held.attempt} on {held.worker} claimed it at "
+            f"{held.claimed_at:%Y-%m-%d %H:%M:%S} and never recorded the relay's reply; "
+            "held so the buyer gets no second copy: check the relay's log, then resend",
+            type=FailureType.MAYBE_SENT,
+            non_retryable=True,
         )
+
+    async def _record(self, outcome: str, request: EmailRequest, reply: str) -> None:
+        if self.ledger is None:
+            return
+        now = datetime.now(UTC)
+        # Past the relay's answer, a ledger outage must not turn a sent email into a retry
+        # (which would hold it as maybe sent, the safe side) - so write, and say if not.
+        try:
+            if outcome == "sent":
+                await self.ledger.sent(request.message_id, reply, now)
+            else:
+                await self.ledger.failed(request.message_id, reply, now)
+        except Exception as error:
+            activity.logger.warning("send ledger not updated for %s: %s", request.message_id, error)

@@ -29,6 +29,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from devstack import DEV_SERVER_TUNING, DevServer, free_port
+from ledger import schema
 from settings import Settings, SmtpTls, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,6 +255,10 @@ async def stack(
             log_file=Path(folder) / "server.log",
         )
         sink = SinkProcess(smtp_latency_ms)
+        # A ledger of the run's own, migrated; the worker processes inherit it.
+        ledger_url = f"sqlite:///{Path(folder) / 'ledger.sqlite3'}"
+        await schema.upgrade(ledger_url)
+        os.environ["DEALFLOW_DATABASE_URL"] = ledger_url
         await server.start()
         try:
             await sink.start()

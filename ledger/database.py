@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+T = TypeVar("T")
 
 # The async driver for each database Dealflow supports.
 DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
@@ -41,28 +46,83 @@ def async_url(url: str) -> URL:
     return parsed.set(drivername=DRIVERS[backend])
 
 
-def open_engine(url: str) -> AsyncEngine:
-    target = async_url(url)
-    if target.get_backend_name() == "sqlite":
-        database = target.database or ""
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(target, connect_args={"timeout": LOCK_WAIT_SECONDS})
+def display(url: str) -> str:
+    """``url`` fit to print: the password masked."""
+    return make_url(url).render_as_string(hide_password=True)
 
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(connection, _record):  # type: ignore[no-untyped-def]
-            # WAL lets the CLI read while a worker writes; one writer at a time either way.
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT_SECONDS * 1000)}")
-            cursor.close()
 
-        return engine
-    return create_async_engine(
-        target,
-        pool_pre_ping=True,
-        connect_args={"timeout": 10, "command_timeout": 30},
-    )
+class LedgerDatabase:
+    """The ledger's database, and the one way to use it: ``run`` a function in a transaction.
+
+    Statements are SQLAlchemy Core and run on a synchronous connection. On SQLite the
+    whole transaction runs in one worker thread (aiosqlite would hop threads for every
+    statement, which measured about 2 ms a transaction against 0.1 ms); on PostgreSQL it
+    runs on asyncpg through ``run_sync``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        target = async_url(url)
+        self.is_sqlite = target.get_backend_name() == "sqlite"
+        self._sync: Engine | None = None
+        self._async: AsyncEngine | None = None
+        # SQLite takes one writer at a time and makes the others sleep and poll; queueing
+        # this process's writes here instead keeps a burst of sends from stalling on it.
+        self._one_writer = asyncio.Lock() if self.is_sqlite else None
+        if self.is_sqlite:
+            database = target.database or ""
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            # Every use is a begin() block that commits or rolls back: no reset on return.
+            self._sync = create_engine(
+                target.set(drivername="sqlite+pysqlite"),
+                connect_args={"timeout": LOCK_WAIT_SECONDS, "check_same_thread": False},
+                pool_reset_on_return=None,
+            )
+            event.listen(self._sync, "connect", _sqlite_pragmas)
+        else:
+            self._async = create_async_engine(
+                target, pool_pre_ping=True, connect_args={"timeout": 10, "command_timeout": 30}
+            )
+
+    @property
+    def dialect_name(self) -> str:
+        return "sqlite" if self.is_sqlite else "postgresql"
+
+    def shown(self) -> str:
+        return display(self.url)
+
+    async def run(self, work: Callable[[Connection], T], *, write: bool = False) -> T:
+        """``work(connection)`` inside one transaction, committed when it returns."""
+        if self._sync is not None:
+            engine = self._sync
+
+            def transaction() -> T:
+                with engine.begin() as connection:
+                    return work(connection)
+
+            if write and self._one_writer is not None:
+                async with self._one_writer:
+                    return await asyncio.to_thread(transaction)
+            return await asyncio.to_thread(transaction)
+        assert self._async is not None
+        async with self._async.begin() as connection:
+            return await connection.run_sync(work)
+
+    async def dispose(self) -> None:
+        if self._sync is not None:
+            self._sync.dispose()
+        if self._async is not None:
+            await self._async.dispose()
+
+
+def _sqlite_pragmas(connection, _record):  # type: ignore[no-untyped-def]
+    cursor = connection.cursor()
+    # WAL lets the CLI read while a worker writes. In WAL mode a commit survives a crash
+    # of the process without an fsync each; only a power cut can lose the last commits.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def explain(error: Exception, url: str) -> LedgerProblem:
@@ -70,6 +130,10 @@ def explain(error: Exception, url: str) -> LedgerProblem:
     where = _where(url)
     text = str(getattr(error, "orig", None) or error)
     lowered = text.lower()
+    if "no such table" in lowered or ("relation" in lowered and "does not exist" in lowered):
+        return LedgerProblem(
+            f"the ledger database on {where} has no schema yet: run 'python starter.py db upgrade'"
+        )
     if "does not exist" in lowered and "database" in lowered:
         name = make_url(url).database
         return LedgerProblem(

@@ -13,9 +13,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.database import LedgerProblem, explain, open_engine
+from ledger.database import LedgerDatabase, LedgerProblem, explain
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -33,35 +32,31 @@ def head() -> str:
     return revision
 
 
-async def current(engine: AsyncEngine) -> str | None:
-    async with engine.connect() as connection:
-        return await connection.run_sync(
-            lambda sync: MigrationContext.configure(sync).get_current_revision()
-        )
+async def current(database: LedgerDatabase) -> str | None:
+    return await database.run(lambda c: MigrationContext.configure(c).get_current_revision())
 
 
 async def upgrade(url: str) -> tuple[str | None, str]:
     """Migrate the ledger to the newest schema; (the version before, the version now)."""
-    engine = open_engine(url)
+    database = LedgerDatabase(url)
     try:
-        before = await current(engine)
-        async with engine.begin() as connection:
-            await connection.run_sync(lambda sync: command.upgrade(_config(sync), "head"))
+        before = await current(database)
+        await database.run(lambda c: command.upgrade(_config(c), "head"), write=True)
         return before, head()
     except LedgerProblem:
         raise
     except Exception as error:
         raise explain(error, url) from None
     finally:
-        await engine.dispose()
+        await database.dispose()
 
 
-async def check(engine: AsyncEngine, url: str) -> None:
+async def check(database: LedgerDatabase) -> None:
     """Refuse a ledger whose schema is not the one this code needs."""
     try:
-        found = await current(engine)
+        found = await current(database)
     except Exception as error:
-        raise explain(error, url) from None
+        raise explain(error, database.url) from None
     wanted = head()
     if found != wanted:
         raise LedgerProblem(

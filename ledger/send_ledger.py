@@ -19,11 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, Row, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.exceptions import ApplicationError
 
+from ledger.database import LedgerDatabase, explain
 from ledger.tables import SENT_EMAILS
 
 
@@ -60,19 +62,17 @@ class Claim:
 
 
 class SendLedger:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-        self._insert = dialect.insert
+    def __init__(self, database: LedgerDatabase) -> None:
+        self.database = database
+        self._insert = (sqlite if database.is_sqlite else postgresql).insert
+
+    def unavailable(self, error: Exception) -> ApplicationError:
+        """A retryable failure for a send that cannot reach the ledger: it waits for the
+        database rather than risk a copy the ledger does not know about."""
+        return ApplicationError(str(explain(error, self.database.url)), type="LedgerUnavailable")
 
     async def find(self, message_id: str) -> SendRecord | None:
-        async with self.engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    select(SENT_EMAILS).where(SENT_EMAILS.c.message_id == message_id)
-                )
-            ).one_or_none()
-        return None if row is None else _record(row)
+        return await self.database.run(lambda c: _find(c, message_id))
 
     async def claim(
         self,
@@ -100,22 +100,25 @@ class SendLedger:
             "smtp_reply": None,
             "error": None,
         }
-        async with self.engine.begin() as connection:
-            inserted = await connection.execute(
+
+        def transaction(connection: Connection) -> Claim:
+            inserted = connection.execute(
                 self._insert(SENT_EMAILS)
                 .values(message_id=message_id, **fields)
                 .on_conflict_do_nothing(index_elements=["message_id"])
-            )
-            if inserted.rowcount == 1:
-                return Claim(ClaimOutcome.CLAIMED, await self._get(connection, message_id))
-            existing = await self._get(connection, message_id)
+                .returning(*SENT_EMAILS.c)
+            ).one_or_none()
+            if inserted is not None:
+                return Claim(ClaimOutcome.CLAIMED, _record(inserted))
+            existing = _find(connection, message_id)
+            assert existing is not None
             if existing.state is SendState.SENT:
                 return Claim(ClaimOutcome.ALREADY_SENT, existing)
             if existing.state is SendState.CLAIMED and not resend:
                 return Claim(ClaimOutcome.MAYBE_SENT, existing)
             # Failed before the relay took it (or ops resend): take it over, but only if
             # nobody else changed the row since we read it.
-            taken = await connection.execute(
+            taken = connection.execute(
                 update(SENT_EMAILS)
                 .where(SENT_EMAILS.c.message_id == message_id)
                 .where(SENT_EMAILS.c.state == existing.state.value)
@@ -123,9 +126,12 @@ class SendLedger:
                 .where(SENT_EMAILS.c.worker == existing.worker)
                 .values(**fields)
             )
-            if taken.rowcount != 1:
-                return Claim(ClaimOutcome.MAYBE_SENT, await self._get(connection, message_id))
-            return Claim(ClaimOutcome.CLAIMED, await self._get(connection, message_id))
+            now_found = _find(connection, message_id)
+            assert now_found is not None
+            outcome = ClaimOutcome.CLAIMED if taken.rowcount == 1 else ClaimOutcome.MAYBE_SENT
+            return Claim(outcome, now_found)
+
+        return await self.database.run(transaction, write=True)
 
     async def sent(self, message_id: str, smtp_reply: str, now: datetime) -> None:
         await self._finish(message_id, SendState.SENT, now, smtp_reply=smtp_reply[:1000])
@@ -137,25 +143,23 @@ class SendLedger:
     async def _finish(
         self, message_id: str, state: SendState, now: datetime, **values: str
     ) -> None:
-        async with self.engine.begin() as connection:
-            await connection.execute(
-                update(SENT_EMAILS)
-                .where(SENT_EMAILS.c.message_id == message_id)
-                .where(SENT_EMAILS.c.state == SendState.CLAIMED.value)
-                .values(state=state.value, finished_at=now, **values)
-            )
-
-    @staticmethod
-    async def _get(connection, message_id: str) -> SendRecord:  # type: ignore[no-untyped-def]
-        row = (
-            await connection.execute(
-                select(SENT_EMAILS).where(SENT_EMAILS.c.message_id == message_id)
-            )
-        ).one()
-        return _record(row)
+        statement = (
+            update(SENT_EMAILS)
+            .where(SENT_EMAILS.c.message_id == message_id)
+            .where(SENT_EMAILS.c.state == SendState.CLAIMED.value)
+            .values(state=state.value, finished_at=now, **values)
+        )
+        await self.database.run(lambda c: c.execute(statement), write=True)
 
 
-def _record(row) -> SendRecord:  # type: ignore[no-untyped-def]
+def _find(connection: Connection, message_id: str) -> SendRecord | None:
+    row = connection.execute(
+        select(SENT_EMAILS).where(SENT_EMAILS.c.message_id == message_id)
+    ).one_or_none()
+    return None if row is None else _record(row)
+
+
+def _record(row: Row[Any]) -> SendRecord:
     values = row._mapping
     return SendRecord(
         message_id=values["message_id"],

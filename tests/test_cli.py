@@ -30,6 +30,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from deal_intake import CSV_COLUMNS
 from devstack import DevServer, OutboxSink, free_port
+from ledger import schema
 from settings import load_settings
 from starter import workflow_id
 from tests.conftest import MAIL_WITHIN
@@ -165,13 +166,16 @@ class Stack:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack() -> AsyncIterator[Stack]:
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     server = DevServer(port=free_port(), ui_port=free_port(), headless=True)
     sink = OutboxSink().start()
+    ledger_url = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'ledger.sqlite3'}"
     try:
+        await schema.upgrade(ledger_url)
         await server.start()
         client = await Client.connect(server.address, data_converter=pydantic_data_converter)
         settings = load_settings(
+            database_url=ledger_url,
             temporal_address=server.address,
             temporal_task_queue=f"cli-{uuid.uuid4().hex[:8]}",
             smtp_host="127.0.0.1",

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ledger import schema
-from ledger.database import LedgerProblem, open_engine
+from ledger.database import LedgerDatabase, LedgerProblem
 from ledger.send_ledger import ClaimOutcome, SendLedger, SendState
 from tests.conftest import on_both_databases
 from tests.databases import PostgresCluster
@@ -29,9 +29,9 @@ def claim_of(attempt: int, **fields: object) -> dict[str, object]:
 
 @pytest.fixture
 async def ledger(ledger_url: str) -> SendLedger:
-    engine = open_engine(ledger_url)
-    yield SendLedger(engine)
-    await engine.dispose()
+    database = LedgerDatabase(ledger_url)
+    yield SendLedger(database)
+    await database.dispose()
 
 
 @on_both_databases
@@ -91,16 +91,16 @@ async def test_a_worker_refuses_an_old_schema_and_upgrade_fixes_it(
         url = await cluster.create_database()
     else:
         url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
-    engine = open_engine(url)
+    database = LedgerDatabase(url)
     try:
         with pytest.raises(LedgerProblem, match=r"run 'python starter.py db upgrade'"):
-            await schema.check(engine, url)
+            await schema.check(database)
         before, now = await schema.upgrade(url)
         assert (before, now) == (None, schema.head())
-        await schema.check(engine, url)
+        await schema.check(database)
         assert await schema.upgrade(url) == (schema.head(), schema.head())  # idempotent
     finally:
-        await engine.dispose()
+        await database.dispose()
 
 
 async def test_a_missing_postgres_database_says_how_to_create_it(

@@ -424,6 +424,9 @@ class DealWorkflow:
         self.problems.append(f"{record.step} to {', '.join(record.to)}: {record.error}")
         if record.outcome == "failed":
             self.failed.append(outbound)
+            # Held by the send ledger: only a person can tell whether the buyer has it.
+            if kind == FailureType.MAYBE_SENT and outbound.audience is Audience.BUYER:
+                self._queue(task("task_check_maybe_sent", reason=record.error))
         if record.outcome == "bounced":
             self.bounced.update(address.lower() for address in record.to)
             if outbound.audience is Audience.BUYER:

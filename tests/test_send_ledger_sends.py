@@ -1,0 +1,115 @@
+"""The send activity and the send ledger together, on both databases, with real SMTP.
+
+A retry of a send is the same activity with the same Message-ID; these tests put the
+ledger row an earlier attempt would have left, then let the deal send.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from ledger.database import LedgerDatabase
+from ledger.send_ledger import ClaimOutcome, SendLedger, SendState
+from starter import record
+from tests.conftest import Deals, body, on_both_databases, steps
+from tests.test_lifecycle import deal_id, eventually, stage_is, status
+from workflows.deal import RESEND_FAILED
+from workflows.models import Closed, SignalPayload
+from workflows.stages import BuyerSignal, Stage
+
+
+def first_message_id(deal: str) -> str:
+    return f"<{deal}.001-proposal@seller.example.com>"
+
+
+async def left_by_an_earlier_attempt(deals: Deals, message_id: str, sent: bool) -> SendLedger:
+    ledger = SendLedger(LedgerDatabase(deals.settings.ledger_url))
+    claim = await ledger.claim(
+        message_id=message_id, deal_id="earlier", template="proposal", attempt=1,
+        worker="worker-that-died:4242", now=datetime.now(UTC),
+    )  # fmt: skip
+    assert claim.outcome is ClaimOutcome.CLAIMED
+    if sent:
+        await ledger.sent(message_id, "250 2.0.0 Ok: queued as 1A2B", datetime.now(UTC))
+    return ledger
+
+
+@on_both_databases
+async def test_every_send_is_recorded_with_the_relays_reply(deals: Deals) -> None:
+    handle = await deals.start(kind="rfp")
+    proposal = (await deals.settle(1))[0]
+    ledger = SendLedger(LedgerDatabase(deals.settings.ledger_url))
+    row = await ledger.find(str(proposal["Message-ID"]))
+    assert row is not None and row.state is SendState.SENT
+    assert row.deal_id == deal_id(handle) and row.template == "proposal" and row.attempt == 1
+    assert row.smtp_reply is not None and row.smtp_reply.startswith("250")
+    await ledger.database.dispose()
+    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+@on_both_databases
+async def test_a_retry_of_a_recorded_send_completes_without_sending(deals: Deals) -> None:
+    deal = deals.input(kind="rfp")
+    ledger = await left_by_an_earlier_attempt(deals, first_message_id(deal.deal_id), sent=True)
+    from starter import start_deal
+
+    deals.started.add(deal.deal_id)
+    handle = await start_deal(deals.client, deals.settings, deal)
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.quiet()
+    assert deals.sink.received == []  # the relay already has it
+    assert [m.outcome for m in (await status(handle)).messages] == ["sent"]
+    await ledger.database.dispose()
+    await record(deals.client, deal.deal_id, BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+@on_both_databases
+async def test_a_send_claimed_by_a_dead_attempt_is_held_shown_and_resent_by_ops(
+    deals: Deals,
+) -> None:
+    deal = deals.input(kind="rfp")
+    message_id = first_message_id(deal.deal_id)
+    ledger = await left_by_an_earlier_attempt(deals, message_id, sent=False)
+    from starter import start_deal
+
+    deals.started.add(deal.deal_id)
+    handle = await start_deal(deals.client, deals.settings, deal)
+
+    # The buyer gets nothing; the rep is asked to check.
+    task = (await deals.settle(1))[0]
+    assert task["X-Dealflow-Step"] == "task_check_maybe_sent"
+    assert "worker-that-died:4242" in body(task)
+    current = await status(handle)
+    assert current.messages[0].outcome == "failed"
+    assert current.problems and current.problems[0].startswith(
+        f"001-proposal to {deal.contacts[0].email}: MaybeSent"
+    )
+    assert current.stage is Stage.REQUIREMENTS_CLARIFIED
+
+    # Ops found it in no log and send it again.
+    assert await record(deals.client, deal.deal_id, RESEND_FAILED, SignalPayload()) == 1
+    messages = await deals.settle(2)
+    assert steps(messages) == ["task_check_maybe_sent", "proposal"]
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    held = await ledger.find(message_id)
+    assert held is not None and held.state is SendState.CLAIMED  # still what it was
+    await ledger.database.dispose()
+    await record(deals.client, deal.deal_id, BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+@on_both_databases
+async def test_a_data_refused_with_4xx_is_recorded_failed_and_sent_once_on_retry(
+    deals: Deals,
+) -> None:
+    deals.sink.refusals.append("451 4.3.0 Mailbox busy, try again later")
+    handle = await deals.start(kind="rfp")
+    proposal = (await deals.settle(1))[0]
+    ledger = SendLedger(LedgerDatabase(deals.settings.ledger_url))
+
+    async def recorded() -> None:
+        row = await ledger.find(str(proposal["Message-ID"]))
+        assert row is not None and row.state is SendState.SENT and row.attempt == 2
+
+    await eventually(recorded)
+    await ledger.database.dispose()
+    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
