@@ -20,7 +20,6 @@ from pathlib import Path
 from pydantic import EmailStr, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ledger.database import LedgerProblem, async_url, default_url
 from workflows.business_calendar import SendWindow
 from workflows.models import Cadence, ShiftPolicy
 
@@ -223,10 +222,14 @@ class Settings(BaseSettings):
         if bool(self.temporal_tls_cert) != bool(self.temporal_tls_key):
             raise ValueError("DEALFLOW_TEMPORAL_TLS_CERT and DEALFLOW_TEMPORAL_TLS_KEY go together")
         if self.database_url is not None:
-            try:
-                async_url(self.database_url.get_secret_value())
-            except LedgerProblem as problem:
-                raise ValueError(str(problem)) from None
+            # The scheme only: the full check needs SQLAlchemy, too slow to import for every
+            # CLI command; the ledger checks the rest when it connects.
+            scheme = self.database_url.get_secret_value().partition(":")[0].split("+")[0]
+            if scheme not in ("sqlite", "postgresql"):
+                raise ValueError(
+                    f"DEALFLOW_DATABASE_URL names {scheme!r}: the ledger runs on sqlite "
+                    "(sqlite:///PATH) or postgresql (postgresql://USER:PASSWORD@HOST:PORT/DB)"
+                )
         self.window  # noqa: B018 - validates the window at start-up
         try:
             self.default_cadence  # noqa: B018 - validates the overrides at start-up
@@ -252,7 +255,7 @@ class Settings(BaseSettings):
         """The ledger database's URL (with its password: never print it)."""
         if self.database_url is not None:
             return self.database_url.get_secret_value()
-        return default_url(self.data_dir)
+        return f"sqlite:///{(self.data_dir / 'ledger.sqlite3').resolve()}"
 
     @property
     def send_task_queue(self) -> str:

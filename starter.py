@@ -58,8 +58,6 @@ from deal_intake import (
     parse_items,
     read_deal_file,
 )
-from ledger import schema
-from ledger.database import LedgerProblem, display
 from settings import Settings, demo_cadence, load_settings
 from workflows.deal import PLAN, RESEND_FAILED, STATUS, DealWorkflow
 from workflows.mailbox_poller import (
@@ -848,6 +846,10 @@ app.add_typer(db_app, name="db")
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Migrate the ledger to the schema this version needs (safe to run again)."""
+    # Imported here: SQLAlchemy and Alembic would slow down every other command.
+    from ledger import schema
+    from ledger.database import LedgerProblem, display
+
     settings = load_settings()
     try:
         before, now = asyncio.run(schema.upgrade(settings.ledger_url))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address
 from email.utils import format_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
 from email_validator import EmailNotValidError, validate_email
@@ -28,7 +28,11 @@ from activities.rendering import RenderedEmail, TemplateLibrary, TemplateProblem
 from activities.signed_tokens import TokenSigner
 from activities.smtp_pool import SmtpPool
 from activities.suppression import Suppression, SuppressionList
-from ledger.send_ledger import ClaimOutcome, SendLedger
+
+if TYPE_CHECKING:
+    # SQLAlchemy is imported where a send needs it: the workflow imports this module for
+    # the activity's name, and every CLI command imports the workflow.
+    from ledger.send_ledger import SendLedger
 
 SEND_EMAIL = "send_email"
 # RFC 5321 4.5.3.2.6: wait up to 10 minutes for the final reply after DATA.
@@ -331,6 +335,8 @@ class Mailer:
     async def _claim(self, smtp: aiosmtplib.SMTP, request: EmailRequest) -> None:
         if self.ledger is None:
             return
+        from ledger.send_ledger import ClaimOutcome
+
         # Outside an activity (the send-path benchmark calls it directly) it is a first try.
         attempt = activity.info().attempt if activity.in_activity() else 1
         try:

@@ -24,11 +24,6 @@ class LedgerProblem(Exception):
     """The ledger cannot be used; the message says what is wrong and what to do."""
 
 
-def default_url(data_dir: Path) -> str:
-    """The embedded default: a SQLite file in the data directory."""
-    return f"sqlite:///{(data_dir / 'ledger.sqlite3').resolve()}"
-
-
 def async_url(url: str) -> URL:
     """``url`` with Dealflow's async driver (``postgresql://`` -> ``postgresql+asyncpg://``)."""
     try:
