@@ -66,14 +66,21 @@ def database() -> str:
     return "sqlite"
 
 
+async def empty_database(database: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A new, empty database (no schema) on ``database``."""
+    if database == "postgresql":
+        cluster: PostgresCluster = request.getfixturevalue("postgres")
+        return await cluster.create_database()
+    return f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+
+
 @pytest.fixture
 async def ledger_url(
     database: str, tmp_path: Path, request: pytest.FixtureRequest, migrated_sqlite: Path
 ) -> str:
     """A fresh, migrated ledger database for one test."""
     if database == "postgresql":
-        cluster: PostgresCluster = request.getfixturevalue("postgres")
-        url = await cluster.create_database()
+        url = await empty_database(database, tmp_path, request)
         await schema.upgrade(url)
         return url
     # A copy of a file migrated once per session: the same schema, without the cost.

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import on_both_databases
-from tests.databases import PostgresCluster
+from tests.conftest import empty_database, on_both_databases
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,13 +23,6 @@ def run(script: str, *args: str, url: str, timeout: float = 60) -> subprocess.Co
         [sys.executable, str(ROOT / script), *args],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
-
-
-async def empty_database(database: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if database == "postgresql":
-        cluster: PostgresCluster = request.getfixturevalue("postgres")
-        return await cluster.create_database()
-    return f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
 
 
 @on_both_databases

@@ -9,7 +9,7 @@ import pytest
 from ledger import schema
 from ledger.database import LedgerDatabase, LedgerProblem
 from ledger.send_ledger import ClaimOutcome, SendLedger, SendState
-from tests.conftest import on_both_databases
+from tests.conftest import empty_database, on_both_databases
 from tests.databases import PostgresCluster
 
 NOW = datetime(2026, 12, 8, 9, 0, tzinfo=UTC)
@@ -86,11 +86,7 @@ async def test_only_one_of_two_racing_claims_wins(ledger: SendLedger) -> None:
 async def test_a_worker_refuses_an_old_schema_and_upgrade_fixes_it(
     database: str, tmp_path, request: pytest.FixtureRequest
 ) -> None:
-    if database == "postgresql":
-        cluster: PostgresCluster = request.getfixturevalue("postgres")
-        url = await cluster.create_database()
-    else:
-        url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    url = await empty_database(database, tmp_path, request)
     database = LedgerDatabase(url)
     try:
         with pytest.raises(LedgerProblem, match=r"run 'python starter.py db upgrade'"):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from temporalio.client import WorkflowHandle
+
 from ledger.database import LedgerDatabase
 from ledger.send_ledger import ClaimOutcome, SendLedger, SendState
-from starter import record
+from starter import record, start_deal
 from tests.conftest import Deals, body, on_both_databases, steps
 from tests.test_lifecycle import deal_id, eventually, stage_is, status
 from workflows.deal import RESEND_FAILED
@@ -22,8 +24,13 @@ def first_message_id(deal: str) -> str:
     return f"<{deal}.001-proposal@seller.example.com>"
 
 
-async def left_by_an_earlier_attempt(deals: Deals, message_id: str, sent: bool) -> SendLedger:
+async def started_after_an_earlier_attempt(
+    deals: Deals, sent: bool
+) -> tuple[str, WorkflowHandle, SendLedger]:
+    """Start a deal whose proposal an earlier attempt claimed (and, if ``sent``, sent)."""
+    deal = deals.input(kind="rfp")
     ledger = SendLedger(LedgerDatabase(deals.settings.ledger_url))
+    message_id = first_message_id(deal.deal_id)
     claim = await ledger.claim(
         message_id=message_id, deal_id="earlier", template="proposal", attempt=1,
         worker="worker-that-died:4242", now=datetime.now(UTC),
@@ -31,7 +38,8 @@ async def left_by_an_earlier_attempt(deals: Deals, message_id: str, sent: bool) 
     assert claim.outcome is ClaimOutcome.CLAIMED
     if sent:
         await ledger.sent(message_id, "250 2.0.0 Ok: queued as 1A2B", datetime.now(UTC))
-    return ledger
+    deals.started.add(deal.deal_id)
+    return deal.deal_id, await start_deal(deals.client, deals.settings, deal), ledger
 
 
 @on_both_databases
@@ -49,31 +57,20 @@ async def test_every_send_is_recorded_with_the_relays_reply(deals: Deals) -> Non
 
 @on_both_databases
 async def test_a_retry_of_a_recorded_send_completes_without_sending(deals: Deals) -> None:
-    deal = deals.input(kind="rfp")
-    ledger = await left_by_an_earlier_attempt(deals, first_message_id(deal.deal_id), sent=True)
-    from starter import start_deal
-
-    deals.started.add(deal.deal_id)
-    handle = await start_deal(deals.client, deals.settings, deal)
+    deal, handle, ledger = await started_after_an_earlier_attempt(deals, sent=True)
     await stage_is(handle, Stage.PROPOSAL_RECEIVED)
     await deals.quiet()
     assert deals.sink.received == []  # the relay already has it
     assert [m.outcome for m in (await status(handle)).messages] == ["sent"]
     await ledger.database.dispose()
-    await record(deals.client, deal.deal_id, BuyerSignal.CANCELLED, Closed(reason="done"))
+    await record(deals.client, deal, BuyerSignal.CANCELLED, Closed(reason="done"))
 
 
 @on_both_databases
 async def test_a_send_claimed_by_a_dead_attempt_is_held_shown_and_resent_by_ops(
     deals: Deals,
 ) -> None:
-    deal = deals.input(kind="rfp")
-    message_id = first_message_id(deal.deal_id)
-    ledger = await left_by_an_earlier_attempt(deals, message_id, sent=False)
-    from starter import start_deal
-
-    deals.started.add(deal.deal_id)
-    handle = await start_deal(deals.client, deals.settings, deal)
+    deal, handle, ledger = await started_after_an_earlier_attempt(deals, sent=False)
 
     # The buyer gets nothing; the rep is asked to check.
     task = (await deals.settle(1))[0]
@@ -82,19 +79,19 @@ async def test_a_send_claimed_by_a_dead_attempt_is_held_shown_and_resent_by_ops(
     current = await status(handle)
     assert current.messages[0].outcome == "failed"
     assert current.problems and current.problems[0].startswith(
-        f"001-proposal to {deal.contacts[0].email}: MaybeSent"
+        "001-proposal to bea@buyer.example.org: MaybeSent"
     )
     assert current.stage is Stage.REQUIREMENTS_CLARIFIED
 
     # Ops found it in no log and send it again.
-    assert await record(deals.client, deal.deal_id, RESEND_FAILED, SignalPayload()) == 1
+    assert await record(deals.client, deal, RESEND_FAILED, SignalPayload()) == 1
     messages = await deals.settle(2)
     assert steps(messages) == ["task_check_maybe_sent", "proposal"]
     await stage_is(handle, Stage.PROPOSAL_RECEIVED)
-    held = await ledger.find(message_id)
+    held = await ledger.find(first_message_id(deal))
     assert held is not None and held.state is SendState.CLAIMED  # still what it was
     await ledger.database.dispose()
-    await record(deals.client, deal.deal_id, BuyerSignal.CANCELLED, Closed(reason="done"))
+    await record(deals.client, deal, BuyerSignal.CANCELLED, Closed(reason="done"))
 
 
 @on_both_databases
