@@ -91,7 +91,11 @@ SEND_RETRY_POLICY = RetryPolicy(
     maximum_interval=timedelta(minutes=10),
     non_retryable_error_types=NON_RETRYABLE,
 )
-SEND_ATTEMPT_TIMEOUT = timedelta(minutes=2)
+# One send attempt may wait 10 minutes for the relay's final reply after DATA (RFC 5321);
+# a worker that dies is noticed by its missing heartbeat long before that.
+SEND_ATTEMPT_TIMEOUT = timedelta(minutes=12)
+SEND_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+SUPPRESS_TIMEOUT = timedelta(minutes=2)
 BOUNCE_TYPES = frozenset({FailureType.BOUNCE, FailureType.REJECTED})
 SUPPRESSED_TYPES = frozenset({FailureType.OPTED_OUT, FailureType.SUPPRESSED})
 STATUS = "status"
@@ -224,7 +228,7 @@ class DealWorkflow:
             await workflow.execute_activity_method(
                 SuppressionList.suppress,
                 self.suppressing[0],
-                start_to_close_timeout=SEND_ATTEMPT_TIMEOUT,
+                start_to_close_timeout=SUPPRESS_TIMEOUT,
                 retry_policy=SEND_RETRY_POLICY,
             )
             self.suppressing.pop(0)
@@ -383,6 +387,7 @@ class DealWorkflow:
                 request,
                 task_queue=self.deal.send_task_queue,
                 start_to_close_timeout=SEND_ATTEMPT_TIMEOUT,
+                heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
                 schedule_to_close_timeout=self.deal.send_retry_for,
                 retry_policy=SEND_RETRY_POLICY,
             )
