@@ -85,6 +85,8 @@ class EmailRequest(BaseModel):
     # False (a rep task, the hand-over): our own people, never on the suppression list.
     # None: sent by a deal older than this field; treated as the buyer's, to stay safe.
     buyer_facing: bool | None = None
+    # Ops asked to send this Message-ID again (resend): a send held as maybe sent goes.
+    resend: bool = False
 
 
 class EmailReceipt(BaseModel):

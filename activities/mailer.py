@@ -377,6 +377,7 @@ class Mailer:
                 attempt=attempt,
                 worker=self.worker,
                 now=datetime.now(UTC),
+                resend=request.resend,
             )
         except Exception as error:
             await smtp.rset()

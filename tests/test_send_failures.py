@@ -79,6 +79,7 @@ async def test_missing_template_variable_is_recorded_once_and_resent_after_the_f
         assert await record(deals.client, deal.deal_id, RESEND_FAILED, SignalPayload()) == 1
         messages = await deals.settle(1)
         assert steps(messages) == ["proposal"]
+        assert messages[0]["Message-ID"] == current.messages[0].message_id  # the same email
         await stage_is(handle, Stage.PROPOSAL_RECEIVED)
         await record(deals.client, deal.deal_id, BuyerSignal.CANCELLED, Closed(reason="done"))
 

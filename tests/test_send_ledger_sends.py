@@ -83,13 +83,16 @@ async def test_a_send_claimed_by_a_dead_attempt_is_held_shown_and_resent_by_ops(
     )
     assert current.stage is Stage.REQUIREMENTS_CLARIFIED
 
-    # Ops found it in no log and send it again.
+    # Ops found it in no log and send it again: the same email, under its Message-ID.
     assert await record(deals.client, deal, RESEND_FAILED, SignalPayload()) == 1
     messages = await deals.settle(2)
     assert steps(messages) == ["task_check_maybe_sent", "proposal"]
+    assert messages[1]["Message-ID"] == first_message_id(deal)
     await stage_is(handle, Stage.PROPOSAL_RECEIVED)
-    held = await ledger.find(first_message_id(deal))
-    assert held is not None and held.state is SendState.CLAIMED  # still what it was
+    resent = await ledger.find(first_message_id(deal))
+    assert resent is not None and resent.state is SendState.SENT
+    assert resent.worker != "worker-that-died:4242" and resent.smtp_reply
+    assert (await status(handle)).messages[-1].message_id == first_message_id(deal)
     await ledger.database.dispose()
     await record(deals.client, deal, BuyerSignal.CANCELLED, Closed(reason="done"))
 

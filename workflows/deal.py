@@ -101,6 +101,8 @@ SUPPRESSED_TYPES = frozenset({FailureType.OPTED_OUT, FailureType.SUPPRESSED})
 STATUS = "status"
 PLAN = "plan"
 RESEND_FAILED = "resend_failed"
+# Patch: a resent email keeps its Message-ID (deals started before it send a new one).
+RESEND_SAME_MESSAGE_ID = "resend-same-message-id"
 INBOUND_MESSAGE = "inbound_message"
 EVENTS_REMEMBERED = 1000
 
@@ -366,8 +368,12 @@ class DealWorkflow:
             self._changed()
             return False
         thread = self.threads.get(outbound.thread) if outbound.thread else None
+        message_id, resend = f"<{self.deal.deal_id}.{step}@{self.deal.message_domain}>", False
+        if outbound.message_id is not None and workflow.patched(RESEND_SAME_MESSAGE_ID):
+            message_id, resend = outbound.message_id, True
         request = EmailRequest(
-            message_id=f"<{self.deal.deal_id}.{step}@{self.deal.message_domain}>",
+            message_id=message_id,
+            resend=resend,
             template=outbound.template,
             to=recipients,
             date=workflow.now(),
@@ -428,6 +434,7 @@ class DealWorkflow:
         record.outcome = "bounced" if kind in BOUNCE_TYPES else "failed"
         self.problems.append(f"{record.step} to {', '.join(record.to)}: {record.error}")
         if record.outcome == "failed":
+            outbound.message_id = record.message_id
             self.failed.append(outbound)
             # Held by the send ledger: only a person can tell whether the buyer has it.
             if kind == FailureType.MAYBE_SENT and outbound.audience is Audience.BUYER:

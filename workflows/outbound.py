@@ -48,6 +48,9 @@ class Outbound:
     # Sent buyer emails restart the stage's follow-up clock.
     restarts_cadence: bool = True
     queued_in: Stage | None = None
+    # Set once a send of it failed for good: ops' resend reuses this Message-ID, so the
+    # send ledger (and any receiver) can tell it is the same email.
+    message_id: str | None = None
 
 
 @dataclass(frozen=True)
