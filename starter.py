@@ -45,6 +45,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.suppression import Suppression, SuppressionList
 from connection import TemporalUnreachable, connect
 from deal_intake import (
     CSV_COLUMNS,
@@ -136,7 +137,31 @@ def start_options(settings: Settings, deal: DealInput) -> dict[str, Any]:
     }
 
 
+async def suppressed_contacts(
+    client: Client, settings: Settings, deal: DealInput
+) -> list[Suppression]:
+    """The deal's contacts on the global suppression list (opted out or bounced)."""
+    suppressions = SuppressionList(client, settings.temporal_task_queue)
+    found = [await suppressions.find(str(contact.email)) for contact in deal.contacts]
+    return [entry for entry in found if entry is not None]
+
+
+def describe_suppression(entry: Suppression) -> str:
+    what = entry.reason.replace("_", " ")
+    where = f" on deal {entry.deal_id}" if entry.deal_id else ""
+    return f"{entry.address} {what}{where} on {entry.at:%Y-%m-%d}"
+
+
 async def start_deal(client: Client, settings: Settings, deal: DealInput) -> WorkflowHandle:
+    """Start the deal's workflow; refused when it exists already, or when every contact is
+    on the suppression list (the deal could never email anyone)."""
+    suppressed = await suppressed_contacts(client, settings, deal)
+    if len(suppressed) == len(deal.contacts):
+        entries = "; ".join(describe_suppression(entry) for entry in suppressed)
+        raise Refused(
+            f"deal {deal.deal_id!r} not started: every contact is on the suppression list "
+            f"({entries}); add a contact who may be emailed"
+        )
     try:
         return await client.start_workflow(DealWorkflow.run, deal, **start_options(settings, deal))
     except WorkflowAlreadyStartedError:
@@ -374,6 +399,11 @@ async def start(
     deal = build_deal(settings, fields)
     await start_deal(client, settings, deal)
     out.print(f"{deal.deal_id}: started as {deal.kind.value.upper()} for {deal.company}")
+    for entry in await suppressed_contacts(client, settings, deal):
+        err.print(
+            f"dealflow: warning: {describe_suppression(entry)}: the deal will not email them",
+            soft_wrap=True,
+        )
 
 
 @app.command("bulk-start")

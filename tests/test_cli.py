@@ -28,6 +28,7 @@ import pytest_asyncio
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from activities.suppression import SuppressionList
 from deal_intake import CSV_COLUMNS
 from devstack import DevServer, OutboxSink, free_port
 from ledger import schema
@@ -234,6 +235,43 @@ async def test_start_rfp_sends_the_proposal_and_status_shows_proposal_received(
     assert "proposal" in shown.stdout
     proposal = stack.mail(deal_id)[0]
     assert proposal["To"] is not None and "bea@buyer.example.org" in str(proposal["To"])
+
+
+async def test_a_deal_whose_only_contact_opted_out_is_not_started(stack: Stack) -> None:
+    first = new_id()
+    buyer = f"Olga Out <olga-{uuid.uuid4().hex[:8]}@buyer.example.org>"
+    address = buyer.split("<")[1].rstrip(">")
+    deal_args = ["--company", "Buyer & Sons", "--kind", "rfp", "--item", "Widget:1:100"]
+    started = await stack.ok("start", "--id", first, "--contact", buyer, *deal_args)
+    assert "started as RFP" in started.stdout
+    await stack.wait_for_stage(first, "Proposal Received")
+    await stack.ok("optout", first)
+    suppressions = SuppressionList(stack.client, stack.task_queue)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + MAIL_WITHIN
+    while await suppressions.find(address) is None:
+        assert loop.time() < deadline, "the opt-out never reached the suppression list"
+        await asyncio.sleep(0.1)
+
+    alone = new_id()
+    refused = await stack.cli("start", "--id", alone, "--contact", buyer, *deal_args)
+    assert refused.code == 1 and refused.stdout == ""
+    line = refused.one_line_error()
+    assert f"deal {alone!r} not started: every contact is on the suppression list" in line
+    assert f"{address} opted out on deal {first}" in line
+    assert "add a contact who may be emailed" in line
+    unknown = await stack.cli("status", alone)
+    assert unknown.code == 1 and "no deal" in unknown.one_line_error()
+
+    # With a second contact the deal starts, and ops are told who it will not email.
+    both = new_id()
+    warned = await stack.cli(
+        "start", "--id", both, "--contact", buyer, "--contact", BUYER, *deal_args
+    )
+    assert warned.code == 0, warned
+    assert f"{both}: started as RFP" in warned.stdout
+    assert f"warning: {address} opted out on deal {first}" in warned.one_line_error()
+    await stack.ok("cancel", both, "--reason", "test done")
 
 
 async def test_starting_the_same_deal_twice_is_refused(stack: Stack) -> None:

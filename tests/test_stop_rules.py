@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from activities.suppression import SuppressionList
 from starter import Refused, record
 from tests.conftest import Deals, sent_at, steps
 from tests.test_lifecycle import deal_id, eventually, near, stage_is, status
@@ -164,8 +165,19 @@ async def test_an_opt_out_ends_the_deal_and_no_deal_mails_the_address_again(
     await deals.skip(timedelta(days=10))
     await quiet(deals, 1)  # the deal is over: it sends nothing more
 
-    # Another case for the same buyer: nothing reaches the address.
-    second = await deals.start(
+    # Ops cannot start another deal that could only email this buyer.
+    suppressions = SuppressionList(deals.client, deals.settings.temporal_task_queue)
+
+    async def listed() -> None:
+        assert await suppressions.find("bea@buyer.example.org") is not None
+
+    await eventually(listed)
+    with pytest.raises(Refused, match="every contact is on the suppression list") as refusal:
+        await deals.start(kind="rfp")
+    assert "bea@buyer.example.org opted out on deal " + deal_id(first) in str(refusal.value)
+
+    # A case started a moment before the opt-out: still nothing reaches the address.
+    second = await deals.start_unchecked(
         kind="rfq", items=[{"name": "Widget", "quantity": 1, "list_price": "9"}]
     )
 
@@ -190,7 +202,7 @@ async def test_a_hard_bounce_suppresses_the_address_for_other_deals(deals: Deals
 
     await eventually(bounced)
     deals.sink.refused_recipients.clear()  # even a mailbox that would now accept stays suppressed
-    second = await deals.start(kind="rfp")
+    second = await deals.start_unchecked(kind="rfp")
 
     async def skipped() -> None:
         messages = (await status(second)).messages
