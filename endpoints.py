@@ -22,7 +22,7 @@ import html
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from signal import SIGINT, SIGTERM
@@ -101,7 +101,12 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def verify_signature(
-    secret: str, timestamp: str | None, signature: str | None, body: bytes, tolerance: float
+    secret: str,
+    timestamp: str | None,
+    signature: str | None,
+    body: bytes,
+    tolerance: float,
+    now: float,
 ) -> None:
     """Raise ``Problem(401)`` unless the body was signed with the secret, recently."""
     if not timestamp or not signature:
@@ -116,7 +121,7 @@ def verify_signature(
             "'<timestamp>.<raw body>' with the webhook secret>",
         )
     try:
-        skew = abs(time.time() - int(timestamp))
+        skew = abs(now - int(timestamp))
     except ValueError:
         raise Problem(401, f"{TIMESTAMP_HEADER} must be unix seconds") from None
     if skew > tolerance:
@@ -155,9 +160,13 @@ def _temporal_errors() -> Iterator[None]:
 class Endpoints:
     """The handlers, with what they need: settings, the Temporal client, the token signer."""
 
-    def __init__(self, settings: Settings, client: Client) -> None:
+    def __init__(
+        self, settings: Settings, client: Client, clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
         self.client = client
+        # Unix seconds now; the webhook's replay window is measured on it.
+        self.clock = clock
         self.signer = TokenSigner(settings.signing_key())
         self.suppressions = SuppressionList(client, settings.temporal_task_queue)
 
@@ -275,6 +284,7 @@ class Endpoints:
             request.headers.get(SIGNATURE_HEADER),
             bytes(body),
             self.settings.webhook_tolerance.total_seconds(),
+            self.clock(),
         )
         try:
             event = FulfilmentEvent.model_validate_json(bytes(body))
@@ -313,9 +323,11 @@ async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
-def build_app(settings: Settings, client: Client) -> Starlette:
+def build_app(
+    settings: Settings, client: Client, clock: Callable[[], float] = time.time
+) -> Starlette:
     """The ASGI app; ``client`` must use the pydantic data converter (``connection.connect``)."""
-    endpoints = Endpoints(settings, client)
+    endpoints = Endpoints(settings, client, clock)
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
@@ -349,11 +361,13 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 @asynccontextmanager
-async def running_endpoints(settings: Settings, client: Client) -> AsyncIterator[str]:
+async def running_endpoints(
+    settings: Settings, client: Client, clock: Callable[[], float] = time.time
+) -> AsyncIterator[str]:
     """Serve the endpoints while the block runs; yields the URL they listen on."""
     listener = _listen(settings.http_host, settings.http_port)
     config = uvicorn.Config(
-        build_app(settings, client),
+        build_app(settings, client, clock),
         lifespan="off",
         log_level="warning",
         # Access logs would keep every unsubscribe token, which unsubscribes whoever it names.

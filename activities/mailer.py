@@ -355,11 +355,11 @@ class Mailer:
             reply = await smtp.data(message.data, timeout=FINAL_REPLY_TIMEOUT)
         except aiosmtplib.SMTPResponseException as error:
             # The relay answered: it did not take the message, so a retry may send it.
-            await self._record("failed", request, f"{error.code} {error.message}")
+            await self._record(request, f"{error.code} {error.message}", sent=False)
             raise
         # Anything else (a dropped connection, no final reply) leaves the claim standing:
         # the relay may have the message, and the next attempt holds it as maybe sent.
-        await self._record("sent", request, f"{reply.code} {reply.message}")
+        await self._record(request, f"{reply.code} {reply.message}", sent=True)
         return refused
 
     async def _claim(self, smtp: aiosmtplib.SMTP, request: EmailRequest) -> None:
@@ -396,14 +396,14 @@ class Mailer:
             non_retryable=True,
         )
 
-    async def _record(self, outcome: str, request: EmailRequest, reply: str) -> None:
+    async def _record(self, request: EmailRequest, reply: str, sent: bool) -> None:
         if self.ledger is None:
             return
         now = datetime.now(UTC)
         # Past the relay's answer, a ledger outage must not turn a sent email into a retry
         # (which would hold it as maybe sent, the safe side) - so write, and say if not.
         try:
-            if outcome == "sent":
+            if sent:
                 await self.ledger.sent(request.message_id, reply, now)
             else:
                 await self.ledger.failed(request.message_id, reply, now)

@@ -1,7 +1,7 @@
 """A small pool of persistent SMTP connections shared by all send activities of a worker.
 
 Opening a connection per email costs roughly half the throughput of reusing one
-(ARCHITECTURE.md, performance facts), so connections are kept and reused.
+(measured on loopback), so connections are kept and reused.
 """
 
 from __future__ import annotations

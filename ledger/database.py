@@ -80,13 +80,6 @@ class LedgerDatabase:
                 target, pool_pre_ping=True, connect_args={"timeout": 10, "command_timeout": 30}
             )
 
-    @property
-    def dialect_name(self) -> str:
-        return "sqlite" if self.is_sqlite else "postgresql"
-
-    def shown(self) -> str:
-        return display(self.url)
-
     async def run(self, work: Callable[[Connection], T], *, write: bool = False) -> T:
         """``work(connection)`` inside one transaction, committed when it returns."""
         if self._sync is not None:

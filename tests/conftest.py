@@ -219,9 +219,8 @@ class Deals:
 
     def handles(self) -> list[WorkflowHandle]:
         """The deals of this test: those it started here and those that have sent mail."""
-        ids = {str(m.message["X-Dealflow-Deal"]) for m in self.sink.received}
-        ids.discard("None")
-        ids |= self.started
+        headers = (m.message["X-Dealflow-Deal"] for m in self.sink.received)
+        ids = {str(deal_id) for deal_id in headers if deal_id is not None} | self.started
         return [self.client.get_workflow_handle(f"deal-{deal_id}") for deal_id in sorted(ids)]
 
     async def skip(self, duration: timedelta) -> None:

@@ -511,7 +511,9 @@ async def test_a_whole_won_deal_through_the_cli(stack: Stack, tmp_path: Path) ->
     assert "price_agreed recorded; stage is now Price Agreed" in agreed.stdout
     await stack.wait_for_stage(deal_id, "Offer Received")
 
-    delivery = (datetime.now(UTC).date() + timedelta(days=3)).isoformat()
+    # Three days after the server's today (the deal's last step), not this machine's.
+    server_today = (await stack.query(deal_id)).history[-1].at.date()
+    delivery = (server_today + timedelta(days=3)).isoformat()
     ordered = await stack.ok("order", deal_id, "--delivery", delivery, "--po", "PO-1")
     assert "stage is now Order Placed" in ordered.stdout
     await stack.wait_for_stage(deal_id, "Order Confirmed")

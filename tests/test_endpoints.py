@@ -4,7 +4,6 @@ the time-skipping Temporal server and a worker: one-click unsubscribe and the ER
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,6 +26,8 @@ from tests.test_lifecycle import deal_id, stage_is, status
 from workflows.stages import BuyerSignal, Stage
 
 SECRET = "test-webhook-secret"
+# The endpoints' clock in these tests (2027-01-15 08:00 UTC): signatures are made against it.
+NOW = 1_800_000_000.0
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 
 
@@ -39,7 +40,7 @@ class Site:
 async def serve(deals: Deals, **settings: Any) -> AsyncIterator[Site]:
     configured = deals.settings.model_copy(update={"http_port": free_port(), **settings})
     async with (
-        running_endpoints(configured, deals.client) as url,
+        running_endpoints(configured, deals.client, clock=lambda: NOW) as url,
         httpx.AsyncClient(base_url=url, timeout=30) as http,
     ):
         yield Site(http, deals)
@@ -141,7 +142,7 @@ async def test_a_post_without_the_one_click_field_changes_nothing(site: Site) ->
 
 
 def signed(body: bytes, secret: str = SECRET, at: float | None = None) -> dict[str, str]:
-    timestamp = str(int(time.time() if at is None else at))
+    timestamp = str(int(NOW if at is None else at))
     return {
         "Content-Type": "application/json",
         "Dealflow-Timestamp": timestamp,
@@ -219,7 +220,7 @@ async def test_a_bad_or_missing_signature_is_unauthorized(site: Site) -> None:
 
 async def test_a_stale_timestamp_is_unauthorized(site: Site) -> None:
     body = event("D-1", delivery_date="2099-01-01")
-    answer = await post(site, body, signed(body, at=time.time() - 3600))
+    answer = await post(site, body, signed(body, at=NOW - 3600))
     assert answer.status_code == 401
     assert "away from our clock" in answer.json()["error"]
 
@@ -257,7 +258,7 @@ async def test_both_endpoints_ask_to_try_again_while_temporal_is_unreachable(
     token = TokenSigner(settings.signing_key()).unsubscribe_token("D-1", "bea@buyer.example.org")
     body = event("D-1", "delivered")
     async with (
-        running_endpoints(configured, nowhere) as url,
+        running_endpoints(configured, nowhere, clock=lambda: NOW) as url,
         httpx.AsyncClient(base_url=url, timeout=60) as http,
     ):
         hook = await http.post("/webhooks/fulfilment", content=body, headers=signed(body))

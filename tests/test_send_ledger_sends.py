@@ -6,8 +6,9 @@ ledger row an earlier attempt would have left, then let the deal send.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
 
+import pytest
 from temporalio.client import WorkflowHandle
 
 from ledger.database import LedgerDatabase
@@ -24,53 +25,61 @@ def first_message_id(deal: str) -> str:
     return f"<{deal}.001-proposal@seller.example.com>"
 
 
+@pytest.fixture
+async def ledger(deals: Deals) -> AsyncIterator[SendLedger]:
+    """The send ledger the test's worker writes to."""
+    database = LedgerDatabase(deals.settings.ledger_url)
+    yield SendLedger(database)
+    await database.dispose()
+
+
 async def started_after_an_earlier_attempt(
-    deals: Deals, sent: bool
-) -> tuple[str, WorkflowHandle, SendLedger]:
+    deals: Deals, ledger: SendLedger, sent: bool
+) -> tuple[str, WorkflowHandle]:
     """Start a deal whose proposal an earlier attempt claimed (and, if ``sent``, sent)."""
     deal = deals.input(kind="rfp")
-    ledger = SendLedger(LedgerDatabase(deals.settings.ledger_url))
     message_id = first_message_id(deal.deal_id)
     claim = await ledger.claim(
         message_id=message_id, deal_id="earlier", template="proposal", attempt=1,
-        worker="worker-that-died:4242", now=datetime.now(UTC),
+        worker="worker-that-died:4242", now=await deals.now(),
     )  # fmt: skip
     assert claim.outcome is ClaimOutcome.CLAIMED
     if sent:
-        await ledger.sent(message_id, "250 2.0.0 Ok: queued as 1A2B", datetime.now(UTC))
+        await ledger.sent(message_id, "250 2.0.0 Ok: queued as 1A2B", await deals.now())
     deals.started.add(deal.deal_id)
-    return deal.deal_id, await start_deal(deals.client, deals.settings, deal), ledger
+    return deal.deal_id, await start_deal(deals.client, deals.settings, deal)
 
 
 @on_both_databases
-async def test_every_send_is_recorded_with_the_relays_reply(deals: Deals) -> None:
+async def test_every_send_is_recorded_with_the_relays_reply(
+    deals: Deals, ledger: SendLedger
+) -> None:
     handle = await deals.start(kind="rfp")
     proposal = (await deals.settle(1))[0]
-    ledger = SendLedger(LedgerDatabase(deals.settings.ledger_url))
     row = await ledger.find(str(proposal["Message-ID"]))
     assert row is not None and row.state is SendState.SENT
     assert row.deal_id == deal_id(handle) and row.template == "proposal" and row.attempt == 1
     assert row.smtp_reply is not None and row.smtp_reply.startswith("250")
-    await ledger.database.dispose()
     await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
 
 
 @on_both_databases
-async def test_a_retry_of_a_recorded_send_completes_without_sending(deals: Deals) -> None:
-    deal, handle, ledger = await started_after_an_earlier_attempt(deals, sent=True)
+async def test_a_retry_of_a_recorded_send_completes_without_sending(
+    deals: Deals, ledger: SendLedger
+) -> None:
+    deal, handle = await started_after_an_earlier_attempt(deals, ledger, sent=True)
     await stage_is(handle, Stage.PROPOSAL_RECEIVED)
     await deals.quiet()
     assert deals.sink.received == []  # the relay already has it
     assert [m.outcome for m in (await status(handle)).messages] == ["sent"]
-    await ledger.database.dispose()
     await record(deals.client, deal, BuyerSignal.CANCELLED, Closed(reason="done"))
 
 
 @on_both_databases
 async def test_a_send_claimed_by_a_dead_attempt_is_held_shown_and_resent_by_ops(
-    deals: Deals,
+    deals: Deals, ledger: SendLedger
 ) -> None:
-    deal, handle, ledger = await started_after_an_earlier_attempt(deals, sent=False)
+    deal, handle = await started_after_an_earlier_attempt(deals, ledger, sent=False)
 
     # The buyer gets nothing; the rep is asked to check.
     task = (await deals.settle(1))[0]
@@ -93,23 +102,20 @@ async def test_a_send_claimed_by_a_dead_attempt_is_held_shown_and_resent_by_ops(
     assert resent is not None and resent.state is SendState.SENT
     assert resent.worker != "worker-that-died:4242" and resent.smtp_reply
     assert (await status(handle)).messages[-1].message_id == first_message_id(deal)
-    await ledger.database.dispose()
     await record(deals.client, deal, BuyerSignal.CANCELLED, Closed(reason="done"))
 
 
 @on_both_databases
 async def test_a_data_refused_with_4xx_is_recorded_failed_and_sent_once_on_retry(
-    deals: Deals,
+    deals: Deals, ledger: SendLedger
 ) -> None:
     deals.sink.refusals.append("451 4.3.0 Mailbox busy, try again later")
     handle = await deals.start(kind="rfp")
     proposal = (await deals.settle(1))[0]
-    ledger = SendLedger(LedgerDatabase(deals.settings.ledger_url))
 
     async def recorded() -> None:
         row = await ledger.find(str(proposal["Message-ID"]))
         assert row is not None and row.state is SendState.SENT and row.attempt == 2
 
     await eventually(recorded)
-    await ledger.database.dispose()
     await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))

@@ -5,7 +5,7 @@ buyer signal at once (the new stage is visible to the caller and to queries)
 and queue the emails of the step; the main loop sends what is queued, then
 sleeps until the next thing that is due (a follow-up touch, the check-in, the
 win-loss invitation...) or until a signal changes the state. Every waiting
-state has a timer, so no deal waits passively (PROCESS.md, principle 3).
+state has a timer, so no deal waits passively (docs/sales-process.md).
 """
 
 from __future__ import annotations

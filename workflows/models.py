@@ -2,7 +2,7 @@
 signals (one model per update) and the status it reports.
 
 Fields are added with defaults, never as new required fields, so that running
-deals keep decoding (ARCHITECTURE.md, rule 2).
+deals keep decoding.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ class Delivered(SignalPayload):
 
 
 class InterviewRecorded(SignalPayload):
-    """The four question groups of PROCESS.md step 10."""
+    """The four question groups of the win-loss interview (docs/sales-process.md)."""
 
     why_decided: str = Field(min_length=1)
     decision_process: str = Field(min_length=1)

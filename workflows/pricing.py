@@ -1,7 +1,7 @@
 """Price arithmetic for proposals and quotes: list totals, the floor, discounts.
 
 The proposal quotes list prices, which keep a reserved margin above the floor
-(PROCESS.md: "keep a safety margin in the price, because an RFQ will follow").
+(docs/sales-process.md: a proposal keeps a safety margin, because an RFQ will follow).
 An RFQ may concede that margin and nothing below the floor.
 """
 

@@ -2,7 +2,7 @@
 
 This module is the one definition of the stage list. The workflow, the CLI, the
 templates (through ``deal.stage``) and the pipeline report all read it.
-Stage names say what the buyer has reached, in the past tense (PROCESS.md).
+Stage names say what the buyer has reached, in the past tense (docs/sales-process.md).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from enum import StrEnum
 
 
 class InquiryKind(StrEnum):
-    """What the buyer's first inquiry was (PROCESS.md, "The inquiry is three stages")."""
+    """What the buyer's first inquiry was: RFI, RFP or RFQ (docs/sales-process.md)."""
 
     RFI = "rfi"
     RFP = "rfp"
