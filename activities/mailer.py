@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,6 +44,25 @@ FINAL_REPLY_TIMEOUT = 600.0
 
 
 HEARTBEAT_EVERY = 5.0
+
+# Test-only: ``<point>:<marker file>`` makes the first send that reaches ``point`` kill its
+# own worker (SIGKILL, as a crash would), once: the marker file records that it happened.
+# Points: before-data (after RCPT, before the ledger claim), after-reply (the relay said
+# 250, the ledger not yet written), after-record (the ledger says sent, the activity has
+# not completed). Off unless the variable is set.
+DIE_AT_VARIABLE = "DEALFLOW_TEST_DIE_AT"
+
+
+def _die_here_for_a_test(point: str) -> None:
+    wanted, _, marker = os.environ.get(DIE_AT_VARIABLE, "").partition(":")
+    if wanted != point or not marker:
+        return
+    try:
+        with open(marker, "x") as written:
+            written.write(f"{os.getpid()} {point}\n")
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @asynccontextmanager
@@ -350,6 +370,7 @@ class Mailer:
                 [aiosmtplib.SMTPRecipientRefused(code, text, address)
                  for address, (code, text) in refused.items()]
             )  # fmt: skip
+        _die_here_for_a_test("before-data")
         await self._claim(smtp, request)
         try:
             reply = await smtp.data(message.data, timeout=FINAL_REPLY_TIMEOUT)
@@ -359,7 +380,9 @@ class Mailer:
             raise
         # Anything else (a dropped connection, no final reply) leaves the claim standing:
         # the relay may have the message, and the next attempt holds it as maybe sent.
+        _die_here_for_a_test("after-reply")
         await self._record(request, f"{reply.code} {reply.message}", sent=True)
+        _die_here_for_a_test("after-record")
         return refused
 
     async def _claim(self, smtp: aiosmtplib.SMTP, request: EmailRequest) -> None:
