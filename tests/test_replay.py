@@ -1,40 +1,104 @@
 """Determinism: deal histories replay against today's workflow code.
 
 ``tests/histories/`` keeps histories recorded with earlier versions of the
-workflow; a change that breaks their replay needs ``workflow.patched``.
+workflow, one per deal path below; a change that breaks their replay needs
+``workflow.patched``.
+
+Each path is a recorder: it drives a deal on the time-skipping server to its end, or
+to a state where it waits (held, paused), and returns its history. Run as a test, a
+recorder replays its fresh history, so the recorders keep working as the workflow
+changes. To store the history of a new path::
+
+    DEALFLOW_RECORD_HISTORY=1 .venv/bin/python -m pytest tests/test_replay.py -k <path>
+
+Only missing files are written: a stored history is kept as the older code made it,
+never silently re-recorded with today's (delete the file to record it again).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from temporalio.client import WorkflowHistory
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from starter import record
-from tests.conftest import Deals
-from tests.test_lifecycle import ANSWERS, deal_id
+from ledger.database import LedgerDatabase
+from ledger.send_ledger import ClaimOutcome, SendLedger
+from starter import record, start_deal
+from tests.conftest import Deals, steps
+from tests.test_lifecycle import ANSWERS, deal_id, eventually, stage_is, status
 from worker import workflow_runner
-from workflows.deal import DealWorkflow
-from workflows.models import Closed, Delivered, DiscountRequested, OrderPlaced, PriceAgreed
-from workflows.stages import BuyerSignal
+from workflows.deal import INBOUND_MESSAGE, RESEND_FAILED, RESEND_SAME_MESSAGE_ID, DealWorkflow
+from workflows.models import (
+    Closed,
+    DealStatus,
+    DeclinedToTalk,
+    Delivered,
+    DiscountRequested,
+    InboundKind,
+    InboundMessage,
+    OptedOut,
+    OrderPlaced,
+    Paused,
+    PriceAgreed,
+    SignalPayload,
+)
+from workflows.stages import BuyerSignal, Stage
 
 HISTORIES = Path(__file__).parent / "histories"
 
 
-def replayer() -> Replayer:
+def replayer(*workflows: type) -> Replayer:
     return Replayer(
-        workflows=[DealWorkflow],
+        workflows=list(workflows) or [DealWorkflow],
         data_converter=pydantic_data_converter,
         # Workflow modules re-imported per run, so the sandbox checks the replayed code.
         workflow_runner=workflow_runner(isolated=True),
     )
 
 
+# --- the deal paths: one recorder each ---
+
+Recorder = Callable[[Deals], Awaitable[WorkflowHistory]]
+PATHS: dict[str, Recorder] = {}
+
+
+def deal_path(name: str) -> Callable[[Recorder], Recorder]:
+    """Register a recorder; its history is stored as ``tests/histories/<name>.json``."""
+
+    def register(recorder: Recorder) -> Recorder:
+        PATHS[name] = recorder
+        return recorder
+
+    return register
+
+
+async def ended(handle: WorkflowHandle) -> None:
+    """Wait (real time) until the deal has completed. Polled, never ``await result()``,
+    where a deal suppressed an address: see test_stop_rules' opt-out test."""
+
+    async def completed() -> None:
+        # From the history: describe() cannot decode the unset DealNextTouch attribute
+        # the time-skipping server keeps (see test_lifecycle's published_stage).
+        last = [event.event_type async for event in handle.fetch_history_events()][-1]
+        assert last == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, last
+
+    await eventually(completed)
+
+
+async def outcomes(handle: WorkflowHandle) -> list[str]:
+    return [m.outcome for m in (await status(handle)).messages]
+
+
+@deal_path("won_rfq_deal")
 async def won_deal_history(deals: Deals) -> WorkflowHistory:
     """A deal through quote, discount, order, delivery, check-in and win-loss."""
     handle = await deals.start(kind="rfq")
@@ -60,10 +124,213 @@ async def won_deal_history(deals: Deals) -> WorkflowHistory:
     return await handle.fetch_history()
 
 
-async def test_a_whole_deal_replays_without_nondeterminism(deals: Deals) -> None:
-    history = await won_deal_history(deals)
-    if os.environ.get("DEALFLOW_RECORD_HISTORY"):
-        (HISTORIES / "won_rfq_deal.json").write_text(history.to_json())
+@deal_path("rfi_general_offer")
+async def rfi_general_offer(deals: Deals) -> WorkflowHistory:
+    """An RFI whose buyer will not talk: the rep's task, then the general offer."""
+    handle = await deals.start(kind="rfi", items=[])
+    await deals.mail(1)
+    await record(deals.client, deal_id(handle), BuyerSignal.DECLINED_TO_TALK, DeclinedToTalk())
+    assert steps(await deals.settle(2)) == ["task_clarify_requirements", "general_offer"]
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)  # waiting for its first follow-up
+    return await handle.fetch_history()
+
+
+@deal_path("rfq_discount_agreed")
+async def rfq_discount_agreed(deals: Deals) -> WorkflowHistory:
+    """An RFQ, a discount the floor allows, a revised quotation, the price agreed."""
+    widgets = [{"name": "Widget", "quantity": 10, "list_price": "100"}]
+    handle = await deals.start(kind="rfq", items=widgets)
+    await deals.mail(2)
+    discount = DiscountRequested(percent=Decimal(5))
+    await record(deals.client, deal_id(handle), BuyerSignal.DISCOUNT_REQUESTED, discount)
+    await deals.mail(3)
+    await record(deals.client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
+    messages = await deals.settle(4)
+    assert steps(messages) == ["quotation", "task_negotiate_quote", "quotation", "final_offer"]
+    await stage_is(handle, Stage.OFFER_RECEIVED)
+    assert (await status(handle)).value == Decimal("950.00")
+    return await handle.fetch_history()
+
+
+@deal_path("no_response")
+async def no_response(deals: Deals) -> WorkflowHistory:
+    """A silent buyer: every proposal follow-up, then No Response and the rep's task."""
+    handle = await deals.start(kind="rfp")
+    await deals.mail(1)
+    for count, days in enumerate((2, 4, 7, 7), start=2):
+        await deals.skip(timedelta(days=days, hours=1))
+        await deals.mail(count)
+    final: DealStatus = await handle.result()
+    assert final.stage is Stage.NO_RESPONSE
+    assert steps(await deals.settle(5))[-1] == "task_loss_analysis"
+    return await handle.fetch_history()
+
+
+@deal_path("lost_with_loss_interview")
+async def lost_with_loss_interview(deals: Deals) -> WorkflowHistory:
+    """Lost to a cheaper supplier; three weeks on, the loss interview is invited and held."""
+    handle = await deals.start(kind="rfp")
+    await deals.mail(1)
+    lost = Closed(reason="chose a cheaper supplier")
+    await record(deals.client, deal_id(handle), BuyerSignal.LOST, lost)
+    await deals.skip(timedelta(days=21, hours=1))
+    messages = await deals.mail(3)
+    assert "loss_interview_invitation" in steps(messages)
+    await record(deals.client, deal_id(handle), BuyerSignal.INTERVIEW_RECORDED, ANSWERS)
+    final: DealStatus = await handle.result()
+    assert final.stage is Stage.LOST and final.interview == ANSWERS
+    return await handle.fetch_history()
+
+
+@deal_path("opted_out")
+async def opted_out(deals: Deals) -> WorkflowHistory:
+    """The buyer unsubscribes after the proposal: the address is suppressed, the deal ends."""
+    handle = await deals.start(kind="rfp")
+    await deals.mail(1)
+    opt_out = OptedOut(source="unsubscribe link")
+    await record(deals.client, deal_id(handle), BuyerSignal.OPTED_OUT, opt_out)
+    await ended(handle)
+    assert (await status(handle)).stage is Stage.OPTED_OUT
+    assert steps(await deals.settle(1)) == ["proposal"]
+    return await handle.fetch_history()
+
+
+@deal_path("out_of_office_hold")
+async def out_of_office_hold(deals: Deals) -> WorkflowHistory:
+    """An auto-reply read from the mailbox (a signal, not an update) holds the follow-up
+    that comes due while the buyer is away; it goes out on the return day."""
+    handle = await deals.start(kind="rfp")
+    await deals.mail(1)
+    back = (await deals.now()).date() + timedelta(days=6)
+    away = InboundMessage(
+        kind=InboundKind.OUT_OF_OFFICE,
+        event_id="<ooo-1@buyer.example.org>",
+        source="mailbox",
+        sender="bea@buyer.example.org",
+        subject="Out of office",
+        returns_on=back,
+    )
+    await handle.signal(INBOUND_MESSAGE, away)
+
+    async def held() -> None:
+        assert (await status(handle)).held_until is not None
+
+    await eventually(held)
+    await deals.skip(timedelta(days=3))  # the first follow-up (2 days) came due meanwhile
+    assert steps(await deals.settle(1)) == ["proposal"]
+    await deals.skip(timedelta(days=4))
+    assert steps(await deals.settle(2)) == ["proposal", "proposal_follow_up"]
+    return await handle.fetch_history()
+
+
+@deal_path("paused_and_resumed")
+async def paused_and_resumed(deals: Deals) -> WorkflowHistory:
+    """Ops pause a deal; the price is agreed meanwhile; nothing goes out until the resume,
+    then the final offer once."""
+    handle = await deals.start(kind="rfp")
+    await deals.mail(1)
+    await record(deals.client, deal_id(handle), BuyerSignal.PAUSED, Paused(note="rep on holiday"))
+    await record(deals.client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
+    await deals.skip(timedelta(days=9))
+    await deals.settle(1)
+    assert (await status(handle)).paused
+    await record(deals.client, deal_id(handle), BuyerSignal.RESUMED, SignalPayload())
+    assert steps(await deals.settle(2)) == ["proposal", "final_offer"]
+    return await handle.fetch_history()
+
+
+COMMITTEE = [
+    {"name": "Eve Economic", "email": "eve@buyer.example.org", "role": "economic_buyer"},
+    {"name": "Tom Technical", "email": "tom@buyer.example.org", "role": "technical"},
+    {"name": "Pat Procurement", "email": "pat@buyer.example.org", "role": "procurement"},
+]
+
+
+@deal_path("buying_committee")
+async def buying_committee(deals: Deals) -> WorkflowHistory:
+    """Three contacts with roles: the proposal, a follow-up and the final offer reach
+    the roles each template targets."""
+    handle = await deals.start(kind="rfp", contacts=COMMITTEE)
+    await deals.mail(1)
+    await deals.skip(timedelta(days=2, hours=1))
+    await deals.mail(2)
+    await record(deals.client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
+    messages = await deals.settle(3)
+    assert steps(messages) == ["proposal", "proposal_follow_up", "final_offer"]
+    assert len(messages[2]["To"].addresses) == 2
+    return await handle.fetch_history()
+
+
+@deal_path("hard_bounce")
+async def hard_bounce(deals: Deals) -> WorkflowHistory:
+    """The relay refuses the buyer with 550 on the first follow-up: bounced, the rep is told,
+    and the next follow-up is skipped without a send."""
+    handle = await deals.start(kind="rfp")
+    await deals.mail(1)
+    deals.sink.refused_recipients["bea@buyer.example.org"] = "550 5.1.1 No such mailbox"
+    await deals.skip(timedelta(days=2, hours=1))
+    assert steps(await deals.mail(2)) == ["proposal", "task_fix_address"]
+    await deals.quiet()
+    assert await outcomes(handle) == ["sent", "bounced", "sent"]
+    await deals.skip(timedelta(days=4, hours=1))
+
+    async def skipped() -> None:
+        assert await outcomes(handle) == ["sent", "bounced", "sent", "skipped"]
+
+    await eventually(skipped)
+    assert len(await deals.settle(2)) == 2
+    return await handle.fetch_history()
+
+
+@deal_path("resend_held_email")
+async def resend_held_email(deals: Deals) -> WorkflowHistory:
+    """A proposal an earlier attempt claimed and never finished is held as maybe-sent; the rep
+    is asked to check; ops resend it under its own Message-ID (patch resend-same-message-id)."""
+    deal = deals.input(kind="rfp")
+    message_id = f"<{deal.deal_id}.001-proposal@seller.example.com>"
+    database = LedgerDatabase(deals.settings.ledger_url)
+    try:
+        claim = await SendLedger(database).claim(
+            message_id=message_id, deal_id=deal.deal_id, template="proposal", attempt=1,
+            worker="worker-that-died:4242", now=await deals.now(),
+        )  # fmt: skip
+    finally:
+        await database.dispose()
+    assert claim.outcome is ClaimOutcome.CLAIMED
+    deals.started.add(deal.deal_id)
+    handle = await start_deal(deals.client, deals.settings, deal)
+    assert steps(await deals.settle(1)) == ["task_check_maybe_sent"]
+    assert await record(deals.client, deal.deal_id, RESEND_FAILED, SignalPayload()) == 1
+    messages = await deals.settle(2)
+    assert steps(messages) == ["task_check_maybe_sent", "proposal"]
+    assert messages[1]["Message-ID"] == message_id
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    history = await handle.fetch_history()
+    assert RESEND_SAME_MESSAGE_ID in patches(history)
+    return history
+
+
+def patches(history: WorkflowHistory) -> set[str]:
+    """The ids of the ``workflow.patched`` markers in a history."""
+    markers = [
+        event.marker_recorded_event_attributes
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+    ]
+    return {
+        json.loads(payload.data)["id"]
+        for marker in markers
+        if marker.marker_name == "core_patch"
+        for payload in marker.details["patch-data"].payloads
+    }
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+async def test_each_deal_path_replays_its_fresh_history(deals: Deals, path: str) -> None:
+    history = await PATHS[path](deals)
+    stored = HISTORIES / f"{path}.json"
+    if os.environ.get("DEALFLOW_RECORD_HISTORY") and not stored.exists():
+        stored.write_text(history.to_json())
     result = await replayer().replay_workflow(history)
     assert result.replay_failure is None
 
@@ -77,13 +344,16 @@ async def test_a_cancelled_deal_replays(deals: Deals) -> None:
     assert result.replay_failure is None
 
 
+# --- the stored histories, replayed in CI ---
+
 STORED = [
     WorkflowHistory.from_json(p.stem, p.read_text()) for p in sorted(HISTORIES.glob("*.json"))
 ]
 
 
-def test_histories_are_stored() -> None:
-    assert STORED, f"no recorded histories under {HISTORIES}"
+def test_every_deal_path_has_a_stored_history() -> None:
+    missing = sorted(set(PATHS) - {history.workflow_id for history in STORED})
+    assert not missing, f"record them: DEALFLOW_RECORD_HISTORY=1 ... -k '{' or '.join(missing)}'"
 
 
 @pytest.mark.parametrize("history", STORED, ids=lambda h: h.workflow_id)
