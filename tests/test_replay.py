@@ -2,7 +2,7 @@
 
 ``tests/histories/`` keeps histories recorded with earlier versions of the
 workflow, one per deal path below; a change that breaks their replay needs
-``workflow.patched``.
+``workflow.patched`` (the last tests show both sides of that).
 
 Each path is a recorder: it drives a deal on the time-skipping server to its end, or
 to a state where it waits (held, paused), and returns its history. Run as a test, a
@@ -25,6 +25,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -39,6 +40,7 @@ from worker import workflow_runner
 from workflows.deal import INBOUND_MESSAGE, RESEND_FAILED, RESEND_SAME_MESSAGE_ID, DealWorkflow
 from workflows.models import (
     Closed,
+    DealInput,
     DealStatus,
     DeclinedToTalk,
     Delivered,
@@ -359,4 +361,55 @@ def test_every_deal_path_has_a_stored_history() -> None:
 @pytest.mark.parametrize("history", STORED, ids=lambda h: h.workflow_id)
 async def test_stored_histories_still_replay(history: WorkflowHistory) -> None:
     result = await replayer().replay_workflow(history)
+    assert result.replay_failure is None
+
+
+# --- what replay catches: a change to the deal's commands, with and without a patch ---
+#
+# Replay compares each command's kind and sequence number with the history, not an
+# activity's input: code that swapped two sends (the rep's task before the quotation)
+# would replay these histories without a failure, and adopt each receipt for the
+# wrong email. Such a change needs a patch all the same; no test here can catch it.
+
+GRACE = timedelta(minutes=1)
+GRACE_PATCH = "grace-before-first-email"
+
+
+# Defined here, so outside the sandbox: the test module imports far more than a workflow may.
+@workflow.defn(name="DealWorkflow", sandboxed=False)
+class DealWithGrace(DealWorkflow):
+    """Today's deal with one change: a minute's grace before its first email (ops could
+    still correct the deal), so its first command is a timer, not the send activity."""
+
+    @workflow.run
+    async def run(self, deal: DealInput) -> DealStatus:
+        await workflow.sleep(GRACE)
+        return await super().run(deal)
+
+
+@workflow.defn(name="DealWorkflow", sandboxed=False)
+class DealWithPatchedGrace(DealWorkflow):
+    """The same change behind ``workflow.patched``: deals started before it keep their order."""
+
+    @workflow.run
+    async def run(self, deal: DealInput) -> DealStatus:
+        if workflow.patched(GRACE_PATCH):
+            await workflow.sleep(GRACE)
+        return await super().run(deal)
+
+
+@pytest.mark.parametrize("history", STORED, ids=lambda h: h.workflow_id)
+async def test_an_unpatched_change_of_command_order_fails_the_replay(
+    history: WorkflowHistory,
+) -> None:
+    result = await replayer(DealWithGrace).replay_workflow(history, raise_on_replay_failure=False)
+    assert isinstance(result.replay_failure, workflow.NondeterminismError), result.replay_failure
+    # The timer the changed code asks for is not the send the history recorded.
+    assert "Timer machine does not handle this event" in str(result.replay_failure)
+    assert "ActivityTaskScheduled" in str(result.replay_failure)
+
+
+@pytest.mark.parametrize("history", STORED, ids=lambda h: h.workflow_id)
+async def test_the_same_change_behind_a_patch_replays(history: WorkflowHistory) -> None:
+    result = await replayer(DealWithPatchedGrace).replay_workflow(history)
     assert result.replay_failure is None
