@@ -38,9 +38,10 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.signed_tokens import BadToken, TokenSigner, Unsubscribe
-from activities.suppression import Suppression, SuppressionList
 from connection import TemporalUnreachable, connect
 from deal_intake import explain
+from ledger.database import LedgerDatabase
+from ledger.suppression_list import SuppressionList, SuppressionReason, SuppressionSource
 from settings import Settings, load_settings
 from starter import DealUnreachable, NoSuchDeal, Refused, record, workflow_id
 from workflows.deal import INBOUND_MESSAGE
@@ -168,7 +169,8 @@ class Endpoints:
         # Unix seconds now; the webhook's replay window is measured on it.
         self.clock = clock
         self.signer = TokenSigner(settings.signing_key())
-        self.suppressions = SuppressionList(client, settings.temporal_task_queue)
+        self.database = LedgerDatabase(settings.ledger_url)
+        self.suppressions = SuppressionList(self.database)
 
     # --- unsubscribe (RFC 8058) ---
 
@@ -228,16 +230,21 @@ class Endpoints:
 
     async def _opt_out(self, named: Unsubscribe, token: str) -> None:
         # The global list first: it holds even when the deal has closed or is gone.
-        with _temporal_errors():
-            for address in named.addresses:
-                entry = Suppression(
-                    address=address,
-                    reason="opted_out",
+        for address in named.addresses:
+            try:
+                await self.suppressions.add(
+                    address,
+                    SuppressionReason.OPTED_OUT,
+                    SuppressionSource.ONE_CLICK,
+                    now=datetime.now(UTC),
                     detail="one-click unsubscribe",
                     deal_id=named.deal_id,
-                    at=datetime.now(UTC),
                 )
-                await self.suppressions.add(entry)
+            except ValueError:
+                continue  # not an address: nothing is mailed under it
+            except Exception as error:
+                raise Problem(503, f"the suppression list is unavailable ({error})") from None
+        with _temporal_errors():
             # A second click is the same event; a token for a large committee is too long
             # for an event id, so it goes in as its digest.
             if len(token) > 900:
@@ -328,7 +335,7 @@ def build_app(
 ) -> Starlette:
     """The ASGI app; ``client`` must use the pydantic data converter (``connection.connect``)."""
     endpoints = Endpoints(settings, client, clock)
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/unsubscribe/{token}", endpoints.confirm_unsubscribe, methods=["GET"]),
@@ -336,6 +343,8 @@ def build_app(
             Route("/webhooks/fulfilment", endpoints.fulfilment, methods=["POST"]),
         ]
     )
+    app.state.endpoints = endpoints
+    return app
 
 
 class _Server(uvicorn.Server):
@@ -366,8 +375,9 @@ async def running_endpoints(
 ) -> AsyncIterator[str]:
     """Serve the endpoints while the block runs; yields the URL they listen on."""
     listener = _listen(settings.http_host, settings.http_port)
+    app = build_app(settings, client, clock)
     config = uvicorn.Config(
-        build_app(settings, client, clock),
+        app,
         lifespan="off",
         log_level="warning",
         # Access logs would keep every unsubscribe token, which unsubscribes whoever it names.
@@ -383,6 +393,7 @@ async def running_endpoints(
         server.should_exit = True
         await serving
         listener.close()
+        await app.state.endpoints.database.dispose()
 
 
 async def serve_endpoints(

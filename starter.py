@@ -8,17 +8,18 @@ usage error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import functools
 import inspect
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import typer
@@ -45,7 +46,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.suppression import Suppression, SuppressionList
+from activities.suppression import Suppression as LegacySuppression
 from connection import TemporalUnreachable, connect
 from deal_intake import (
     CSV_COLUMNS,
@@ -59,6 +60,7 @@ from deal_intake import (
     parse_items,
     read_deal_file,
 )
+from ledger import LedgerProblem
 from settings import Settings, demo_cadence, load_settings
 from workflows.deal import PLAN, RESEND_FAILED, STATUS, DealWorkflow
 from workflows.mailbox_poller import (
@@ -89,6 +91,13 @@ from workflows.models import (
 )
 from workflows.search_attributes import DEAL_OWNER, DEAL_STAGE, DEAL_VALUE
 from workflows.stages import BuyerSignal, InquiryKind, Stage
+
+# Earlier versions kept each suppressed address as one open workflow of this type.
+LEGACY_SUPPRESSION_WORKFLOW = "SuppressedAddress"
+
+if TYPE_CHECKING:
+    # SQLAlchemy is imported by the commands that use the ledger, not by every command.
+    from ledger.suppression_list import SuppressionEntry, SuppressionList
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 # Deal data is user text: never read it as Rich markup ("[/b]" in a note must print as is).
@@ -137,30 +146,52 @@ def start_options(settings: Settings, deal: DealInput) -> dict[str, Any]:
     }
 
 
+@contextlib.asynccontextmanager
+async def suppression_list(settings: Settings) -> AsyncIterator[SuppressionList]:
+    """The ledger's suppression list for one command; a database failure becomes one line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ledger import LedgerProblem
+    from ledger.database import LedgerDatabase, explain
+    from ledger.suppression_list import SuppressionList
+
+    database = LedgerDatabase(settings.ledger_url)
+    try:
+        yield SuppressionList(database)
+    except LedgerProblem:
+        raise
+    except (SQLAlchemyError, OSError) as error:
+        raise explain(error, settings.ledger_url) from None
+    finally:
+        await database.dispose()
+
+
 async def suppressed_contacts(
-    client: Client, settings: Settings, deal: DealInput
-) -> list[Suppression]:
+    suppressions: SuppressionList, deal: DealInput
+) -> list[SuppressionEntry]:
     """The deal's contacts on the global suppression list (opted out or bounced)."""
-    suppressions = SuppressionList(client, settings.temporal_task_queue)
-    found = [await suppressions.find(str(contact.email)) for contact in deal.contacts]
-    return [entry for entry in found if entry is not None]
+    found = await suppressions.find([str(contact.email) for contact in deal.contacts])
+    return list(found.values())
 
 
-def describe_suppression(entry: Suppression) -> str:
-    what = entry.reason.replace("_", " ")
-    where = f" on deal {entry.deal_id}" if entry.deal_id else ""
-    return f"{entry.address} {what}{where} on {entry.at:%Y-%m-%d}"
-
-
-async def start_deal(client: Client, settings: Settings, deal: DealInput) -> WorkflowHandle:
+async def start_deal(
+    client: Client,
+    settings: Settings,
+    deal: DealInput,
+    suppressions: SuppressionList | None = None,
+) -> WorkflowHandle:
     """Start the deal's workflow; refused when it exists already, or when every contact is
     on the suppression list (the deal could never email anyone)."""
-    suppressed = await suppressed_contacts(client, settings, deal)
+    if suppressions is None:
+        async with suppression_list(settings) as opened:
+            return await start_deal(client, settings, deal, opened)
+    suppressed = await suppressed_contacts(suppressions, deal)
     if len(suppressed) == len(deal.contacts):
-        entries = "; ".join(describe_suppression(entry) for entry in suppressed)
+        entries = "; ".join(entry.describe() for entry in suppressed)
         raise Refused(
             f"deal {deal.deal_id!r} not started: every contact is on the suppression list "
-            f"({entries}); add a contact who may be emailed"
+            f"({entries}); add a contact who may be emailed, or lift the entry "
+            "('starter.py suppression lift ADDRESS --reason ...')"
         )
     try:
         return await client.start_workflow(DealWorkflow.run, deal, **start_options(settings, deal))
@@ -276,6 +307,18 @@ async def bulk_start(
 
     ``lines`` are the rows' line numbers in the file (default: one row per line after a header).
     """
+    async with suppression_list(settings) as suppressions:
+        return await _bulk_start(client, settings, suppressions, rows, on_done, lines)
+
+
+async def _bulk_start(
+    client: Client,
+    settings: Settings,
+    suppressions: SuppressionList,
+    rows: Sequence[dict[str, str | None]],
+    on_done: Callable[[], None],
+    lines: Sequence[int] | None,
+) -> BulkResult:
     result = BulkResult([], [])
     slots = asyncio.Semaphore(settings.bulk_start_concurrency)
 
@@ -284,7 +327,7 @@ async def bulk_start(
         try:
             deal = deal_from_row(settings, row)
             async with slots:
-                await start_deal(client, settings, deal)
+                await start_deal(client, settings, deal, suppressions)
             result.started.append(deal_id)
         except (BadInput, Refused) as error:
             result.failed.append((line, deal_id, str(error)))
@@ -315,7 +358,7 @@ def _run(command: Callable[..., Awaitable[T]]) -> Callable[..., T]:
 
         try:
             return asyncio.run(main())
-        except (Refused, BadInput, TemporalUnreachable) as error:
+        except (Refused, BadInput, TemporalUnreachable, LedgerProblem) as error:
             err.print(f"dealflow: {error}", soft_wrap=True)
             raise typer.Exit(1) from None
         except RPCError as error:
@@ -397,13 +440,14 @@ async def start(
         fields["cadence"] = {**demo_cadence().model_dump(), **fields.get("cadence", {})}
         fields.setdefault("calendar", None)  # the demo runs at any hour
     deal = build_deal(settings, fields)
-    await start_deal(client, settings, deal)
-    out.print(f"{deal.deal_id}: started as {deal.kind.value.upper()} for {deal.company}")
-    for entry in await suppressed_contacts(client, settings, deal):
-        err.print(
-            f"dealflow: warning: {describe_suppression(entry)}: the deal will not email them",
-            soft_wrap=True,
-        )
+    async with suppression_list(settings) as suppressions:
+        await start_deal(client, settings, deal, suppressions)
+        out.print(f"{deal.deal_id}: started as {deal.kind.value.upper()} for {deal.company}")
+        for entry in await suppressed_contacts(suppressions, deal):
+            err.print(
+                f"dealflow: warning: {entry.describe()}: the deal will not email them",
+                soft_wrap=True,
+            )
 
 
 @app.command("bulk-start")
@@ -649,19 +693,50 @@ async def _away(
     return _payload(OutOfOffice, until=moment, note=note, source=source)
 
 
-@_signal_command(
-    "optout",
-    BuyerSignal.OPTED_OUT,
-    "The buyer opted out: the address is never mailed again, from any deal.",
-)
-async def _optout(
+@app.command("optout")
+@_run
+async def optout(
     client: Client,
+    settings: Settings,
     deal_id: str = DealId,
     address: str = typer.Option(None, help="Which contact opted out (default: the main one)."),
     note: str = Note,
     source: str = Source,
-) -> OptedOut:
-    return _payload(OptedOut, address=address, note=note, source=source)
+) -> None:
+    """The buyer opted out: the address is never mailed again, from any deal."""
+    from ledger.suppression_list import SuppressionReason, SuppressionSource
+
+    signal = _payload(OptedOut, address=address, note=note, source=source)
+    try:
+        deal: DealStatus | None = await status(client, deal_id)
+    except (NoSuchDeal, DealClosed):
+        deal = None  # the list holds for every deal: write it all the same
+    if deal is None and signal.address is None:
+        raise BadInput(f"deal {deal_id!r} is closed or unknown: name the address with --address")
+    if deal is not None:
+        contacts = [contact.lower() for contact in deal.contacts]
+        if signal.address is not None and str(signal.address).lower() not in contacts:
+            raise Refused(f"{signal.address} is not a contact of deal {deal_id!r}")
+    chosen = str(signal.address) if signal.address else deal.contacts[0]  # type: ignore[union-attr]
+    # The list first, at once: every deal and every worker honours it from this commit on,
+    # whatever this deal is doing (its outbox may be held for hours).
+    async with suppression_list(settings) as suppressions:
+        entry = await suppressions.add(
+            chosen,
+            SuppressionReason.OPTED_OUT,
+            SuppressionSource.CLI,
+            now=datetime.now(UTC),
+            detail=note or f"reported by {source}",
+            deal_id=deal_id,
+        )
+    out.print(f"{entry.address}: on the suppression list for every deal", soft_wrap=True)
+    try:
+        stage = await record(client, deal_id, BuyerSignal.OPTED_OUT, signal)
+    except (NoSuchDeal, DealClosed) as closed:
+        out.print(f"{deal_id}: not told ({closed})", soft_wrap=True)
+        return
+    told = BuyerSignal.OPTED_OUT.value
+    out.print(f"{deal_id}: {told} recorded; stage is now {Stage(stage).value}")
 
 
 @_signal_command("skip", BuyerSignal.TOUCH_SKIPPED, "Skip the deal's next follow-up touch.")
@@ -891,6 +966,143 @@ def db_upgrade() -> None:
         out.print(f"ledger {where}: schema {now}, up to date", soft_wrap=True)
     else:
         out.print(f"ledger {where}: schema {before or 'none'} -> {now}", soft_wrap=True)
+
+
+suppression_app = typer.Typer(
+    no_args_is_help=True, help="The global suppression list (opt-outs and hard bounces)."
+)
+app.add_typer(suppression_app, name="suppression")
+
+
+def _ledger_command(command: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an async command on the ledger's suppression list; failures become one line."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        settings = load_settings()
+
+        async def main() -> None:
+            async with suppression_list(settings) as suppressions:
+                await command(suppressions, *args, **kwargs)
+
+        try:
+            asyncio.run(main())
+        except (Refused, BadInput, LedgerProblem) as error:
+            err.print(f"dealflow: {error}", soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    signature = inspect.signature(command)
+    first, *rest = signature.parameters.values()
+    wrapper.__signature__ = signature.replace(parameters=rest)  # type: ignore[attr-defined]
+    # Typer reads the hints too; the list's type is only imported when a command runs.
+    wrapper.__annotations__ = {
+        name: hint for name, hint in command.__annotations__.items() if name != first.name
+    }
+    return wrapper
+
+
+Address = typer.Argument(..., help="The email address.")
+
+
+def _normalized(address: str) -> str:
+    from ledger.addresses import NotAnAddress, normalized_address
+
+    try:
+        return normalized_address(address)
+    except NotAnAddress as error:
+        raise BadInput(str(error)) from None
+
+
+@suppression_app.command("list")
+@_ledger_command
+async def suppression_list_command(
+    suppressions: SuppressionList,
+    lifted: bool = typer.Option(False, "--lifted", help="Show lifted entries too."),
+) -> None:
+    """Every suppressed address, newest first."""
+    entries = await suppressions.entries(lifted=lifted)
+    table = Table("address", "reason", "source", "deal", "since", "lifted")
+    for entry in entries:
+        table.add_row(
+            entry.address or "(erased)",
+            entry.reason.value.replace("_", " "),
+            entry.source,
+            entry.deal_id or "-",
+            _when(entry.suppressed_at),
+            _when(entry.lifted_at) if entry.lifted_at else "",
+        )
+    out.print(table)
+    out.print(f"{sum(e.standing for e in entries)} address(es) suppressed")
+
+
+@suppression_app.command("show")
+@_ledger_command
+async def suppression_show(suppressions: SuppressionList, address: str = Address) -> None:
+    """One address's entry: why, from where, since when (and whether it was lifted)."""
+    entry = await suppressions.show(_normalized(address))
+    if entry is None:
+        raise Refused(f"{_normalized(address)} is not on the suppression list")
+    out.print(f"address:   {entry.address or '(erased)'}", soft_wrap=True)
+    out.print(f"reason:    {entry.reason.value.replace('_', ' ')}")
+    out.print(f"source:    {entry.source}")
+    out.print(f"deal:      {entry.deal_id or '-'}")
+    out.print(f"since:     {_when(entry.suppressed_at)}")
+    out.print(f"detail:    {entry.detail}", soft_wrap=True)
+    if entry.lifted_at:
+        out.print(f"lifted:    {_when(entry.lifted_at)}: {entry.lift_reason}", soft_wrap=True)
+        out.print("state:     lifted (mail may go to this address again)")
+    else:
+        out.print("state:     suppressed (no deal mails this address)")
+
+
+@suppression_app.command("lift")
+@_ledger_command
+async def suppression_lift(
+    suppressions: SuppressionList,
+    address: str = Address,
+    reason: str = typer.Option(..., "--reason", help="Why, for the audit (required)."),
+) -> None:
+    """Take an address off the list: deals may mail it again. The entry is kept, lifted."""
+    from ledger.suppression_list import NotSuppressed
+
+    if not reason.strip():
+        raise BadInput("--reason must say why the address may be mailed again")
+    try:
+        entry = await suppressions.lift(_normalized(address), reason.strip(), datetime.now(UTC))
+    except NotSuppressed as error:
+        raise Refused(str(error)) from None
+    out.print(f"{entry.address}: lifted ({reason.strip()})", soft_wrap=True)
+
+
+@suppression_app.command("import-workflows")
+@_run
+async def suppression_import(client: Client, settings: Settings) -> None:
+    """Move the SuppressedAddress workflows of earlier versions into the ledger, then end
+    them (run once after upgrading; safe to run again)."""
+    from ledger.suppression_list import SuppressionReason, SuppressionSource
+
+    query = f'WorkflowType = "{LEGACY_SUPPRESSION_WORKFLOW}" AND ExecutionStatus = "Running"'
+    moved = 0
+    async with suppression_list(settings) as suppressions:
+        async for execution in client.list_workflows(query):
+            text = await execution.memo_value("entry", None, type_hint=str)
+            if text is None:
+                err.print(f"dealflow: warning: {execution.id} has no entry; left running")
+                continue
+            legacy = LegacySuppression.model_validate_json(text)
+            await suppressions.add(
+                legacy.address,
+                SuppressionReason(legacy.reason),
+                SuppressionSource.IMPORTED,
+                now=legacy.at,
+                detail=legacy.detail,
+                deal_id=legacy.deal_id,
+            )
+            handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+            with contextlib.suppress(RPCError):  # ended meanwhile: nothing left to end
+                await handle.terminate(reason="moved to the ledger's suppression list")
+            moved += 1
+    out.print(f"{moved} suppressed address(es) moved into the ledger")
 
 
 if __name__ == "__main__":

@@ -26,13 +26,14 @@ from activities.mailer import BuyerLinks, Mailer, Sender, unsubscribe_mailbox
 from activities.rendering import TemplateLibrary
 from activities.signed_tokens import TokenSigner
 from activities.smtp_pool import SmtpEndpoint, SmtpPool
-from activities.suppression import SuppressionList
+from activities.suppression import SuppressionWriter
 from connection import TemporalUnreachable, connect
 from devstack import DevServer, LocalMailbox, OutboxSink
 from endpoints import EndpointsUnavailable, running_endpoints
 from ledger import schema
 from ledger.database import LedgerDatabase, LedgerProblem, display
 from ledger.send_ledger import SendLedger
+from ledger.suppression_list import SuppressionList
 from settings import ImapTls, Settings, SmtpTls, load_settings
 from workflows.deal import DealWorkflow
 from workflows.mailbox_poller import (
@@ -41,7 +42,6 @@ from workflows.mailbox_poller import (
     MailboxPollerWorkflow,
 )
 from workflows.mailbox_quota import MailboxQuotaWorkflow
-from workflows.suppressed_address import SuppressedAddressWorkflow
 
 
 def build_mailer(settings: Settings) -> Mailer:
@@ -66,16 +66,21 @@ def build_mailer(settings: Settings) -> Mailer:
         reply_base=settings.reply_base,
         public_url=settings.public_url,
     )
+    # One database for the worker's sends, its suppression look-ups and its mailbox reader.
+    database = LedgerDatabase(settings.ledger_url)
     return Mailer(
         sender,
         TemplateLibrary(settings.templates_dir),
         SmtpPool(endpoint, settings.smtp_pool_size),
+        suppressions=SuppressionList(database),
         links=links,
-        ledger=SendLedger(LedgerDatabase(settings.ledger_url)),
+        ledger=SendLedger(database),
     )
 
 
-def build_mailbox_reader(settings: Settings) -> MailboxReader | None:
+def build_mailbox_reader(
+    settings: Settings, suppressions: SuppressionList | None = None
+) -> MailboxReader | None:
     """The IMAP side of the poller, when a reply mailbox is configured."""
     if not settings.imap_host:
         return None
@@ -97,6 +102,7 @@ def build_mailbox_reader(settings: Settings) -> MailboxReader | None:
         unsubscribe_address=unsubscribe_mailbox(settings.reply_base),
         domains=[settings.sender_domain],
         batch_size=settings.imap_batch_size,
+        suppressions=suppressions,
     )
 
 
@@ -120,9 +126,7 @@ def build_worker(
     mailbox: MailboxReader | None = None,
 ) -> Worker:
     mailer = mailer or build_mailer(settings)
-    mailbox = mailbox or build_mailbox_reader(settings)
-    suppressions = SuppressionList(client, settings.temporal_task_queue)
-    mailer.suppressions = suppressions
+    mailbox = mailbox or build_mailbox_reader(settings, mailer.suppressions)
     if settings.send_cap_per_24h:
         sender = str(settings.sender_address)
         queue = settings.temporal_task_queue
@@ -133,13 +137,12 @@ def build_worker(
         task_queue=settings.temporal_task_queue,
         workflows=[
             DealWorkflow,
-            SuppressedAddressWorkflow,
             MailboxQuotaWorkflow,
             MailboxPollerWorkflow,
         ],
         activities=[
             mailer.send_email,
-            suppressions.suppress,
+            SuppressionWriter(mailer.suppressions).suppress,
             *([mailbox.read_mailbox] if mailbox else []),
         ],
         max_cached_workflows=settings.max_cached_workflows,

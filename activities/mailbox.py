@@ -2,10 +2,12 @@
 
 One activity call reads the messages that arrived after a cursor (UIDVALIDITY and
 the last UID seen), classifies each one and finds its deal (``inbound_mail``), and
-returns them with the new cursor. It never changes the mailbox (BODY.PEEK: unread stays
-unread; people and other tools read it too). The poller workflow keeps the cursor and
-signals the deals, so a crash anywhere re-reads at worst, and each deal applies a
-given Message-ID once.
+returns them with the new cursor. A mailto unsubscribe and a permanent bounce of our
+mail go on the suppression list here, before the batch is returned, so the list holds
+before any deal hears of them and whether or not the deal is still open. It never
+changes the mailbox (BODY.PEEK: unread stays unread; people and other tools read it
+too). The poller workflow keeps the cursor and signals the deals, so a crash anywhere
+re-reads at worst, and each deal applies a given Message-ID once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import aioimaplib
 from pydantic import BaseModel, Field
@@ -24,6 +27,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities.inbound_mail import InboundKind, match_deal, read_inbound
 from activities.signed_tokens import BadToken, TokenSigner
+
+if TYPE_CHECKING:
+    from ledger.suppression_list import SuppressionList
 
 READ_MAILBOX = "read_mailbox"
 _UID = re.compile(rb"UID (\d+)")
@@ -91,6 +97,7 @@ class MailboxReader:
         unsubscribe_address: str,
         domains: Sequence[str],
         batch_size: int = 200,
+        suppressions: SuppressionList | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.signer = signer
@@ -98,6 +105,7 @@ class MailboxReader:
         self.unsubscribe_address = unsubscribe_address
         self.domains = list(domains)
         self.batch_size = batch_size
+        self.suppressions = suppressions
 
     async def _open(self) -> tuple[aioimaplib.IMAP4, int]:
         e = self.endpoint
@@ -135,6 +143,7 @@ class MailboxReader:
         finally:
             with contextlib.suppress(OSError, TimeoutError, aioimaplib.Abort):
                 await imap.logout()
+        await self._suppress(entries)
         last = chosen[-1] if chosen else after
         return MailboxBatch(
             cursor=MailboxCursor(uid_validity=uid_validity, last_uid=last),
@@ -142,6 +151,36 @@ class MailboxReader:
             more=len(uids) > len(chosen),
             rescanned=rescanned and cursor.uid_validity != 0,
         )
+
+    async def _suppress(self, entries: list[InboxEntry]) -> None:
+        """The batch's opt-outs and hard bounces onto the list; a failed write is retried
+        with the whole batch (the cursor has not moved), so none is lost."""
+        if self.suppressions is None:
+            return
+        from ledger.suppression_list import SuppressionReason, SuppressionSource
+
+        for entry in entries:
+            if entry.kind is InboundKind.UNSUBSCRIBE:
+                reason, source, detail = (
+                    SuppressionReason.OPTED_OUT, SuppressionSource.MAILTO, "mailto unsubscribe"
+                )  # fmt: skip
+                addresses = entry.unsubscribe_addresses
+            elif entry.kind is InboundKind.BOUNCE and entry.permanent and entry.deal_id:
+                reason, source = SuppressionReason.BOUNCED, SuppressionSource.DSN
+                detail = f"{entry.bounce_status or 'no status'} permanent: {entry.subject}"
+                addresses = [entry.failed_recipient] if entry.failed_recipient else []
+            else:
+                continue
+            for address in addresses:
+                try:
+                    await self.suppressions.add(
+                        address, reason, source, now=entry.read_at, detail=detail,
+                        deal_id=entry.deal_id or "",
+                    )  # fmt: skip
+                except ValueError:
+                    continue  # not an address: nothing is mailed under it
+                except Exception as error:
+                    raise MailboxProblem(f"suppression list not written: {error}") from None
 
     async def _uids_after(self, imap: aioimaplib.IMAP4, after: int) -> list[int]:
         found = await _ok(imap.uid_search(f"UID {after + 1}:*"), "search new messages")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import aiosmtplib
 from email_validator import EmailNotValidError, validate_email
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.email_models import EmailReceipt, EmailRequest, Party
 from activities.mailbox_quota import MailboxQuota
@@ -31,12 +31,12 @@ from activities.mime import Mailbox, OutgoingMessage, compose
 from activities.rendering import RenderedEmail, TemplateLibrary, TemplateProblem
 from activities.signed_tokens import TokenSigner
 from activities.smtp_pool import SmtpPool
-from activities.suppression import Suppression, SuppressionList
 
 if TYPE_CHECKING:
     # SQLAlchemy is imported where a send needs it: the workflow imports this module for
     # the activity's name, and every CLI command imports the workflow.
     from ledger.send_ledger import SendLedger
+    from ledger.suppression_list import SuppressionList
 
 SEND_EMAIL = "send_email"
 # RFC 5321 4.5.3.2.6: wait up to 10 minutes for the final reply after DATA.
@@ -175,6 +175,33 @@ def _address(party: Party) -> Address:
     return Address(display_name=party.name, addr_spec=checked.normalized)
 
 
+def _receipt(request: EmailRequest, message: OutgoingMessage) -> EmailReceipt:
+    return EmailReceipt(
+        message_id=request.message_id, subject=message.subject, accepted=message.recipients
+    )
+
+
+def _expected(message: str, kind: str) -> ApplicationError:
+    """A refusal the policy expects (suppressed, held as maybe sent): one line in the log.
+
+    Marked benign, so the SDK logs it at debug rather than as a warning with a traceback.
+    """
+    if activity.in_activity():
+        info = activity.info()
+        activity.logger.warning("%s not sent (%s): %s", info.activity_id, kind, message)
+    return ApplicationError(
+        message, type=kind, non_retryable=True, category=ApplicationErrorCategory.BENIGN
+    )
+
+
+def _ledger_down(error: Exception, url: str) -> ApplicationError:
+    """A retryable failure for a send that cannot read or write the ledger: it waits for
+    the database rather than mail an address the list might hold."""
+    from ledger.database import explain
+
+    return ApplicationError(str(explain(error, url)), type="LedgerUnavailable")
+
+
 def _first_code(error: aiosmtplib.SMTPRecipientsRefused) -> tuple[int, str]:
     refused = error.recipients[0]
     return refused.code, f"{refused.recipient}: {refused.code} {refused.message}"
@@ -264,35 +291,42 @@ class Mailer:
         """
         if self.suppressions is None or request.buyer_facing is False:
             return request
-        allowed, found = [], []
-        for party in request.to:
-            entry = await self.suppressions.find(party.email)
-            if entry is None:
-                allowed.append(party)
-            else:
-                found.append(entry)
+        try:
+            found = await self.suppressions.find([party.email for party in request.to])
+        except Exception as error:
+            raise _ledger_down(error, self.suppressions.database.url) from None
         if not found:
             return request
+        allowed = [party for party in request.to if party.email not in found]
         if allowed:
             return request.model_copy(update={"to": allowed})
-        opted_out = [e for e in found if e.reason == "opted_out"]
+        entries = list(found.values())
+        opted_out = any(entry.reason == "opted_out" for entry in entries)
         kind = FailureType.OPTED_OUT if opted_out else FailureType.SUPPRESSED
-        detail = "; ".join(f"{e.address} {e.reason.replace('_', ' ')} ({e.deal_id})" for e in found)
-        raise ApplicationError(f"suppressed: {detail}", type=kind, non_retryable=True)
+        detail = "; ".join(entry.describe() for entry in entries)
+        raise _expected(f"suppressed: {detail}", kind)
 
     async def _suppress_bounced(self, request: EmailRequest, detail: str) -> None:
+        """A 5xx for a buyer's address puts it on the list before the deal hears of it."""
         if self.suppressions is None or request.buyer_facing is False:
             return
+        from ledger.suppression_list import SuppressionReason, SuppressionSource
+
         for party in request.to:
-            if party.email.lower() in detail.lower():
-                entry = Suppression(
-                    address=party.email,
-                    reason="bounced",
+            if party.email.lower() not in detail.lower():
+                continue
+            try:
+                await self.suppressions.add(
+                    party.email,
+                    SuppressionReason.BOUNCED,
+                    SuppressionSource.SMTP_BOUNCE,
+                    now=datetime.now(UTC),
                     detail=detail,
                     deal_id=request.context.deal.deal_id,
-                    at=datetime.now(UTC),
                 )
-                await self.suppressions.add(entry)
+            except Exception as error:
+                # Retried: the relay refuses again, and the next attempt writes the entry.
+                raise _ledger_down(error, self.suppressions.database.url) from None
 
     @activity.defn(name=SEND_EMAIL)
     async def send_email(self, request: EmailRequest) -> EmailReceipt:
@@ -302,14 +336,9 @@ class Mailer:
             return await self._send_email(request)
 
     async def _send_email(self, request: EmailRequest) -> EmailReceipt:
-        recipients = [_address(party) for party in request.to]
+        for party in request.to:
+            _address(party)  # a malformed address fails before anything else is done
         rendered = self._render(request)
-        # The suppression list is checked last, right before SMTP: an opt-out
-        # recorded a second ago by another deal still stops this email.
-        allowed = await self._unsuppressed(request)
-        if allowed is not request:  # some recipients are suppressed: leave them out
-            request, recipients = allowed, [_address(party) for party in allowed.to]
-        message = self._message(request, recipients, rendered)
         if self.quota is not None:
             slot = await self.quota.slot(request.message_id)
             # The server's clock, as the quota's slots are (it also skips time in tests).
@@ -321,14 +350,18 @@ class Mailer:
                     type="MailboxCapReached",
                     next_retry_delay=wait,
                 )
-        receipt = EmailReceipt(
-            message_id=request.message_id, subject=message.subject, accepted=message.recipients
-        )
+        message: OutgoingMessage | None = None
         try:
             async with self.pool.connection() as smtp:
+                # The suppression list is read last, holding the connection, right before
+                # MAIL FROM: an opt-out committed a moment ago by any path stops this email.
+                request = await self._unsuppressed(request)
+                recipients = [_address(party) for party in request.to]
+                message = self._message(request, recipients, rendered)
                 refused = await self._transmit(smtp, request, message)
         except _AlreadySent:
-            return receipt
+            assert message is not None
+            return _receipt(request, message)
         except aiosmtplib.SMTPRecipientsRefused as error:
             code, detail = _first_code(error)
             if code >= 500:
@@ -346,7 +379,7 @@ class Mailer:
                 ) from None
             raise
         accepted = [address for address in message.recipients if address not in refused]
-        return receipt.model_copy(update={"accepted": accepted})
+        return _receipt(request, message).model_copy(update={"accepted": accepted})
 
     async def _transmit(
         self, smtp: aiosmtplib.SMTP, request: EmailRequest, message: OutgoingMessage
@@ -404,19 +437,18 @@ class Mailer:
             )
         except Exception as error:
             await smtp.rset()
-            raise self.ledger.unavailable(error) from None
+            raise _ledger_down(error, self.ledger.database.url) from None
         if claim.outcome is ClaimOutcome.CLAIMED:
             return
         await smtp.rset()
         if claim.outcome is ClaimOutcome.ALREADY_SENT:
             raise _AlreadySent()
         held = claim.record
-        raise ApplicationError(
+        raise _expected(
             f"maybe sent: attempt {held.attempt} on {held.worker} claimed it at "
             f"{held.claimed_at:%Y-%m-%d %H:%M:%S} and never recorded the relay's reply; "
             "held so the buyer gets no second copy: check the relay's log, then resend",
-            type=FailureType.MAYBE_SENT,
-            non_retryable=True,
+            FailureType.MAYBE_SENT,
         )
 
     async def _record(self, request: EmailRequest, reply: str, sent: bool) -> None:

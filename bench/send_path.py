@@ -163,10 +163,11 @@ async def run(args: argparse.Namespace) -> list[Row]:
         mailer = build_mailer(settings)
         build_worker(s.client, settings, mailer)  # wires the mailer as the worker does
         bare = build_mailer(settings)  # the same, without the suppression look-up
+        bare.suppressions = None
         unrecorded = build_mailer(settings)  # and without the send ledger either
         assert unrecorded.ledger is not None
         await unrecorded.ledger.database.dispose()
-        unrecorded.ledger = None
+        unrecorded.ledger = unrecorded.suppressions = None
         messages = [flatten(mailer.build(request)) for request in requests]
         figures: dict[str, list[float]] = {
             "ours": [], "bare": [], "unrecorded": [], "raw-1": [], "raw-pool": []

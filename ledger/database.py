@@ -12,16 +12,16 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from ledger import LedgerProblem
+
+__all__ = ["LedgerDatabase", "LedgerProblem", "async_url", "display", "explain"]
+
 T = TypeVar("T")
 
 # The async driver for each database Dealflow supports.
 DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 # How long a writer waits for a lock before the ledger says so (SQLite busy timeout).
 LOCK_WAIT_SECONDS = 15.0
-
-
-class LedgerProblem(Exception):
-    """The ledger cannot be used; the message says what is wrong and what to do."""
 
 
 def async_url(url: str) -> URL:

@@ -23,9 +23,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from temporalio.exceptions import ApplicationError
 
-from ledger.database import LedgerDatabase, explain
+from ledger.database import LedgerDatabase
 from ledger.tables import SENT_EMAILS
 
 
@@ -65,11 +64,6 @@ class SendLedger:
     def __init__(self, database: LedgerDatabase) -> None:
         self.database = database
         self._insert = (sqlite if database.is_sqlite else postgresql).insert
-
-    def unavailable(self, error: Exception) -> ApplicationError:
-        """A retryable failure for a send that cannot reach the ledger: it waits for the
-        database rather than risk a copy the ledger does not know about."""
-        return ApplicationError(str(explain(error, self.database.url)), type="LedgerUnavailable")
 
     async def find(self, message_id: str) -> SendRecord | None:
         return await self.database.run(lambda c: _find(c, message_id))

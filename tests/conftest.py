@@ -34,6 +34,8 @@ from temporalio.testing import WorkflowEnvironment
 from deal_intake import build_deal
 from devstack import OutboxSink, installed_binary, register_search_attributes
 from ledger import schema
+from ledger.database import LedgerDatabase
+from ledger.suppression_list import SuppressionList
 from settings import Settings, load_settings
 from starter import start_deal, start_options
 from tests.clock import QUIET_TUESDAY_MORNING, BuyerCalendar, StartInstant
@@ -97,6 +99,14 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # One file, no write-ahead log beside it, so a plain copy is the whole database.
     sqlite3.connect(path).execute("PRAGMA journal_mode=DELETE").close()
     return path
+
+
+@pytest.fixture
+async def suppressions(ledger_url: str) -> AsyncIterator[SuppressionList]:
+    """The test's own ledger's suppression list (the one its worker reads)."""
+    database = LedgerDatabase(ledger_url)
+    yield SuppressionList(database)
+    await database.dispose()
 
 
 @pytest.fixture

@@ -28,12 +28,13 @@ import pytest_asyncio
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from activities.suppression import SuppressionList
 from deal_intake import CSV_COLUMNS
 from devstack import DevServer, OutboxSink, free_port
 from ledger import schema
+from ledger.database import LedgerDatabase
+from ledger.suppression_list import SuppressionList, SuppressionReason, SuppressionSource
 from settings import load_settings
-from starter import workflow_id
+from starter import LEGACY_SUPPRESSION_WORKFLOW, workflow_id
 from tests.conftest import MAIL_WITHIN
 from worker import build_mailer, build_worker
 from workflows.deal import STATUS
@@ -72,6 +73,7 @@ class Stack:
     sink: OutboxSink
     client: Client
     task_queue: str
+    suppressions: SuppressionList
 
     def env(self, **overrides: str) -> dict[str, str]:
         # The caller's own DEALFLOW_* settings must not leak into the CLI under test.
@@ -79,6 +81,7 @@ class Stack:
         return {
             **inherited,
             "DEALFLOW_TEMPORAL_ADDRESS": self.server.address,
+            "DEALFLOW_DATABASE_URL": self.suppressions.database.url,
             "DEALFLOW_TEMPORAL_NAMESPACE": "default",
             "DEALFLOW_SEND_WINDOW": "always",
             "DEALFLOW_TEMPORAL_TASK_QUEUE": self.task_queue,
@@ -184,11 +187,14 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             _env_file=None,
         )
         mailer = build_mailer(settings)
+        database = LedgerDatabase(ledger_url)
         try:
             async with build_worker(client, settings, mailer):
-                yield Stack(server, sink, client, settings.temporal_task_queue)
+                queue = settings.temporal_task_queue
+                yield Stack(server, sink, client, queue, SuppressionList(database))
         finally:
             await mailer.pool.close()
+            await database.dispose()
     finally:
         sink.stop()
         server.stop()
@@ -246,12 +252,9 @@ async def test_a_deal_whose_only_contact_opted_out_is_not_started(stack: Stack) 
     assert "started as RFP" in started.stdout
     await stack.wait_for_stage(first, "Proposal Received")
     await stack.ok("optout", first)
-    suppressions = SuppressionList(stack.client, stack.task_queue)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + MAIL_WITHIN
-    while await suppressions.find(address) is None:
-        assert loop.time() < deadline, "the opt-out never reached the suppression list"
-        await asyncio.sleep(0.1)
+    # On the list the moment the command returns, before the deal has done anything.
+    entry = (await stack.suppressions.find([address]))[address]
+    assert (entry.reason, entry.source, entry.deal_id) == ("opted_out", "cli", first)
 
     alone = new_id()
     refused = await stack.cli("start", "--id", alone, "--contact", buyer, *deal_args)
@@ -629,3 +632,117 @@ async def test_imap_host_without_credentials_exits_2_naming_the_variable(stack: 
     result = await stack.cli("inbox", DEALFLOW_IMAP_HOST="imap.example.com")
     assert result.code == 2
     assert "DEALFLOW_IMAP_USERNAME" in result.one_line_error()
+
+
+def unique_buyer() -> tuple[str, str]:
+    """A contact no other test uses: suppressing it must not refuse other tests' deals."""
+    address = f"una-{uuid.uuid4().hex[:8]}@buyer.example.org"
+    return f"Una Unique <{address}>", address
+
+
+async def test_an_opt_out_on_a_closed_deal_still_suppresses_the_address(stack: Stack) -> None:
+    deal_id = new_id()
+    contact, address = unique_buyer()
+    args = ["--company", "Buyer & Sons", "--kind", "rfp", "--item", "Widget:1:100"]
+    await stack.ok("start", "--id", deal_id, "--contact", contact, *args)
+    await stack.wait_for_stage(deal_id, "Proposal Received")
+    await stack.ok("cancel", deal_id, "--reason", "buyer went bust")
+    handle = stack.client.get_workflow_handle(workflow_id(deal_id), result_type=DealStatus)
+    await asyncio.wait_for(handle.result(), MAIL_WITHIN)
+
+    told = await stack.ok("optout", deal_id, "--address", address.upper())
+    assert f"{address}: on the suppression list for every deal" in told.stdout
+    assert f"{deal_id}: not told (deal {deal_id!r} is closed (Cancelled)" in told.stdout
+    entry = (await stack.suppressions.find([address]))[address]
+    assert (entry.reason, entry.source, entry.deal_id) == ("opted_out", "cli", deal_id)
+
+    # Naming nobody on a deal that is gone cannot work: one line says what to add.
+    unknown = await stack.cli("optout", new_id())
+    assert unknown.code == 1
+    assert "name the address with --address" in unknown.one_line_error()
+    # An address that is not the deal's contact is refused before anything is written.
+    open_deal = new_id()
+    await stack.ok("start", "--id", open_deal, "--contact", unique_buyer()[0], *args)
+    stranger = f"stranger-{uuid.uuid4().hex[:6]}@else.example.org"
+    refused = await stack.cli("optout", open_deal, "--address", stranger)
+    assert refused.code == 1
+    assert f"{stranger} is not a contact of deal {open_deal!r}" in refused.one_line_error()
+    assert await stack.suppressions.find([stranger]) == {}
+    await stack.ok("cancel", open_deal, "--reason", "test done")
+
+
+async def test_ops_list_show_and_lift_suppressed_addresses(stack: Stack) -> None:
+    _, address = unique_buyer()
+    deal_id = new_id()
+    await stack.suppressions.add(
+        address, SuppressionReason.BOUNCED, SuppressionSource.SMTP_BOUNCE,
+        now=datetime.now(UTC), detail="550 5.1.1 no such user", deal_id=deal_id,
+    )  # fmt: skip
+    listed = await stack.ok("suppression", "list")
+    row = next(line for line in listed.stdout.splitlines() if address in line)
+    assert "bounced" in row and "smtp bounce" in row and deal_id in row
+    shown = await stack.ok("suppression", "show", address.upper())
+    assert f"address:   {address}" in shown.stdout and "550 5.1.1 no such user" in shown.stdout
+    assert "state:     suppressed (no deal mails this address)" in shown.stdout
+
+    nobody = await stack.cli("suppression", "show", f"nobody-{uuid.uuid4().hex[:6]}@x.example")
+    assert nobody.code == 1 and "is not on the suppression list" in nobody.one_line_error()
+    garbage = await stack.cli("suppression", "show", "not-an-address")
+    assert garbage.code == 1 and "is not an email address" in garbage.one_line_error()
+    no_reason = await stack.cli("suppression", "lift", address)
+    assert no_reason.code == 2 and "--reason" in no_reason.stderr
+    blank = await stack.cli("suppression", "lift", address, "--reason", " ")
+    assert blank.code == 1 and "--reason must say why" in blank.one_line_error()
+
+    lifted = await stack.ok("suppression", "lift", address, "--reason", "new mailbox, confirmed")
+    assert f"{address}: lifted (new mailbox, confirmed)" in lifted.stdout
+    assert await stack.suppressions.find([address]) == {}
+    again = await stack.cli("suppression", "lift", address, "--reason", "twice")
+    assert again.code == 1 and "is not on the suppression list" in again.one_line_error()
+    assert address not in (await stack.ok("suppression", "list")).stdout
+    assert address in (await stack.ok("suppression", "list", "--lifted")).stdout
+    shown = await stack.ok("suppression", "show", address)
+    assert "lifted (mail may go to this address again)" in shown.stdout
+
+
+async def test_suppressed_address_workflows_of_earlier_versions_move_into_the_ledger(
+    stack: Stack,
+) -> None:
+    """Earlier versions kept each entry as an open workflow named after the address; the
+    import moves them into the ledger and ends them, and running it again moves nothing."""
+    legacy_queue = f"legacy-{uuid.uuid4().hex[:8]}"  # polled by nobody, as after an upgrade
+    at = datetime(2026, 11, 20, 8, 30, tzinfo=UTC)
+    addresses = {unique_buyer()[1]: "opted_out", unique_buyer()[1]: "bounced"}
+    handles = []
+    for address, reason in addresses.items():
+        entry = {"address": address, "reason": reason, "detail": "old", "deal_id": "OLD-1",
+                 "at": at.isoformat()}  # fmt: skip
+        started = await stack.client.start_workflow(
+            LEGACY_SUPPRESSION_WORKFLOW,
+            entry,
+            id=f"suppressed-{address}",
+            task_queue=legacy_queue,
+            memo={"entry": json.dumps(entry)},
+        )
+        handles.append(started)
+    query = f'WorkflowType = "{LEGACY_SUPPRESSION_WORKFLOW}" AND ExecutionStatus = "Running"'
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + MAIL_WITHIN
+    while (await stack.client.count_workflows(query)).count < len(addresses):
+        assert loop.time() < deadline, "visibility never listed the legacy workflows"
+        await asyncio.sleep(0.2)
+
+    moved = await stack.ok("suppression", "import-workflows")
+    assert f"{len(addresses)} suppressed address(es) moved into the ledger" in moved.stdout
+    found = await stack.suppressions.find(list(addresses))
+    for address, reason in addresses.items():
+        entry = found[address]
+        assert (entry.reason, entry.source, entry.deal_id) == (reason, "imported", "OLD-1")
+        assert entry.suppressed_at == at
+    for handle in handles:
+        assert (await handle.describe()).status == WorkflowExecutionStatus.TERMINATED
+    while (await stack.client.count_workflows(query)).count:
+        assert loop.time() < deadline, "visibility still lists the ended workflows"
+        await asyncio.sleep(0.2)
+    again = await stack.ok("suppression", "import-workflows")
+    assert "0 suppressed address(es) moved" in again.stdout

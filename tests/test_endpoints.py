@@ -16,9 +16,9 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.signed_tokens import TokenSigner
-from activities.suppression import SuppressionList
 from devstack import free_port
 from endpoints import running_endpoints, sign
+from ledger.suppression_list import SuppressionList
 from settings import Settings
 from tests.conftest import Deals, only, steps
 from tests.test_inbound_signals import eventually
@@ -35,26 +35,29 @@ ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 class Site:
     http: httpx.AsyncClient
     deals: Deals
+    suppressions: SuppressionList
 
 
-async def serve(deals: Deals, **settings: Any) -> AsyncIterator[Site]:
+async def serve(
+    deals: Deals, suppressions: SuppressionList, **settings: Any
+) -> AsyncIterator[Site]:
     configured = deals.settings.model_copy(update={"http_port": free_port(), **settings})
     async with (
         running_endpoints(configured, deals.client, clock=lambda: NOW) as url,
         httpx.AsyncClient(base_url=url, timeout=30) as http,
     ):
-        yield Site(http, deals)
+        yield Site(http, deals, suppressions)
 
 
 @pytest.fixture
-async def site(deals: Deals) -> AsyncIterator[Site]:
-    async for running in serve(deals, webhook_secret=SecretStr(SECRET)):
+async def site(deals: Deals, suppressions: SuppressionList) -> AsyncIterator[Site]:
+    async for running in serve(deals, suppressions, webhook_secret=SecretStr(SECRET)):
         yield running
 
 
 @pytest.fixture
-async def closed_site(deals: Deals) -> AsyncIterator[Site]:
-    async for running in serve(deals, webhook_secret=None):
+async def closed_site(deals: Deals, suppressions: SuppressionList) -> AsyncIterator[Site]:
+    async for running in serve(deals, suppressions, webhook_secret=None):
         yield running
 
 
@@ -100,8 +103,7 @@ async def test_opening_the_link_shows_a_confirmation_and_changes_nothing(site: S
     assert '<form method=post><input type=hidden name="List-Unsubscribe"' in page.text
     handle = deals.client.get_workflow_handle(f"deal-{deal}")
     assert (await status(handle)).stage is Stage.PROPOSAL_RECEIVED
-    suppressions = SuppressionList(deals.client, deals.settings.temporal_task_queue)
-    assert await suppressions.find("bea@buyer.example.org") is None
+    assert await site.suppressions.find(["bea@buyer.example.org"]) == {}
 
 
 async def test_a_tampered_unsubscribe_link_is_refused_and_says_to_reply(site: Site) -> None:

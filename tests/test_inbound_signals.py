@@ -11,7 +11,7 @@ import pytest
 from temporalio.client import WorkflowHandle
 
 from activities.signed_tokens import TokenSigner
-from activities.suppression import Suppression, SuppressionList
+from ledger.suppression_list import SuppressionList, SuppressionReason
 from starter import Refused, record
 from tests.conftest import MAIL_WITHIN, Deals, body, steps
 from tests.test_lifecycle import deal_id, stage_is, status
@@ -192,13 +192,13 @@ async def test_the_rep_answering_a_task_email_is_no_buyer_reply(deals: Deals) ->
     await deals.settle(1)
 
 
-async def test_rep_tasks_are_never_held_back_by_the_suppression_list(deals: Deals) -> None:
+async def test_rep_tasks_are_never_held_back_by_the_suppression_list(
+    deals: Deals, suppressions: SuppressionList
+) -> None:
     """Opt-outs and bounces are about buyers: the rep's own address once bouncing must
     not make the deal's tasks vanish."""
-    suppressions = SuppressionList(deals.client, deals.settings.temporal_task_queue)
     rep = str(deals.settings.rep_address)
-    entry = Suppression(address=rep, reason="bounced", detail="test", at=await deals.now())
-    await suppressions.add(entry)
+    await suppressions.add(rep, SuppressionReason.BOUNCED, "test", now=await deals.now())
     handle = await deals.start(kind="rfi")
     task = (await deals.mail(1))[0]
     assert task["X-Dealflow-Step"] == "task_clarify_requirements"

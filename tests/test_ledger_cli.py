@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger import schema
 from tests.conftest import empty_database, on_both_databases
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,15 +34,16 @@ async def test_a_worker_on_an_old_schema_refuses_to_start_until_db_upgrade(
     refused = run("worker.py", url=url)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines() == [
-        "worker: the ledger schema is at nothing (empty database), this version needs 0001: "
+        "worker: the ledger schema is at nothing (empty database), this version needs "
+        f"{schema.head()}: "
         "run 'python starter.py db upgrade'"
     ]
 
     upgraded = run("starter.py", "db", "upgrade", url=url)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert upgraded.stdout.strip().endswith("schema none -> 0001")
+    assert upgraded.stdout.strip().endswith(f"schema none -> {schema.head()}")
     again = run("starter.py", "db", "upgrade", url=url)
-    assert again.stdout.strip().endswith("schema 0001, up to date")
+    assert again.stdout.strip().endswith(f"schema {schema.head()}, up to date")
 
     # Past the ledger, the worker now stops at the (absent) Temporal server instead.
     started = run("worker.py", url=url)

@@ -16,12 +16,14 @@ from pydantic import SecretStr
 from temporalio.client import Client, WorkflowHandle
 
 from devstack import LocalMailbox
+from ledger.suppression_list import SuppressionList
 from settings import ImapTls, Settings
-from starter import inbox
+from starter import inbox, record
 from tests.conftest import MAIL_WITHIN, Deals, steps
 from tests.test_lifecycle import deal_id, stage_is, status
 from worker import start_mailbox_poller
 from workflows.mailbox_poller import POLL_NOW, MailboxPollerReport
+from workflows.models import Closed
 from workflows.stages import BuyerSignal, Stage
 
 
@@ -184,3 +186,68 @@ async def test_a_message_for_no_deal_is_listed_with_the_reason(
     report = await poll(deals.client, poller, lambda r: len(r.recent) == 1)
     entry = report.recent[0]
     assert entry.kind == "unrelated" and entry.deal_id is None and entry.outcome
+
+
+def mailto_unsubscribe(ours: EmailMessage) -> bytes:
+    """What a mail program sends for the ``mailto:`` of our List-Unsubscribe header."""
+    mailto = str(ours["List-Unsubscribe"]).split(",")[1].strip(" <>").removeprefix("mailto:")
+    to, _, query = mailto.partition("?subject=")
+    request = EmailMessage()
+    request["From"] = str(ours["To"])
+    request["To"] = to
+    request["Subject"] = query.replace("%20", " ")
+    request["Message-ID"] = make_msgid(domain="buyer.example.org")
+    request.set_content("")
+    return bytes(request)
+
+
+def hard_bounce(ours: EmailMessage, recipient: str) -> bytes:
+    """A standard DSN (RFC 3464) for ``ours``: 5.1.1, the mailbox does not exist."""
+    boundary = "dsn-boundary-1"
+    return (
+        "From: MAILER-DAEMON@mx.buyer.example.org (Mail Delivery System)\r\n"
+        f"To: {ours['From']}\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        "Auto-Submitted: auto-replied\r\n"
+        f"Message-ID: {make_msgid(domain='mx.buyer.example.org')}\r\n"
+        "MIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"\r\n'
+        "\r\n"
+        f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n"
+        f"<{recipient}>: 550 5.1.1 User unknown\r\n\r\n"
+        f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.buyer.example.org\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"Message-ID: {ours['Message-ID']}\r\nFrom: {ours['From']}\r\nTo: {ours['To']}\r\n"
+        f"Subject: {ours['Subject']}\r\n\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+
+
+async def test_mailto_opt_outs_and_hard_bounces_go_on_the_list_even_for_closed_deals(
+    deals: Deals, mailbox: LocalMailbox, suppressions: SuppressionList
+) -> None:
+    """Read from the mailbox, they are written before any deal hears of them: a deal that
+    has closed cannot stop them from holding for every other deal."""
+    opting = await deals.start(kind="rfp")
+    bouncing = await deals.start(
+        kind="rfp",
+        contacts=[{"name": "Carl", "email": "carl@buyer.example.org", "time_zone": "UTC"}],
+    )
+    proposals = {str(m["X-Dealflow-Deal"]): m for m in await deals.mail(2)}
+    for handle in (opting, bouncing):
+        await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="test"))
+        await stage_is(handle, Stage.CANCELLED)
+    mailbox.deliver(mailto_unsubscribe(proposals[deal_id(opting)]))
+    mailbox.deliver(hard_bounce(proposals[deal_id(bouncing)], "carl@buyer.example.org"))
+
+    poller = await started_poller(deals)
+    report = await poll(deals.client, poller, lambda r: len(r.recent) == 2)
+    assert {entry.kind for entry in report.recent} == {"unsubscribe", "bounce"}
+    assert all("closed or unknown" in entry.outcome for entry in report.recent)
+    found = await suppressions.find(["bea@buyer.example.org", "carl@buyer.example.org"])
+    bea, carl = found["bea@buyer.example.org"], found["carl@buyer.example.org"]
+    assert (bea.reason, bea.source, bea.deal_id) == ("opted_out", "mailto", deal_id(opting))
+    assert (carl.reason, carl.source, carl.deal_id) == ("bounced", "dsn", deal_id(bouncing))
+    assert "5.1.1" in carl.detail

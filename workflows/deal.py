@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
         StepFacts,
     )
     from activities.mailer import NON_RETRYABLE, FailureType, Mailer
-    from activities.suppression import Suppression, SuppressionList
+    from activities.suppression import Suppression, SuppressionWriter
     from workflows import pricing
     from workflows.business_calendar import (
         BusinessCalendar,
@@ -228,7 +228,7 @@ class DealWorkflow:
     async def _record_suppressions(self) -> None:
         while self.suppressing:
             await workflow.execute_activity_method(
-                SuppressionList.suppress,
+                SuppressionWriter.suppress,
                 self.suppressing[0],
                 start_to_close_timeout=SUPPRESS_TIMEOUT,
                 retry_policy=SEND_RETRY_POLICY,
@@ -982,6 +982,7 @@ class DealWorkflow:
             problems=list(self.problems),
             interview=self.interview,
             buyer_time_zone=self.deal.buyer.time_zone,
+            contacts=[str(contact.email) for contact in self.deal.contacts],
             paused=self.paused,
             held_until=self._schedule().held_until,
             replied=self.replied,

@@ -319,6 +319,8 @@ class DealStatus(Model):
     problems: list[str] = Field(default_factory=list)
     interview: InterviewRecorded | None = None
     buyer_time_zone: str = "UTC"
+    # The contacts' addresses, the main one first.
+    contacts: list[str] = Field(default_factory=list)
     paused: bool = False
     held_until: datetime | None = None
     replied: bool = False
