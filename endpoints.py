@@ -4,13 +4,13 @@
 - ``GET /unsubscribe/{token}``: a confirmation page with a button; changes nothing,
   because mail scanners prefetch every link in an email.
 - ``POST /unsubscribe/{token}`` (RFC 8058 one-click, body ``List-Unsubscribe=One-Click``):
-  suppresses the token's addresses for every deal, then tells the deal.
+  puts the token's addresses on the ledger's suppression list, then tells the deal.
 - ``POST /webhooks/fulfilment``: the ERP reports an order, a moved delivery date or a
   delivery, signed with HMAC-SHA256 (``Dealflow-Timestamp``, ``Dealflow-Signature``).
 
-Every answer comes after Temporal took the change; Temporal holds all state, so any
-number of these processes can run behind a load balancer. ``python endpoints.py`` runs
-it alone; ``worker.py --dev`` runs it next to the worker.
+Every answer comes after the change was committed (the ledger, then Temporal), and no
+state lives in the process, so any number of these can run behind a load balancer.
+``python endpoints.py`` runs it alone; ``worker.py --dev`` runs it next to the worker.
 """
 
 from __future__ import annotations
