@@ -1,0 +1,631 @@
+"""Crash recovery against real processes: no email lost, none sent twice.
+
+Everything is real: Temporal's dev server (SQLite file, free loopback ports), the
+product worker as a subprocess (``python worker.py`` with ``DEALFLOW_*`` variables),
+aiosmtpd as the relay, the send ledger in a SQLite file (see ``tests/processes.py``).
+
+- A worker is SIGKILLed at each point of a send (the mailer's ``DEALFLOW_TEST_DIE_AT``
+  hook, and a relay that takes the message but holds its ``250`` until the worker is
+  dead) and restarted; the send's retry comes after its heartbeat time-out.
+- The relay is down for 60 s mid-cadence, then back.
+- The Temporal server is SIGKILLed while deals wait on timers and restarted on the
+  same SQLite file and ports.
+
+A test can only wait for what it proves, and the waits are long (the 30 s heartbeat
+time-out, the 60 s outage), so the module starts every selected scenario at once, as
+a task on the module's event loop, each on its own task queue (one deal per crash
+point, one worker each); a test awaits what its scenario observed, then asserts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflow.v1 import PendingActivityInfo
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from activities.mailer import DIE_AT_VARIABLE, FailureType
+from deal_intake import build_deal
+from ledger import schema
+from ledger.database import LedgerDatabase
+from ledger.send_ledger import SendLedger, SendRecord, SendState
+from settings import Settings, load_settings
+from starter import start_deal
+from starter import status as deal_status
+from tests.conftest import is_idle
+from tests.processes import (
+    Arrival,
+    Relay,
+    TemporalDevServer,
+    WorkerProcess,
+    deployment,
+    environment,
+    wait_for,
+)
+from workflows.deal import PLAN
+from workflows.models import DealInput, DealStatus, PlannedSend
+from workflows.stages import Stage
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+BUYER = "bea@buyer.example.org"
+REP = "rep@seller.example.com"
+# The relay's outage: what the scenario is, not a proof (the test waits for conditions).
+OUTAGE_SECONDS = 60.0
+# How long the Temporal server stays dead: long enough for the early timers to come due.
+SERVER_DOWN_SECONDS = 15.0
+# Where the follow-ups of a short cadence are; the no-response close comes a day later.
+SOON = timedelta(hours=1)
+
+
+# --- the stack every scenario shares: one dev server, the ledger, the processes ---
+
+
+@dataclass
+class Stack:
+    folder: Path
+    ledger_url: str
+    server: TemporalDevServer
+    client: Client
+    relay: Relay
+    servers: list[TemporalDevServer] = field(default_factory=list)
+    relays: list[Relay] = field(default_factory=list)
+    workers: list[WorkerProcess] = field(default_factory=list)
+    # Python workers start two at a time: six importing at once on two cores take three
+    # times as long each.
+    starting: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    # The longest scenario (the outage) gets the machine to itself until its outage has
+    # begun; the others start then, and are done before it is.
+    head_start: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self, worker: WorkerProcess) -> WorkerProcess:
+        async with self.starting:
+            return await worker.start()
+
+    def new_relay(self) -> Relay:
+        relay = Relay().start()
+        self.relays.append(relay)
+        return relay
+
+    async def new_server(self, name: str) -> tuple[TemporalDevServer, Client]:
+        server = TemporalDevServer(self.folder / name)
+        self.servers.append(server)
+        await server.start()
+        return server, await connect(server)
+
+    def deployment(
+        self, queue: str, relay: Relay, server: TemporalDevServer | None = None
+    ) -> dict[str, str]:
+        return deployment(
+            temporal=(server or self.server).address,
+            task_queue=queue,
+            smtp_port=relay.port,
+            ledger_url=self.ledger_url,
+            data_dir=self.folder / queue,
+        )
+
+    def worker(self, queue: str, values: dict[str, str], **extra: str) -> WorkerProcess:
+        worker = WorkerProcess(f"worker-{queue}", self.folder / queue, environment(values) | extra)
+        self.workers.append(worker)
+        return worker
+
+    async def ledger(self, message_id: str) -> SendRecord | None:
+        database = LedgerDatabase(self.ledger_url)
+        try:
+            return await SendLedger(database).find(message_id)
+        finally:
+            await database.dispose()
+
+    def stop(self) -> None:
+        # SIGKILL: nothing of a test's processes needs a graceful end, and it is quick.
+        for worker in self.workers:
+            worker.kill()
+        for server in [self.server, *self.servers]:
+            server.kill()
+        for relay in [self.relay, *self.relays]:
+            relay.stop()
+
+
+async def connect(server: TemporalDevServer) -> Client:
+    return await Client.connect(server.address, data_converter=pydantic_data_converter)
+
+
+def settings_of(values: dict[str, str]) -> Settings:
+    return load_settings(**values, _env_file=None)
+
+
+def deal_input(settings: Settings, name: str, **fields: Any) -> DealInput:
+    """An RFP deal: its proposal goes out at once, then its follow-ups (by ``cadence``)."""
+    defaults: dict[str, Any] = {
+        "deal_id": f"{name}-{uuid.uuid4().hex[:6]}",
+        "company": "Buyer & Sons",
+        "contacts": [{"name": "Bea Buyer", "email": BUYER, "time_zone": "Europe/Berlin"}],
+        "kind": "rfp",
+        "items": [
+            {"name": "Conveyor X1", "quantity": 2, "list_price": "5000.00"},
+            {"name": "Installation", "quantity": 1, "list_price": "1000.00"},
+        ],
+    }
+    return build_deal(settings, {**defaults, **fields})
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    folder = tmp_path_factory.mktemp("crash-recovery")
+    ledger_url = f"sqlite:///{folder / 'ledger.sqlite3'}"
+    await schema.upgrade(ledger_url)
+    server = TemporalDevServer(folder / "temporal")
+    relay = Relay().start()
+    stack = None
+    try:
+        await server.start()
+        stack = Stack(folder, ledger_url, server, await connect(server), relay)
+        yield stack
+    finally:
+        if stack is not None:
+            stack.stop()
+        else:
+            server.stop()
+            relay.stop()
+
+
+# --- reading a deal ---
+
+
+async def proposals_sent(client: Client, deal_ids: list[str]) -> bool:
+    for deal_id in deal_ids:
+        try:
+            messages = (await deal_status(client, deal_id)).messages
+        except Exception:  # not queryable before its first workflow task
+            return False
+        if not (messages and messages[0].outcome == "sent"):
+            return False
+    return True
+
+
+async def plan(handle: WorkflowHandle) -> list[PlannedSend]:
+    return await handle.query(PLAN, result_type=list[PlannedSend])
+
+
+async def quiet(handles: list[WorkflowHandle], what: str) -> None:
+    """Every deal idle: no workflow task and no activity open (conftest's ``is_idle``)."""
+
+    async def all_idle() -> bool:
+        return all([await is_idle(handle) for handle in handles])
+
+    await wait_for(all_idle, what, every=0.5)
+
+
+async def started_attempts(handle: WorkflowHandle) -> list[int]:
+    """The attempt of each activity that ran to an end, in order (the history records the
+    last attempt only)."""
+    attempts = []
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            attempts.append(event.activity_task_started_event_attributes.attempt)
+    return attempts
+
+
+@dataclass
+class Timers:
+    due: dict[str, datetime] = field(default_factory=dict)
+    fired: Counter[str] = field(default_factory=Counter)
+    canceled: set[str] = field(default_factory=set)
+
+
+async def timers(handle: WorkflowHandle) -> Timers:
+    found = Timers()
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_TIMER_STARTED:
+            started = event.timer_started_event_attributes
+            at = event.event_time.ToDatetime(tzinfo=UTC)
+            found.due[started.timer_id] = at + started.start_to_fire_timeout.ToTimedelta()
+        elif event.event_type == EventType.EVENT_TYPE_TIMER_FIRED:
+            found.fired[event.timer_fired_event_attributes.timer_id] += 1
+        elif event.event_type == EventType.EVENT_TYPE_TIMER_CANCELED:
+            found.canceled.add(event.timer_canceled_event_attributes.timer_id)
+    return found
+
+
+# --- (a) a worker SIGKILLed at each point of a send ---
+
+# The mailer's test hook kills the worker at these points of its first send.
+HOOK_POINTS = ("before-data", "after-reply", "after-record")
+# No hook: the relay stores the message, then holds its 250 until the worker is dead.
+REPLY_LOST = "reply-lost"
+
+
+@dataclass
+class Crash:
+    point: str
+    deal_id: str
+    killed_pid: int
+    exit_code: int
+    marker: str  # what the hook wrote before it killed its worker ("" without the hook)
+    restarted_at: float
+    restarted_pid: int
+    arrivals: list[Arrival]
+    status: DealStatus
+    proposal_id: str
+    record: SendRecord | None
+    attempts: list[int]
+
+
+async def crash_mid_send(stack: Stack, point: str) -> Crash:
+    queue = f"crash-{point}"
+    values = stack.deployment(queue, stack.relay)
+    marker = stack.folder / f"died-at-{point}"
+    hook = {DIE_AT_VARIABLE: f"{point}:{marker}"} if point in HOOK_POINTS else {}
+    worker = await stack.start(stack.worker(queue, values, **hook))
+    killed_pid = worker.pid
+    settings = settings_of(values)
+    deal = deal_input(settings, queue)  # the standard cadence: the proposal, then days
+    held = stack.relay.hold_reply(deal.deal_id) if point == REPLY_LOST else None
+    handle = await start_deal(stack.client, settings, deal)
+    if held is not None:
+        await held.arrived()  # the relay has the message; its 250 is still to come
+        worker.kill()
+        held.release()  # the answer goes to a dead connection
+    exit_code = await worker.exited()
+    restarted_at = time.time()
+    await stack.start(worker)  # the same command and environment, as a supervisor would
+    # The dead attempt is retried once its heartbeat times out (30 s), on the new worker.
+    await quiet([handle], f"{deal.deal_id} settles after the restart")
+    current = await deal_status(stack.client, deal.deal_id)
+    proposal_id = current.messages[0].message_id
+    return Crash(
+        point=point,
+        deal_id=deal.deal_id,
+        killed_pid=killed_pid,
+        exit_code=exit_code,
+        marker=marker.read_text() if marker.exists() else "",
+        restarted_at=restarted_at,
+        restarted_pid=worker.pid,
+        arrivals=stack.relay.of_deal(deal.deal_id),
+        status=current,
+        proposal_id=proposal_id,
+        record=await stack.ledger(proposal_id),
+        attempts=await started_attempts(handle),
+    )
+
+
+def assert_killed(crash: Crash) -> None:
+    assert crash.exit_code == -9, f"the worker should have died of SIGKILL: {crash.exit_code}"
+    if crash.point in HOOK_POINTS:
+        assert crash.marker.split() == [str(crash.killed_pid), crash.point]
+    assert crash.restarted_pid != crash.killed_pid
+
+
+def templates(arrivals: list[Arrival]) -> list[str]:
+    return [arrival.step for arrival in arrivals]
+
+
+async def test_killed_before_data_the_retry_sends_the_email_once(
+    runs: Runs,
+) -> None:
+    crash: Crash = await runs.result("crash:before-data")
+    assert_killed(crash)
+    # The killed attempt never reached DATA: the one copy comes from the retry.
+    assert templates(crash.arrivals) == ["proposal"]
+    assert crash.arrivals[0].message_id == crash.proposal_id
+    assert crash.arrivals[0].at > crash.restarted_at
+    assert crash.attempts[0] == 2
+    assert crash.record is not None
+    assert crash.record.state is SendState.SENT
+    assert crash.record.attempt == 2
+    assert crash.record.worker.endswith(f":{crash.restarted_pid}")
+    assert [m.outcome for m in crash.status.messages] == ["sent"]
+    assert crash.status.problems == []
+    assert crash.status.stage is Stage.PROPOSAL_RECEIVED
+
+
+@pytest.mark.parametrize("point", ["after-reply", REPLY_LOST])
+async def test_killed_after_the_relay_took_it_the_email_is_held_as_maybe_sent(
+    runs: Runs, point: str
+) -> None:
+    """after-reply: the relay said 250, the ledger was not written yet. reply-lost: the
+    relay took the message and its 250 never reached the worker. Either way the ledger
+    row stays claimed, the retry holds the email (maybe sent) instead of sending it
+    again, and the deal shows it and asks the rep to check."""
+    crash: Crash = await runs.result(f"crash:{point}")
+    assert_killed(crash)
+    proposal = [a for a in crash.arrivals if a.message_id == crash.proposal_id]
+    assert len(proposal) == 1, f"copies of the proposal at the relay: {len(proposal)}"
+    assert proposal[0].at < crash.restarted_at  # the one copy is the killed attempt's
+    assert templates(crash.arrivals) == ["proposal", "task_check_maybe_sent"]
+    assert crash.arrivals[1].to == (REP,)
+    assert crash.record is not None
+    assert crash.record.state is SendState.CLAIMED
+    assert crash.record.attempt == 1
+    assert crash.record.worker.endswith(f":{crash.killed_pid}")
+    assert crash.record.smtp_reply is None
+    assert crash.attempts[0] == 2  # the retry ran, and held it
+    held, task = crash.status.messages
+    assert (held.template, held.outcome) == ("proposal", "failed")
+    assert held.message_id == crash.proposal_id
+    assert held.error.startswith(f"{FailureType.MAYBE_SENT}: maybe sent: attempt 1 on ")
+    assert (task.template, task.outcome, task.to) == ("task_check_maybe_sent", "sent", [REP])
+    assert len(crash.status.problems) == 1
+    assert crash.status.problems[0].startswith(f"{held.step} to {BUYER}: {FailureType.MAYBE_SENT}")
+    # Not confirmed sent, so the deal does not move on as if the buyer had it.
+    assert crash.status.stage is Stage.REQUIREMENTS_CLARIFIED
+
+
+async def test_killed_after_the_ledger_recorded_it_the_retry_completes_without_sending(
+    runs: Runs,
+) -> None:
+    crash: Crash = await runs.result("crash:after-record")
+    assert_killed(crash)
+    assert templates(crash.arrivals) == ["proposal"]
+    assert crash.arrivals[0].at < crash.restarted_at  # sent by the killed attempt only
+    assert crash.attempts[0] == 2  # the retry completed the activity, without sending
+    assert crash.record is not None
+    assert crash.record.state is SendState.SENT
+    assert crash.record.attempt == 1
+    assert crash.record.worker.endswith(f":{crash.killed_pid}")
+    assert (crash.record.smtp_reply or "").startswith("250")
+    assert [m.outcome for m in crash.status.messages] == ["sent"]
+    assert crash.status.problems == []
+    assert crash.status.stage is Stage.PROPOSAL_RECEIVED
+
+
+# --- (b) the relay down for 60 s mid-cadence ---
+
+# Follow-up 1 comes due a few seconds into the outage, follow-up 2 while it lasts too.
+OUTAGE_CADENCE = {"proposal": ["PT6S", "PT4S"], "no_response_after": "P1D"}
+
+
+@dataclass
+class Outage:
+    planned: dict[str, list[str]]  # deal -> templates: sent before the outage, then planned
+    retrying: dict[str, PendingActivityInfo]  # deal -> its send, failing during the outage
+    during: dict[str, DealStatus]
+    after: dict[str, DealStatus]
+    arrivals: dict[str, list[Arrival]]
+    records: dict[str, SendRecord | None]  # Message-ID -> its ledger row
+
+
+async def relay_outage(stack: Stack, deals: int = 3) -> Outage:
+    queue = "relay-outage"
+    relay = stack.new_relay()
+    values = stack.deployment(queue, relay)
+    settings = settings_of(values)
+    inputs = [deal_input(settings, f"outage{n}", cadence=OUTAGE_CADENCE) for n in range(deals)]
+    ids = [deal.deal_id for deal in inputs]
+    try:
+        await stack.start(stack.worker(queue, values))
+        handles = [await start_deal(stack.client, settings, deal) for deal in inputs]
+        # Once each deal has the relay's 250 (not merely the relay the message: the reply
+        # must not be cut off), the relay goes down: connections are refused until back.
+        await wait_for(lambda: proposals_sent(stack.client, ids), "every proposal is sent")
+        relay.stop()
+        down_at = asyncio.get_running_loop().time()
+    finally:
+        stack.head_start.set()
+    planned = {}
+    for deal_id, handle in zip(ids, handles, strict=True):
+        upcoming = [p.template for p in await plan(handle) if p.at < datetime.now(UTC) + SOON]
+        planned[deal_id] = templates(relay.of_deal(deal_id)) + upcoming
+
+    async def failing(handle: WorkflowHandle) -> PendingActivityInfo | None:
+        pending = (await handle.describe()).raw_description.pending_activities
+        return pending[0] if pending and pending[0].attempt >= 2 else None
+
+    retrying, during = {}, {}
+    for deal_id, handle in zip(ids, handles, strict=True):
+        retrying[deal_id] = await wait_for(
+            lambda h=handle: failing(h), f"{deal_id} retries its send", within=OUTAGE_SECONDS
+        )
+        during[deal_id] = await deal_status(stack.client, deal_id)
+    await asyncio.sleep(max(0.0, down_at + OUTAGE_SECONDS - asyncio.get_running_loop().time()))
+    relay.start()  # back, on the same port
+
+    def delivered() -> bool:
+        return all(len(relay.of_deal(i)) >= len(planned[i]) for i in ids)
+
+    await wait_for(delivered, "every planned email arrives after the outage")
+    await quiet(handles, "every deal settles after the outage")
+    arrivals = {i: relay.of_deal(i) for i in ids}
+    return Outage(
+        planned=planned,
+        retrying=retrying,
+        during=during,
+        after={i: await deal_status(stack.client, i) for i in ids},
+        arrivals=arrivals,
+        records={
+            a.message_id: await stack.ledger(a.message_id)
+            for found in arrivals.values()
+            for a in found
+        },
+    )
+
+
+async def test_relay_down_for_a_minute_loses_and_doubles_nothing(runs: Runs) -> None:
+    outage: Outage = await runs.result("relay-outage")
+    for deal_id, planned in outage.planned.items():
+        assert planned == ["proposal", "proposal_follow_up", "proposal_follow_up"], planned
+        arrivals = outage.arrivals[deal_id]
+        copies = Counter(a.message_id for a in arrivals)
+        assert set(copies.values()) == {1}, f"{deal_id}: {copies}"
+        assert templates(arrivals) == planned, f"{deal_id}: planned {planned}"
+        # While the relay was down: the send was being retried, its last failure the
+        # refused connection; the deal showed the follow-up as in flight, no error.
+        retrying = outage.retrying[deal_id]
+        assert retrying.activity_type.name == "send_email"
+        failure = retrying.last_failure
+        assert failure.application_failure_info.type == "SMTPConnectError", failure
+        assert failure.cause.application_failure_info.type == "ConnectionRefusedError", failure
+        in_flight = outage.during[deal_id].messages[-1]
+        assert (in_flight.template, in_flight.outcome) == ("proposal_follow_up", "skipped")
+        assert in_flight.error == ""
+        # After: everything sent once, nothing left as a problem.
+        after = outage.after[deal_id]
+        assert [m.outcome for m in after.messages] == ["sent"] * len(planned)
+        assert [m.message_id for m in after.messages] == [a.message_id for a in arrivals]
+        assert after.problems == []
+        for arrival in arrivals:
+            record = outage.records[arrival.message_id]
+            assert record is not None and record.state is SendState.SENT
+        # A refused connection never reached RCPT: only the attempt that sent claimed it.
+        follow_up = outage.records[arrivals[1].message_id]
+        assert follow_up is not None and follow_up.attempt >= 2
+
+
+# --- (c) the Temporal server SIGKILLed while deals wait on timers ---
+
+# Follow-up 1 comes due while the server is dead for some deals, after its restart for others.
+DUE_WHILE_DOWN = {"proposal": ["PT12S", "PT4S"], "no_response_after": "P1D"}
+DUE_AFTER_RESTART = {"proposal": ["PT30S", "PT4S"], "no_response_after": "P1D"}
+
+
+@dataclass
+class ServerCrash:
+    killed_at: datetime
+    restarted_at: datetime
+    settled_at: datetime
+    pending_at_kill: dict[str, datetime]  # deal -> when its first follow-up was due
+    planned: dict[str, list[PlannedSend]]  # deal -> its follow-ups, as planned before the kill
+    arrivals: dict[str, list[Arrival]]
+    timers: dict[str, Timers]
+    after: dict[str, DealStatus]
+
+
+async def server_killed(stack: Stack) -> ServerCrash:
+    queue = "server-killed"
+    server, client = await stack.new_server("temporal-killed")
+    relay = stack.new_relay()
+    values = stack.deployment(queue, relay, server)
+    await stack.start(stack.worker(queue, values))
+    settings = settings_of(values)
+    cadences = [DUE_WHILE_DOWN, DUE_WHILE_DOWN, DUE_AFTER_RESTART, DUE_AFTER_RESTART]
+    inputs = [deal_input(settings, f"timer{n}", cadence=c) for n, c in enumerate(cadences)]
+    handles = [await start_deal(client, settings, deal) for deal in inputs]
+    ids = [deal.deal_id for deal in inputs]
+    await wait_for(lambda: all(relay.of_deal(i) for i in ids), "every proposal arrives")
+    await quiet(handles, "every deal waits on its follow-up timer")
+    planned, pending = {}, {}
+    for deal_id, handle in zip(ids, handles, strict=True):
+        planned[deal_id] = [p for p in await plan(handle) if p.at < datetime.now(UTC) + SOON]
+        touch = (await deal_status(client, deal_id)).next_touch
+        assert touch is not None and touch.what == "follow-up 1", touch
+        pending[deal_id] = touch.at
+    killed_at = datetime.now(UTC)
+    server.kill()
+    await asyncio.sleep(SERVER_DOWN_SECONDS)  # the scenario: the server stays dead a while
+    restarted_at = datetime.now(UTC)
+    await server.start()  # the same ports, the same SQLite file
+
+    def delivered() -> bool:
+        return all(len(relay.of_deal(i)) >= 1 + len(planned[i]) for i in ids)
+
+    await wait_for(delivered, "every follow-up arrives after the restart")
+    await quiet(handles, "every deal settles after the restart")
+    return ServerCrash(
+        killed_at=killed_at,
+        restarted_at=restarted_at,
+        settled_at=datetime.now(UTC),
+        pending_at_kill=pending,
+        planned=planned,
+        arrivals={i: relay.of_deal(i) for i in ids},
+        timers={i: await timers(h) for i, h in zip(ids, handles, strict=True)},
+        after={i: await deal_status(client, i) for i in ids},
+    )
+
+
+async def test_server_killed_while_deals_wait_each_timer_fires_once(runs: Runs) -> None:
+    crash: ServerCrash = await runs.result("server-killed")
+    for deal_id, planned in crash.planned.items():
+        assert crash.pending_at_kill[deal_id] > crash.killed_at, "the timer was still waiting"
+        assert [p.template for p in planned] == ["proposal_follow_up", "proposal_follow_up"]
+        arrivals = crash.arrivals[deal_id]
+        assert templates(arrivals) == ["proposal", "proposal_follow_up", "proposal_follow_up"]
+        assert len({a.message_id for a in arrivals}) == len(arrivals), arrivals
+        for email, due in zip(arrivals[1:], planned, strict=True):
+            assert email.at >= due.at.timestamp(), f"{email.message_id} came before {due.at}"
+        found = crash.timers[deal_id]
+        # Every timer fired once, except the one still waiting (the no-response close).
+        overdue = {t for t, at in found.due.items() if at <= crash.settled_at}
+        assert set(found.fired.values()) <= {1}, f"{deal_id}: a timer fired twice: {found}"
+        assert overdue - found.canceled <= set(found.fired), f"{deal_id}: timers lost: {found}"
+        after = crash.after[deal_id]
+        assert [m.outcome for m in after.messages] == ["sent"] * 3
+        assert [m.message_id for m in after.messages] == [a.message_id for a in arrivals]
+        assert after.problems == []
+        assert after.next_touch is not None and after.next_touch.what == "close as no response"
+
+
+# --- running the scenarios side by side ---
+
+Scenario = Callable[[Stack], Awaitable[Any]]
+SCENARIOS: dict[str, Scenario] = {
+    "relay-outage": relay_outage,
+    "server-killed": server_killed,
+    **{f"crash:{p}": lambda s, p=p: crash_mid_send(s, p) for p in (*HOOK_POINTS, REPLY_LOST)},
+}
+# The scenario each test reads (parametrized ones: by their ``point``).
+SCENARIO_OF = {
+    "test_killed_before_data_the_retry_sends_the_email_once": "crash:before-data",
+    "test_killed_after_the_ledger_recorded_it_the_retry_completes_without_sending": (
+        "crash:after-record"
+    ),
+    "test_relay_down_for_a_minute_loses_and_doubles_nothing": "relay-outage",
+    "test_server_killed_while_deals_wait_each_timer_fires_once": "server-killed",
+}
+
+
+def scenario_of(item: pytest.Item) -> str:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "point" in callspec.params:
+        return f"crash:{callspec.params['point']}"
+    return SCENARIO_OF[getattr(item, "originalname", item.name)]
+
+
+@dataclass
+class Runs:
+    tasks: dict[str, asyncio.Task[Any]]
+
+    async def result(self, name: str) -> Any:
+        return await self.tasks[name]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def runs(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[Runs]:
+    """Start every scenario a selected test of this module reads, all at once."""
+    selected = {
+        scenario_of(item)
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module
+    }
+    if "relay-outage" not in selected:
+        stack.head_start.set()
+
+    async def run(name: str, scenario: Scenario) -> Any:
+        if name != "relay-outage":
+            await stack.head_start.wait()
+        return await scenario(stack)
+
+    tasks = {
+        name: asyncio.create_task(run(name, scenario), name=name)
+        for name, scenario in SCENARIOS.items()
+        if name in selected
+    }
+    try:
+        yield Runs(tasks)
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
