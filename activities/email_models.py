@@ -93,3 +93,15 @@ class EmailReceipt(BaseModel):
     message_id: str
     subject: str
     accepted: list[str]
+
+
+class SendTrouble(BaseModel):
+    """A send attempt failed in a way a retry may fix (relay down, 4xx, ledger away).
+
+    The activity tells its deal, which shows it until the email goes out or fails for good.
+    """
+
+    message_id: str
+    attempt: int
+    problem: str
+    at: datetime

@@ -25,7 +25,7 @@ from email_validator import EmailNotValidError, validate_email
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from activities.email_models import EmailReceipt, EmailRequest, Party
+from activities.email_models import EmailReceipt, EmailRequest, Party, SendTrouble
 from activities.mailbox_quota import MailboxQuota
 from activities.mime import Mailbox, OutgoingMessage, compose
 from activities.rendering import RenderedEmail, TemplateLibrary, TemplateProblem
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from ledger.suppression_list import SuppressionList
 
 SEND_EMAIL = "send_email"
+# The signal a failing attempt sends its deal (``SendTrouble``): status shows it, retrying.
+SEND_TROUBLE = "send_trouble"
 # RFC 5321 4.5.3.2.6: wait up to 10 minutes for the final reply after DATA.
 FINAL_REPLY_TIMEOUT = 600.0
 
@@ -173,6 +175,27 @@ def _address(party: Party) -> Address:
             non_retryable=True,
         ) from None
     return Address(display_name=party.name, addr_spec=checked.normalized)
+
+
+async def _tell_the_deal(request: EmailRequest, error: BaseException) -> str:
+    """A failure Temporal will retry: one line in the log, and a signal to the deal so that
+    ``status`` shows why the email is late. Neither may hide the failure itself."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    problem = f"{type(error).__name__}: {text}"[:500]
+    if not activity.in_activity():
+        return problem
+    info = activity.info()
+    activity.logger.warning("%s attempt %d failed, retrying: %s", request.message_id,
+                            info.attempt, problem)  # fmt: skip
+    trouble = SendTrouble(
+        message_id=request.message_id, attempt=info.attempt, problem=problem, at=datetime.now(UTC)
+    )
+    try:
+        deal = activity.client().get_workflow_handle(info.workflow_id or "")
+        await deal.signal(SEND_TROUBLE, trouble)
+    except Exception as unsent:  # Temporal away too: the retry itself still happens
+        activity.logger.info("deal not told of the failed attempt: %s", unsent)
+    return problem
 
 
 def _receipt(request: EmailRequest, message: OutgoingMessage) -> EmailReceipt:
@@ -333,7 +356,23 @@ class Mailer:
         # Heartbeats while talking SMTP: an attempt the server gave up on is cancelled
         # here, so it is never still inside DATA when the next attempt starts.
         async with _heartbeating():
-            return await self._send_email(request)
+            try:
+                return await self._send_email(request)
+            except ApplicationError as error:
+                if error.non_retryable:
+                    raise
+                await _tell_the_deal(request, error)
+                raise
+            except (OSError, TimeoutError, aiosmtplib.SMTPException) as error:
+                # The relay down or saying 4xx: expected, and retried. One line, no
+                # traceback (benign), with the same type for the retry policy to see.
+                problem = await _tell_the_deal(request, error)
+                raise ApplicationError(
+                    problem, type=type(error).__name__, category=ApplicationErrorCategory.BENIGN
+                ) from error
+            except Exception as error:
+                await _tell_the_deal(request, error)  # a bug: the SDK logs its traceback
+                raise
 
     async def _send_email(self, request: EmailRequest) -> EmailReceipt:
         for party in request.to:

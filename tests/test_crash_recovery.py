@@ -429,7 +429,12 @@ async def relay_outage(stack: Stack, deals: int = 3) -> Outage:
         retrying[deal_id] = await wait_for(
             lambda h=handle: failing(h), f"{deal_id} retries its send", within=OUTAGE_SECONDS
         )
-        during[deal_id] = await deal_status(stack.client, deal_id)
+
+        async def told(deal_id: str = deal_id) -> DealStatus | None:
+            current = await deal_status(stack.client, deal_id)
+            return current if current.sending_problems else None
+
+        during[deal_id] = await wait_for(told, f"{deal_id} shows why its email is late")
     await asyncio.sleep(max(0.0, down_at + OUTAGE_SECONDS - asyncio.get_running_loop().time()))
     relay.start()  # back, on the same port
 
@@ -465,17 +470,24 @@ async def test_relay_down_for_a_minute_loses_and_doubles_nothing(runs: Runs) -> 
         # refused connection; the deal showed the follow-up as in flight, no error.
         retrying = outage.retrying[deal_id]
         assert retrying.activity_type.name == "send_email"
-        failure = retrying.last_failure
-        assert failure.application_failure_info.type == "SMTPConnectError", failure
-        assert failure.cause.application_failure_info.type == "ConnectionRefusedError", failure
+        failure, causes = retrying.last_failure, []
+        while failure.application_failure_info.type:
+            causes.append(failure.application_failure_info.type)
+            failure = failure.cause
+        assert causes[0] == "SMTPConnectError" and "ConnectionRefusedError" in causes, causes
         in_flight = outage.during[deal_id].messages[-1]
-        assert (in_flight.template, in_flight.outcome) == ("proposal_follow_up", "skipped")
+        assert (in_flight.template, in_flight.outcome) == ("proposal_follow_up", "sending")
         assert in_flight.error == ""
+        # The deal records the transient problem while it lasts...
+        [late] = outage.during[deal_id].sending_problems
+        assert late.startswith(f"{in_flight.message_id} attempt ") and "retrying" in late
+        assert "SMTPConnectError" in late
         # After: everything sent once, nothing left as a problem.
         after = outage.after[deal_id]
         assert [m.outcome for m in after.messages] == ["sent"] * len(planned)
         assert [m.message_id for m in after.messages] == [a.message_id for a in arrivals]
         assert after.problems == []
+        assert after.sending_problems == []  # ...and it clears once the email went out
         for arrival in arrivals:
             record = outage.records[arrival.message_id]
             assert record is not None and record.state is SendState.SENT

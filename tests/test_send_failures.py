@@ -17,6 +17,7 @@ from temporalio.client import WorkflowHandle
 from activities.rendering import TemplateLibrary
 from starter import record, start_deal
 from tests.conftest import Deals, steps
+from tests.test_inbound_signals import eventually as status_when
 from tests.test_lifecycle import deal_id, eventually, stage_is, status
 from worker import build_mailer, build_worker
 from workflows.deal import RESEND_FAILED
@@ -102,11 +103,15 @@ async def test_smtp_outage_is_waited_out_without_losing_or_doubling_the_email(
     deals.sink.stop()
     handle = await deals.start(kind="rfp")
     await retrying(handle)  # the first attempts meet a refused connection
-    assert (await status(handle)).messages[0].outcome == "skipped"  # still in flight
+    late = await status_when(handle, lambda s: bool(s.sending_problems))
+    assert late.messages[0].outcome == "sending"  # still in flight, and why it is late:
+    assert f"{late.messages[0].message_id} attempt " in late.sending_problems[0]
+    assert "SMTPConnectError" in late.sending_problems[0]
     deals.sink.start()  # the SMTP server is back, on the same port
     messages = await deals.settle(1)
     assert steps(messages) == ["proposal"]
     assert (await send_attempts(handle))[0] >= 2
+    assert (await status(handle)).sending_problems == []  # cleared once it went out
     await stage_is(handle, Stage.PROPOSAL_RECEIVED)
     await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
 

@@ -27,9 +27,10 @@ with workflow.unsafe.imports_passed_through():
         EmailThread,
         Party,
         PricedLine,
+        SendTrouble,
         StepFacts,
     )
-    from activities.mailer import NON_RETRYABLE, FailureType, Mailer
+    from activities.mailer import NON_RETRYABLE, SEND_TROUBLE, FailureType, Mailer
     from activities.suppression import Suppression, SuppressionWriter
     from workflows import pricing
     from workflows.business_calendar import (
@@ -136,6 +137,8 @@ class DealWorkflow:
         self.history: list[StageChange] = []
         self.messages: list[MessageRecord] = []
         self.problems: list[str] = []
+        # Why an email in flight is late (its last failed attempt), until it ends.
+        self.troubles: dict[str, SendTrouble] = {}
         self.outbox: list[Outbound] = []
         self.threads: dict[Thread, EmailThread] = {}
         # Addresses this deal must not mail: bounced, opted out, or suppressed elsewhere.
@@ -359,11 +362,12 @@ class DealWorkflow:
             template=outbound.template,
             to=[r.email for r in recipients or everyone],
             at=workflow.now(),
-            outcome="skipped",
+            outcome="sending",
         )
         self.messages.append(record)
         blocked = [r.email for r in everyone if r not in recipients]
         if not recipients:
+            record.outcome = "skipped"
             record.error = f"address bounced earlier: {', '.join(blocked)}"
             self._changed()
             return False
@@ -398,8 +402,10 @@ class DealWorkflow:
                 retry_policy=SEND_RETRY_POLICY,
             )
         except ActivityError as error:
+            self.troubles.pop(request.message_id, None)
             self._send_failed(outbound, record, error)
             return False
+        self.troubles.pop(request.message_id, None)
         record.outcome, record.subject, record.at = "sent", receipt.subject, workflow.now()
         if outbound.thread is not None:
             if thread is None:
@@ -857,6 +863,14 @@ class DealWorkflow:
         if signal.address and not self._is_contact(str(signal.address)):
             raise ValueError(f"{signal.address} is not a contact of this deal")
 
+    @workflow.signal(name=SEND_TROUBLE)
+    def send_trouble(self, trouble: SendTrouble) -> None:
+        """A send attempt failed and will be retried: shown until the email goes out or
+        fails for good. Only a send still in flight is marked (a late signal is dropped)."""
+        if any(m.message_id == trouble.message_id and m.outcome == "sending"
+               for m in self.messages):  # fmt: skip
+            self.troubles[trouble.message_id] = trouble
+
     @workflow.signal(name=INBOUND_MESSAGE)
     def inbound_message(self, mail: InboundMessage) -> None:
         """A message from the reply mailbox. A signal: the poller needs no answer, and it
@@ -980,6 +994,11 @@ class DealWorkflow:
             history=list(self.history),
             messages=list(self.messages),
             problems=list(self.problems),
+            sending_problems=[
+                f"{t.message_id} attempt {t.attempt} failed at {t.at:%Y-%m-%d %H:%M:%S} UTC, "
+                f"retrying: {t.problem}"
+                for t in self.troubles.values()
+            ],
             interview=self.interview,
             buyer_time_zone=self.deal.buyer.time_zone,
             contacts=[str(contact.email) for contact in self.deal.contacts],

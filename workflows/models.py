@@ -271,7 +271,8 @@ class StageChange(Model):
     note: str = ""
 
 
-MessageOutcome = Literal["sent", "bounced", "failed", "skipped"]
+# "sending": in flight (see DealStatus.sending_problems for why one is late).
+MessageOutcome = Literal["sending", "sent", "bounced", "failed", "skipped"]
 
 
 class MessageRecord(Model):
@@ -317,6 +318,8 @@ class DealStatus(Model):
     history: list[StageChange] = Field(default_factory=list)
     messages: list[MessageRecord] = Field(default_factory=list)
     problems: list[str] = Field(default_factory=list)
+    # Emails in flight whose last attempt failed and that Temporal retries (relay down).
+    sending_problems: list[str] = Field(default_factory=list)
     interview: InterviewRecorded | None = None
     buyer_time_zone: str = "UTC"
     # The contacts' addresses, the main one first.
