@@ -860,6 +860,8 @@ async def status_command(
     out.print(messages)
     for problem in deal.problems:
         err.print(f"problem: {problem}")
+    for late in deal.sending_problems:
+        err.print(f"sending: {late}", soft_wrap=True)
 
 
 @app.command("plan")
