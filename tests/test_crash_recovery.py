@@ -55,7 +55,7 @@ from tests.processes import (
     environment,
     wait_for,
 )
-from workflows.deal import PLAN
+from workflows.deal import PLAN, SEND_HEARTBEAT_TIMEOUT
 from workflows.models import DealInput, DealStatus, PlannedSend
 from workflows.stages import Stage
 
@@ -382,6 +382,59 @@ async def test_killed_after_the_ledger_recorded_it_the_retry_completes_without_s
     assert crash.status.stage is Stage.PROPOSAL_RECEIVED
 
 
+# --- a live worker behind a slow relay: the heartbeat keeps its attempt ---
+
+
+@dataclass
+class SlowReply:
+    held_for: float
+    arrivals: list[Arrival]
+    attempts: list[int]
+    status: DealStatus
+    record: SendRecord | None
+
+
+async def slow_relay(stack: Stack) -> SlowReply:
+    """The relay takes the proposal and answers only after the send's heartbeat timeout
+    has passed twice over: the worker is alive and heartbeats while it waits for the 250."""
+    queue = "slow-relay"
+    values = stack.deployment(queue, stack.relay)
+    await stack.start(stack.worker(queue, values))
+    settings = settings_of(values)
+    deal = deal_input(settings, queue)
+    held = stack.relay.hold_reply(deal.deal_id)
+    handle = await start_deal(stack.client, settings, deal)
+    await held.arrived()
+    began = time.monotonic()
+    # The stimulus, not the proof: a relay that answers late, as RFC 5321 allows.
+    await asyncio.sleep(2 * SEND_HEARTBEAT_TIMEOUT.total_seconds())
+    held.release()
+    await quiet([handle], f"{deal.deal_id} settles after the late 250")
+    current = await deal_status(stack.client, deal.deal_id)
+    return SlowReply(
+        held_for=time.monotonic() - began,
+        arrivals=stack.relay.of_deal(deal.deal_id),
+        attempts=await started_attempts(handle),
+        status=current,
+        record=await stack.ledger(current.messages[0].message_id),
+    )
+
+
+async def test_a_relay_that_answers_after_the_heartbeat_timeout_gets_one_attempt(
+    runs: Runs,
+) -> None:
+    """Heartbeats while talking SMTP: a slow final reply is waited for (up to 10 minutes),
+    not mistaken for a dead worker, so no second attempt starts beside the first."""
+    slow: SlowReply = await runs.result("slow-relay")
+    assert slow.held_for > SEND_HEARTBEAT_TIMEOUT.total_seconds()
+    assert templates(slow.arrivals) == ["proposal"]
+    assert slow.attempts[0] == 1
+    assert [m.outcome for m in slow.status.messages] == ["sent"]
+    assert slow.status.problems == [] and slow.status.sending_problems == []
+    assert slow.record is not None and slow.record.state is SendState.SENT
+    assert slow.record.attempt == 1
+
+
 # --- (b) the relay down for 60 s mid-cadence ---
 
 # Follow-up 1 comes due a few seconds into the outage, follow-up 2 while it lasts too.
@@ -585,6 +638,7 @@ Scenario = Callable[[Stack], Awaitable[Any]]
 SCENARIOS: dict[str, Scenario] = {
     "relay-outage": relay_outage,
     "server-killed": server_killed,
+    "slow-relay": slow_relay,
     **{f"crash:{p}": lambda s, p=p: crash_mid_send(s, p) for p in (*HOOK_POINTS, REPLY_LOST)},
 }
 # The scenario each test reads (parametrized ones: by their ``point``).
@@ -595,6 +649,7 @@ SCENARIO_OF = {
     ),
     "test_relay_down_for_a_minute_loses_and_doubles_nothing": "relay-outage",
     "test_server_killed_while_deals_wait_each_timer_fires_once": "server-killed",
+    "test_a_relay_that_answers_after_the_heartbeat_timeout_gets_one_attempt": "slow-relay",
 }
 
 
