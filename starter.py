@@ -100,9 +100,10 @@ if TYPE_CHECKING:
     from ledger.suppression_list import SuppressionEntry, SuppressionList
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-# Deal data is user text: never read it as Rich markup ("[/b]" in a note must print as is).
-err = Console(stderr=True, highlight=False, markup=False)
-out = Console(highlight=False, markup=False)
+# Deal data is user text: never read it as Rich markup or emoji codes ("[/b]" or ":one:"
+# in a note must print as is).
+err = Console(stderr=True, highlight=False, markup=False, emoji=False)
+out = Console(highlight=False, markup=False, emoji=False)
 T = TypeVar("T")
 
 

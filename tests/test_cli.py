@@ -595,6 +595,12 @@ async def test_user_text_with_markup_brackets_is_printed_as_is(stack: Stack) -> 
                              "--contact", "a@example.org", "--item", "Widget[/bold]:1")  # fmt: skip
     assert result.code == 1
     assert "Widget[/bold]:1" in result.one_line_error()
+    # Nor as emoji codes: ":one:" and ":smile:" stay the text the user typed.
+    emoji = await stack.cli("start", "--id", new_id(), "--company", "X", "--kind", "rfp",
+                            "--contact", "a@example.org", "--item", "X:one:100")  # fmt: skip
+    assert emoji.code == 1 and "X:one:100" in emoji.one_line_error()
+    unknown = await stack.cli("status", ":smile:")
+    assert unknown.code == 1 and "no deal ':smile:'" in unknown.one_line_error()
 
 
 async def test_pipeline_owner_must_be_an_address(stack: Stack) -> None:
