@@ -16,7 +16,7 @@ import contextlib
 import re
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -79,7 +79,7 @@ class ImapEndpoint:
     port: int
     tls: str  # "implicit" (port 993) or "none" (loopback only); aioimaplib has no STARTTLS
     username: str
-    password: str
+    password: str = field(repr=False)  # never in a log or a traceback
     folder: str = "INBOX"
     timeout: float = 30.0
 

@@ -10,7 +10,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiosmtplib
 
@@ -21,7 +21,7 @@ class SmtpEndpoint:
     port: int
     tls: str = "none"  # "starttls", "implicit" or "none"
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log or a traceback
     timeout: float = 30.0
 
 

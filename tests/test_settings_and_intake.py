@@ -114,3 +114,16 @@ def test_csv_row_becomes_a_deal_with_settings_defaults() -> None:
 def test_a_bare_next_step_date_means_nine_in_the_morning_buyer_local() -> None:
     moment = local_moment("2026-12-01", "America/New_York")
     assert moment.isoformat() == "2026-12-01T09:00:00-05:00"
+
+
+def test_relay_and_mailbox_passwords_never_show_in_a_repr() -> None:
+    """Endpoints end up in log lines and tracebacks; their passwords must not."""
+    from activities.mailbox import ImapEndpoint
+    from activities.smtp_pool import SmtpEndpoint
+
+    smtp = SmtpEndpoint("smtp.example.com", 587, "starttls", "sales", "hunter2-smtp")
+    imap = ImapEndpoint("imap.example.com", 993, "implicit", "sales", "hunter2-imap")
+    for endpoint, secret in ((smtp, "hunter2-smtp"), (imap, "hunter2-imap")):
+        assert secret not in repr(endpoint) and secret not in str(endpoint)
+        assert "sales" in repr(endpoint)  # the rest stays readable
+        assert endpoint.password == secret
