@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.mailer import NON_RETRYABLE, SEND_TROUBLE, FailureType, Mailer
     from activities.suppression import Suppression, SuppressionWriter
-    from workflows import pricing
+    from workflows import bounds, pricing
     from workflows.business_calendar import (
         BusinessCalendar,
         SendWindow,
@@ -555,6 +555,9 @@ class DealWorkflow:
     # --- buyer signals: one update each, refused with the reason by its validator ---
 
     def _refuse(self, signal: BuyerSignal, payload: SignalPayload) -> None:
+        # Bounds first: a payload that skipped the CLI's or the webhook's checks (huge
+        # quantities, a year-9999 date, a control character) never reaches the handler.
+        bounds.check_payload(payload, workflow.now().date())
         if self._seen(payload):
             raise ValueError(f"event {payload.event_id} was already applied to this deal")
         reason = refusal(signal, self.stage)
@@ -785,6 +788,10 @@ class DealWorkflow:
         self._refuse(BuyerSignal.OUT_OF_OFFICE, signal)
         if signal.until and signal.until <= workflow.now():
             raise ValueError(f"the return date {signal.until.isoformat()} is in the past")
+        if signal.until is None:
+            # The handler adds the cadence's pause to now: a pause out of bounds is refused.
+            where = "the deal's cadence.out_of_office_pause (give the return date)"
+            bounds.check_delay(where, self.deal.cadence.out_of_office_pause)
 
     @workflow.update(name=BuyerSignal.PAUSED.value)
     def paused_by_ops(self, signal: Paused) -> Stage:
@@ -947,6 +954,7 @@ class DealWorkflow:
 
     @resend_failed.validator
     def _check_resend_failed(self, signal: SignalPayload) -> None:
+        bounds.check_payload(signal, workflow.now().date())
         if not self.failed:
             raise ValueError("the deal has no failed email to send again")
 

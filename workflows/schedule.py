@@ -13,13 +13,18 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 
-from workflows.business_calendar import BusinessCalendar, add_delay, next_slot
+from workflows.business_calendar import BusinessCalendar, BusinessDays, Delay, add_delay, next_slot
 from workflows.models import Cadence, ShiftPolicy
 from workflows.outbound import FOLLOW_UPS, Audience, Thread
 from workflows.stages import Stage
 
 # After this many "confirm delivery" reminders the rep owns the delay; the deal waits for ops.
 MAX_DELIVERY_REMINDERS = 3
+# Nothing is planned later than this: a step that far out waits, in effect, for a signal.
+# Only a deal that skipped the bounds (workflows/bounds.py: ten years ahead, delays of a
+# year) gets here; saturating at it keeps date arithmetic near datetime.max from raising
+# inside the workflow task, where an exception would freeze the deal.
+HORIZON = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 class Action(StrEnum):
@@ -76,6 +81,27 @@ def _slot(calendar: BusinessCalendar, moment: datetime, action: Action) -> datet
     return next_slot(calendar, moment) if action in BUYER_FACING else moment
 
 
+def _later(calendar: BusinessCalendar, moment: datetime, delay: Delay, times: int = 1) -> datetime:
+    """``moment`` plus ``times`` the delay, never past ``HORIZON`` (and never raising)."""
+    if moment >= HORIZON:
+        return HORIZON
+    room = HORIZON - moment
+    if isinstance(delay, BusinessDays):
+        # Every business day is at least a calendar day: past the room, past the horizon.
+        if delay.business_days * times >= room.days:
+            return HORIZON
+        for _ in range(times):
+            moment = add_delay(calendar, moment, delay)
+        return min(moment, HORIZON)
+    if delay >= room / times:
+        return HORIZON
+    return add_delay(calendar, moment, delay * times)
+
+
+def _capped(moment: datetime) -> datetime:
+    return min(moment, HORIZON)
+
+
 def next_step(
     s: Schedule, cadence: Cadence, calendar: BusinessCalendar, policy: ShiftPolicy
 ) -> Step | None:
@@ -86,13 +112,14 @@ def next_step(
     if step is None:
         return None
     target, action, touch = step
-    at = max(target, s.held_until) if s.held_until else target
+    target = _capped(target)
+    at = max(target, _capped(s.held_until)) if s.held_until else target
     at = _slot(calendar, at, action)
     # Shift: later steps count from when this one really goes out (Outreach);
     # anchor: from when it was due, whatever the window did to it (HubSpot).
     # A step held back by a pause or an out-of-office shifts under both policies,
     # so steps that came due meanwhile fire once, not in a burst.
-    held = s.held_until is not None and target <= s.held_until
+    held = s.held_until is not None and target <= _capped(s.held_until)
     anchor = at if policy is ShiftPolicy.SHIFT or held else max(target, s.anchor)
     return Step(at=at, action=action, touch=touch, next_anchor=anchor)
 
@@ -106,30 +133,32 @@ def _raw_next(
             return None
         delays = cadence.follow_ups(FOLLOW_UPS[stage].cadence)
         if s.touches < len(delays):
-            target = s.next_step_at or add_delay(calendar, s.anchor, delays[s.touches])
+            target = s.next_step_at or _later(calendar, s.anchor, delays[s.touches])
             return target, Action.FOLLOW_UP, s.touches + 1
-        target = s.next_step_at or s.anchor + cadence.no_response_after
+        target = s.next_step_at or _later(calendar, s.anchor, cadence.no_response_after)
         if stage is Stage.WIN_LOSS_INVITED:
             return target, Action.WON_WITHOUT_INTERVIEW, 0
         return target, Action.NO_RESPONSE, 0
     if stage in (Stage.ORDER_PLACED, Stage.ORDER_CONFIRMED) and s.delivery_date:
         if s.delivery_reminders >= MAX_DELIVERY_REMINDERS:
             return None
+        if s.delivery_date >= HORIZON.date():
+            return HORIZON, Action.CONFIRM_DELIVERY, 0
         day_after = datetime.combine(s.delivery_date + timedelta(days=1), time(), UTC)
-        target = day_after + cadence.delivery_overdue_after * (s.delivery_reminders + 1)
-        return target, Action.CONFIRM_DELIVERY, 0
+        overdue, times = cadence.delivery_overdue_after, s.delivery_reminders + 1
+        return _later(calendar, day_after, overdue, times), Action.CONFIRM_DELIVERY, 0
     if stage is Stage.DELIVERED and s.delivered_at:
-        return add_delay(calendar, s.delivered_at, cadence.check_in_after), Action.CHECK_IN, 0
+        return _later(calendar, s.delivered_at, cadence.check_in_after), Action.CHECK_IN, 0
     if stage is Stage.CHECKED_IN:
-        return add_delay(calendar, s.anchor, cadence.win_loss_after), Action.WIN_LOSS, 0
+        return _later(calendar, s.anchor, cadence.win_loss_after), Action.WIN_LOSS, 0
     if stage is Stage.LOST and s.interview_pending:
         if not s.interview_invited:
-            target = add_delay(calendar, s.anchor, cadence.win_loss_after)
+            target = _later(calendar, s.anchor, cadence.win_loss_after)
             return target, Action.LOSS_INTERVIEW, 0
         if s.touches < len(cadence.win_loss):
-            target = add_delay(calendar, s.anchor, cadence.win_loss[s.touches])
+            target = _later(calendar, s.anchor, cadence.win_loss[s.touches])
             return target, Action.INTERVIEW_REMINDER, s.touches + 1
-        return s.anchor + cadence.no_response_after, Action.CLOSE_INTERVIEW, 0
+        return _later(calendar, s.anchor, cadence.no_response_after), Action.CLOSE_INTERVIEW, 0
     return None
 
 

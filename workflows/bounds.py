@@ -1,0 +1,206 @@
+"""The bounds every value a deal takes in stays inside, each refused with one line.
+
+Checked where input arrives (``deal_intake``: the CLI, a deal file, a CSV row; the
+webhook) and again by the deal's update validators, so a payload that skipped the
+boundary is refused before it can reach the workflow's arithmetic.
+
+These are plain checks, not pydantic constraints on the models: a running deal's
+history is decoded with today's models on replay, and a payload stored before a bound
+existed must keep decoding (tests/test_replay.py). Pure (no clock: callers pass today;
+no I/O), so the workflow's validators run them in the sandbox.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel
+
+from workflows import pricing
+from workflows.business_calendar import MAX_SCAN_DAYS, BusinessCalendar, BusinessDays, Delay
+
+# Text, in characters.
+MAX_NAME = 200  # company, contact and item names
+MAX_LINE = 200  # one-line fields: source, purchase order, role
+MAX_NOTE = 2000  # notes, reasons, interview answers (several lines allowed)
+MAX_ADDRESS = 320  # an email address named in a payload (RFC 3696)
+MAX_EVENT_ID = 998
+# Counts.
+MAX_ITEMS = 200
+MAX_CONTACTS = 50
+MAX_HOLIDAYS = 1000
+MAX_FOLLOW_UPS = 20
+# Numbers. A price is Money (models.py): at most 999,999,999,999.99, two decimals.
+MAX_QUANTITY = Decimal(10**9)
+QUANTITY_PLACES = 4
+MAX_TOTAL = Decimal("999999999999.99")  # a deal's total fits where an order value does
+PERCENT_PLACES = 2
+# Dates and delays.
+EARLIEST = date(2000, 1, 1)
+YEARS_AHEAD = 10
+MAX_DELAY = timedelta(days=366)
+MAX_BUSINESS_DAYS = 260
+MAX_SEND_RETRY = timedelta(days=30)
+
+
+def latest(today: date) -> date:
+    """The last date a deal may name: ten years from today."""
+    try:
+        return today.replace(year=today.year + YEARS_AHEAD)
+    except ValueError:  # 29 February
+        return today.replace(year=today.year + YEARS_AHEAD, day=28)
+
+
+def _character(char: str) -> str:
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X}" + (f" {name}" if name else "")
+
+
+def check_text(where: str, text: str, limit: int, lines: bool = False) -> None:
+    """At most ``limit`` characters, none of them a control character; ``lines`` allows
+    line feeds and tabs (a CR only before a LF)."""
+    if len(text) > limit:
+        raise ValueError(f"{where} is {len(text):,} characters long; at most {limit:,}")
+    allowed = "\t\n" if lines else ""
+    for char in text.replace("\r\n", "\n") if lines else text:
+        # Cc: C0/C1 controls (line feed, escape, NUL); Zl/Zp: line and paragraph
+        # separators; Cs: lone surrogates, which no UTF-8 encoder can write.
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cs") and char not in allowed:
+            kind = "a line break" if char in "\r\n\u2028\u2029\x85" else "a control character"
+            raise ValueError(f"{where} holds {kind} ({_character(char)}); remove it")
+
+
+def _places(value: Decimal) -> int:
+    exponent = value.as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
+
+
+def check_quantity(where: str, quantity: Decimal) -> None:
+    if not quantity.is_finite() or quantity > MAX_QUANTITY:
+        raise ValueError(f"{where} {quantity} is over the most a line can hold, {MAX_QUANTITY:,}")
+    if _places(quantity.normalize()) > QUANTITY_PLACES:
+        raise ValueError(f"{where} {quantity} has more than {QUANTITY_PLACES} decimal places")
+
+
+def check_amount(where: str, amount: Decimal) -> None:
+    if not amount.is_finite() or amount > MAX_TOTAL:
+        raise ValueError(f"{where} {amount} is over the most a deal may be worth, {MAX_TOTAL:,}")
+
+
+def check_items(where: str, items: list[Any]) -> None:
+    """Line items: how many, their names and quantities, and what they add up to."""
+    if len(items) > MAX_ITEMS:
+        raise ValueError(f"{where}: {len(items):,} line items; at most {MAX_ITEMS}")
+    for index, item in enumerate(items):
+        check_text(f"{where}.{index}.name", item.name, MAX_NAME)
+        check_quantity(f"{where}.{index}.quantity", item.quantity)
+    check_amount(f"{where}: the list total", pricing.list_total(items))
+
+
+def check_percent(where: str, percent: Decimal) -> None:
+    if _places(percent.normalize()) > PERCENT_PLACES:
+        raise ValueError(f"{where} {percent} has more than {PERCENT_PLACES} decimal places")
+
+
+def check_date(where: str, day: date, today: date, earliest: date = EARLIEST) -> None:
+    last = latest(today)
+    if day < earliest:
+        raise ValueError(f"{where} {day.isoformat()} is before {earliest.isoformat()}")
+    if day > last:
+        raise ValueError(
+            f"{where} {day.isoformat()} is after {last.isoformat()} "
+            f"(at most {YEARS_AHEAD} years ahead)"
+        )
+
+
+def check_moment(where: str, moment: datetime, today: date) -> None:
+    try:
+        day = moment.astimezone(UTC).date()
+    except (OverflowError, ValueError):
+        raise ValueError(f"{where} {moment.isoformat()} is out of range") from None
+    check_date(where, day, today)
+
+
+def check_delay(where: str, delay: Delay) -> None:
+    if isinstance(delay, BusinessDays):
+        if delay.business_days > MAX_BUSINESS_DAYS:
+            raise ValueError(
+                f"{where} is {delay.business_days:,} business days; at most {MAX_BUSINESS_DAYS}"
+            )
+    elif delay > MAX_DELAY:
+        raise ValueError(f"{where} is {delay.days:,} days; at most {MAX_DELAY.days}")
+
+
+def check_calendar(where: str, calendar: BusinessCalendar, today: date) -> None:
+    """Holidays in the date window, and a business day in every stretch the planner scans
+    (a calendar of holidays end to end would leave a deal no day to send on)."""
+    holidays = calendar.holidays
+    if len(holidays) > MAX_HOLIDAYS:
+        raise ValueError(f"{where}.holidays: {len(holidays):,} dates; at most {MAX_HOLIDAYS}")
+    for day in holidays:
+        check_date(f"{where}.holidays", day, today)
+    if not holidays:
+        return
+    closed = set(holidays)
+    day, last, run = min(closed) - timedelta(days=7), max(closed) + timedelta(days=7), 0
+    while day <= last:
+        open_ = day.weekday() in calendar.window.days and day not in closed
+        run = 0 if open_ else run + 1
+        if run >= MAX_SCAN_DAYS:
+            raise ValueError(
+                f"{where} has no business day for {MAX_SCAN_DAYS} days from "
+                f"{(day - timedelta(days=run - 1)).isoformat()}: check its holidays"
+            )
+        day += timedelta(days=1)
+
+
+# --- update payloads: one rule per field name ---
+
+Rule = Callable[[str, Any, date], None]
+
+
+def _text(limit: int, lines: bool = False) -> Rule:
+    return lambda where, value, today: check_text(where, value, limit, lines)
+
+
+def _moment(where: str, value: datetime, today: date) -> None:
+    check_moment(where, value, today)
+
+
+def _day(where: str, value: date, today: date) -> None:
+    check_date(where, value, today)
+
+
+RULES: dict[str, Rule] = {
+    "source": _text(MAX_LINE),
+    "note": _text(MAX_NOTE, lines=True),
+    "event_id": _text(MAX_EVENT_ID),
+    "reason": _text(MAX_NOTE, lines=True),
+    "purchase_order": _text(MAX_LINE),
+    "why_decided": _text(MAX_NOTE, lines=True),
+    "decision_process": _text(MAX_NOTE, lines=True),
+    "rep_rating": _text(MAX_NOTE, lines=True),
+    "cooperation_rating": _text(MAX_NOTE, lines=True),
+    "contact": _text(MAX_ADDRESS),
+    "items": lambda where, value, today: check_items(where, value),
+    "percent": lambda where, value, today: check_percent(where, value),
+    "order_value": lambda where, value, today: check_amount(where, value),
+    "delivery_date": _day,
+    "returns_on": _day,
+    "delivered_at": _moment,
+    "at": _moment,
+    "until": _moment,
+}
+
+
+def check_payload(payload: BaseModel, today: date) -> None:
+    """Every field of a signal's payload inside its bound; ValueError naming the first not."""
+    for name in type(payload).model_fields:
+        value = getattr(payload, name)
+        rule = RULES.get(name)
+        if rule is not None and value is not None:
+            rule(name, value, today)
