@@ -1,24 +1,32 @@
-"""Turning what ops type (flags, a deal file, a CSV row) into a checked ``DealInput``.
+"""Turning what ops type (flags, a deal file, a CSV file) into a checked ``DealInput``.
 
 Everything a workflow cannot check for itself is checked here, before a deal
-starts: the time zone exists, addresses are well formed, line items parse.
+starts: the time zone exists, addresses are well formed, line items parse, the
+currency is an ISO 4217 code, and every value is inside its bound
+(``workflows/bounds.py``: lengths, control characters, quantities, totals, dates).
 Settings fill in what the deal leaves out (owner, fulfilment, cadence).
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
 import json
 import re
-from collections.abc import Iterable, Mapping
-from datetime import date, datetime, time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
+import pycountry
 from pydantic import ValidationError
 
 from settings import Settings
+from workflows import bounds
 from workflows.business_calendar import BusinessCalendar, SendWindow
 from workflows.models import DealInput, LineItem
 
@@ -35,6 +43,15 @@ CSV_COLUMNS = (
 )
 
 
+# A CSV file for bulk-start (README: "Starting many deals").
+MAX_CSV_ROWS = 10_000
+MAX_CSV_FIELD = 8 * 1024  # characters in one cell
+MAX_CSV_BYTES = 64 * 1024 * 1024
+MAX_DEAL_FILE_BYTES = 1024 * 1024
+REQUIRED_COLUMNS = ("deal_id", "company", "contact_email", "kind")
+SAVE_AS_UTF8 = "save the file as 'CSV UTF-8' (Excel: File > Save As > CSV UTF-8)"
+
+
 class BadInput(ValueError):
     """Input that cannot become a deal or a signal; the message says what to fix."""
 
@@ -44,6 +61,53 @@ def explain(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "input"
     return f"{where}: {first['msg'].removeprefix('Value error, ')}"
+
+
+def today() -> date:
+    return datetime.now(UTC).date()
+
+
+def check_currency(code: str) -> str:
+    """An ISO 4217 code, from the pycountry package's list (Debian's iso-codes)."""
+    if pycountry.currencies.get(alpha_3=code) is None:
+        raise BadInput(f"currency {code!r} is not an ISO 4217 code such as EUR, USD or GBP")
+    return code
+
+
+def check_deal(deal: DealInput, now: date | None = None) -> None:
+    """Every field of a deal inside its bound (workflows/bounds.py); BadInput names the first."""
+    day = now or today()
+    try:
+        bounds.check_text("company", deal.company, bounds.MAX_NAME)
+        if len(deal.contacts) > bounds.MAX_CONTACTS:
+            raise ValueError(f"contacts: {len(deal.contacts)} given; at most {bounds.MAX_CONTACTS}")
+        for index, contact in enumerate(deal.contacts):
+            bounds.check_text(f"contacts.{index}.name", contact.name, bounds.MAX_NAME)
+            bounds.check_text(f"contacts.{index}.role", contact.role, bounds.MAX_LINE)
+            bounds.check_text(f"contacts.{index}.country", contact.country or "", 8)
+        bounds.check_items("items", deal.items)
+        cadence = deal.cadence
+        for name in ("inquiry", "proposal", "quote", "offer", "win_loss"):
+            delays = cadence.follow_ups(name)
+            if len(delays) > bounds.MAX_FOLLOW_UPS:
+                raise ValueError(
+                    f"cadence.{name}: {len(delays)} follow-ups; at most {bounds.MAX_FOLLOW_UPS}"
+                )
+            for index, delay in enumerate(delays):
+                bounds.check_delay(f"cadence.{name}.{index}", delay)
+        for name in (
+            "no_response_after", "delivery_overdue_after", "check_in_after", "win_loss_after",
+            "out_of_office_pause",
+        ):  # fmt: skip
+            bounds.check_delay(f"cadence.{name}", getattr(cadence, name))
+        bounds.check_percent("cadence.reserved_margin_percent", cadence.reserved_margin_percent)
+        if deal.send_retry_for > bounds.MAX_SEND_RETRY:
+            raise ValueError(f"send_retry_for is over {bounds.MAX_SEND_RETRY.days} days")
+        if deal.calendar is not None:
+            bounds.check_calendar("calendar", deal.calendar, day)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    check_currency(deal.currency)
 
 
 def check_time_zone(name: str) -> str:
@@ -106,6 +170,7 @@ def build_deal(settings: Settings, fields: Mapping[str, Any]) -> DealInput:
         raise BadInput(explain(error)) from None
     if "calendar" not in data and settings.window is not None:
         deal.calendar = business_calendar(settings, deal.buyer.time_zone, deal.buyer.country)
+    check_deal(deal)
     return deal
 
 
@@ -143,12 +208,28 @@ def business_calendar(
 
 
 def read_deal_file(path: Path) -> dict[str, Any]:
+    """A JSON deal file: UTF-8 (a BOM is fine), at most 1 MiB, one object."""
     try:
-        data = json.loads(path.read_text())
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_DEAL_FILE_BYTES + 1)
     except OSError as error:
         raise BadInput(f"cannot read {path}: {error.strerror}") from None
+    if len(raw) > MAX_DEAL_FILE_BYTES:
+        raise BadInput(f"{path} is over {MAX_DEAL_FILE_BYTES // 1024} KiB; a deal file is smaller")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise BadInput(
+            f"{path} is not UTF-8 (byte 0x{raw[error.start]:02X} at offset {error.start}): "
+            "save it as UTF-8"
+        ) from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as error:
         raise BadInput(f"{path} is not valid JSON: {error.msg} at line {error.lineno}") from None
+    except (ValueError, RecursionError) as error:  # a 5,000-digit number; nesting too deep
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise BadInput(f"{path} is not a deal file: {reason}") from None
     if not isinstance(data, dict):
         raise BadInput(f"{path} should hold one JSON object describing the deal")
     return data
@@ -183,20 +264,167 @@ def deal_from_row(settings: Settings, row: Mapping[str, str | None]) -> DealInpu
     return build_deal(settings, fields)
 
 
+@dataclass
+class CsvRow:
+    """One record of a CSV file: its first line, its cells by column, and why it cannot be
+    read, when it cannot (then it starts no deal, and the other rows still do)."""
+
+    line: int
+    cells: dict[str, str | None]
+    problem: str = ""
+
+    @property
+    def deal_id(self) -> str:
+        return (self.cells.get("deal_id") or "").strip()[:64]
+
+
+@contextmanager
+def _field_size_limit(limit: int) -> Iterator[None]:
+    # The csv module's own limit (128 KiB) raises mid-file; cells are measured here instead.
+    before = csv.field_size_limit(max(limit, csv.field_size_limit()))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
+def _delimiter(header: str) -> str:
+    """Comma, semicolon (Excel where the decimal mark is a comma) or tab: whichever splits
+    the header into the most known column names."""
+
+    def known(delimiter: str) -> int:
+        names = next(csv.reader([header], delimiter=delimiter), [])
+        return sum(name.strip().lower() in CSV_COLUMNS for name in names)
+
+    return max((",", ";", "\t"), key=known)
+
+
+def read_csv(path: Path) -> list[CsvRow]:
+    """The rows of a bulk-start CSV file.
+
+    UTF-8, with or without a BOM (Excel's "CSV UTF-8"); comma-, semicolon- or
+    tab-separated, read from the header. A problem with the whole file (unreadable,
+    UTF-16, no header, over 10,000 rows) raises BadInput; a problem with one row (a byte
+    that is not UTF-8, a cell over 8 KiB, more cells than columns) is that row's
+    ``problem``, and the other rows are read all the same.
+    """
+    try:
+        if path.stat().st_size > MAX_CSV_BYTES:
+            raise BadInput(
+                f"{path} is over {MAX_CSV_BYTES // (1024 * 1024)} MiB: split it into smaller files"
+            )
+        data = path.read_bytes()
+    except OSError as error:
+        raise BadInput(f"cannot read {path}: {error.strerror}") from None
+    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        raise BadInput(f"{path} is UTF-32 text: {SAVE_AS_UTF8}")
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise BadInput(f"{path} is UTF-16 text (Excel's 'Unicode Text'): {SAVE_AS_UTF8}")
+    data = data.removeprefix(codecs.BOM_UTF8)
+    texts, undecodable = [], {}
+    # bytes.splitlines breaks at \n, \r and \r\n only, as the csv module does.
+    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
+        try:
+            texts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            undecodable[number] = (
+                f"not UTF-8 (byte 0x{raw[error.start]:02X} at column {error.start + 1}): "
+                f"{SAVE_AS_UTF8}"
+            )
+            texts.append(raw.decode("utf-8", errors="replace"))
+    if not texts or not texts[0].strip():
+        raise BadInput(f"{path} has no header line: the first line names the columns")
+    if 1 in undecodable:
+        raise BadInput(f"{path}: the header line is {undecodable[1]}")
+    if "\0" in texts[0]:
+        raise BadInput(f"{path}: the header line holds NUL bytes (UTF-16?): {SAVE_AS_UTF8}")
+    delimiter = _delimiter(texts[0])
+    with _field_size_limit(len(data) + 1):
+        reader = csv.reader(texts, delimiter=delimiter)
+        header = [name.strip().lower() for name in next(reader)]
+        missing = [column for column in REQUIRED_COLUMNS if column not in header]
+        if missing:
+            raise BadInput(
+                f"{path}: the header has no column {', '.join(missing)}; "
+                f"the columns are {', '.join(CSV_COLUMNS)}"
+            )
+        return list(_records(path, reader, header, delimiter, undecodable))
+
+
+def _records(
+    path: Path,
+    reader: Iterator[list[str]],
+    header: list[str],
+    delimiter: str,
+    undecodable: dict[int, str],
+) -> Iterator[CsvRow]:
+    count, last = 0, 1
+    while True:
+        first = last + 1
+        try:
+            cells = next(reader)
+            problem = ""
+        except StopIteration:
+            return
+        except csv.Error as error:
+            cells, problem = [], f"not CSV: {error}"
+        last = reader.line_num  # type: ignore[attr-defined]
+        if not problem and not any(cell.strip() for cell in cells):
+            continue  # a blank line, or one of Excel's trailing ';;;;' lines
+        count += 1
+        if count > MAX_CSV_ROWS:
+            raise BadInput(
+                f"{path} has more than {MAX_CSV_ROWS:,} rows: split it into files of at most "
+                f"{MAX_CSV_ROWS:,} deals"
+            )
+        row = dict(zip(header, cells, strict=False))
+        problem = problem or next(
+            (undecodable[line] for line in range(first, last + 1) if line in undecodable), ""
+        )
+        extra = cells[len(header) :]
+        if not problem and any(cell.strip() for cell in extra):
+            shown = "tab" if delimiter == "\t" else f"'{delimiter}'"
+            problem = (
+                f"{len(cells)} cells for {len(header)} columns: quote a value that holds a {shown}"
+            )
+        long = next((name for name, cell in row.items() if len(cell) > MAX_CSV_FIELD), None)
+        if not problem and long is not None:
+            problem = (
+                f"column {long} is {len(row[long]):,} characters long; "
+                f"at most {MAX_CSV_FIELD:,} in one cell"
+            )
+        cells_by_column: dict[str, str | None] = {name: None for name in header}
+        cells_by_column.update(row)
+        yield CsvRow(first, cells_by_column, problem)
+
+
 def local_moment(text: str, time_zone: str, default_time: time = time(9)) -> datetime:
-    """An ISO date or date-time; a bare date or naive time is read in the buyer's zone."""
+    """An ISO date or date-time; a bare date or naive time is read in the buyer's zone.
+    Between 2000-01-01 and ten years from today (workflows/bounds.py)."""
     zone = ZoneInfo(check_time_zone(time_zone))
     try:
         if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), default_time, zone)
-        moment = datetime.fromisoformat(text)
+            moment = datetime.combine(date.fromisoformat(text), default_time, zone)
+        else:
+            moment = datetime.fromisoformat(text)
     except ValueError:
         raise BadInput(f"{text!r} is not an ISO date (2026-12-01) or date-time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=zone)
+    try:
+        bounds.check_moment("the date", moment, today())
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    return moment
 
 
 def parse_date(text: str) -> date:
+    """An ISO date between 2000-01-01 and ten years from today."""
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise BadInput(f"{text!r} is not an ISO date such as 2026-12-01") from None
+    try:
+        bounds.check_date("the date", day, today())
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    return day

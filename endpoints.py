@@ -44,6 +44,7 @@ from ledger.database import LedgerDatabase
 from ledger.suppression_list import SuppressionList, SuppressionReason, SuppressionSource
 from settings import Settings, load_settings
 from starter import DealUnreachable, NoSuchDeal, Refused, record, workflow_id
+from workflows import bounds
 from workflows.deal import INBOUND_MESSAGE
 from workflows.models import (
     Delivered,
@@ -302,8 +303,12 @@ class Endpoints:
         fields = {**event.data, "source": "webhook", "event_id": event.event_id}
         try:
             payload = model.model_validate(fields)
+            # Inside the bounds the deal's validator enforces too (dates, lengths).
+            bounds.check_payload(payload, datetime.fromtimestamp(self.clock(), UTC).date())
         except ValidationError as error:
             raise Problem(400, f"data.{explain(error)}") from None
+        except ValueError as error:
+            raise Problem(400, f"data.{error}") from None
         return event.deal_id, await self._apply(event.deal_id, signal, payload)
 
     async def _apply(self, deal_id: str, signal: BuyerSignal, payload: SignalPayload) -> str:

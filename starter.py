@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import functools
 import inspect
 import os
@@ -58,6 +57,7 @@ from deal_intake import (
     parse_contact,
     parse_date,
     parse_items,
+    read_csv,
     read_deal_file,
 )
 from ledger import LedgerProblem
@@ -459,15 +459,11 @@ async def bulk_start_command(
     csv_file: Path = typer.Argument(..., help=f"CSV with columns: {', '.join(CSV_COLUMNS)}."),
 ) -> None:
     """Start many deals from a CSV file; bad rows are reported, the rest start."""
-    try:
-        with csv_file.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            rows, lines = [], []
-            for row in reader:
-                rows.append(row)
-                lines.append(reader.line_num)  # a quoted field may span lines
-    except OSError as error:
-        raise BadInput(f"cannot read {csv_file}: {error.strerror}") from None
+    # UTF-8 (with or without Excel's BOM), comma or semicolon: see deal_intake.read_csv.
+    records = read_csv(csv_file)
+    unread = [(r.line, r.deal_id, r.problem) for r in records if r.problem]
+    rows = [r.cells for r in records if not r.problem]
+    lines = [r.line for r in records if not r.problem]
     columns = [
         TextColumn("starting deals"),
         BarColumn(),
@@ -475,9 +471,11 @@ async def bulk_start_command(
         TimeElapsedColumn(),
     ]
     with Progress(*columns, console=err, transient=False) as progress:
-        bar = progress.add_task("start", total=len(rows))
+        bar = progress.add_task("start", total=len(records))
+        progress.advance(bar, len(unread))
         result = await bulk_start(client, settings, rows, lambda: progress.advance(bar), lines)
-    out.print(f"started {len(result.started)} of {len(rows)} deals")
+    result.failed = sorted(result.failed + unread)
+    out.print(f"started {len(result.started)} of {len(records)} deals")
     if result.failed:
         table = Table("line", "deal", "problem", title="rows not started")
         for line, deal_id, reason in result.failed:
