@@ -12,6 +12,13 @@ relay's ``250``. A retry then finds one of three things:
 The one window left for a duplicate is between the relay's ``250`` and the write of
 *sent*: a process that dies there leaves a *claimed* row, which the policy holds
 rather than sends, so even that window yields a held email, not a second copy.
+
+Claims and sent/failed marks go through the ledger's batch writer
+(``ledger.database``): the claims of a batch are one ``INSERT ... ON CONFLICT DO
+NOTHING RETURNING`` for all their Message-IDs, and only those that found a row
+already there look at it one by one, exactly as a claim alone does; the marks are one
+``UPDATE`` run for every Message-ID. Two claims of one Message-ID never share the
+statement: the later one finds the earlier one's row, so exactly one of them wins.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Row, select, update
+from sqlalchemy import Connection, Row, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Update
 
-from ledger.database import LedgerDatabase
+from ledger.database import Batched, LedgerDatabase
 from ledger.tables import SENT_EMAILS
 
 
@@ -60,10 +68,55 @@ class Claim:
     record: SendRecord
 
 
+@dataclass(frozen=True)
+class _ClaimRequest:
+    message_id: str
+    fields: dict[str, Any]
+    resend: bool
+
+
+# Statements built once: building one per call cost more than running it.
+_FIND = select(SENT_EMAILS).where(SENT_EMAILS.c.message_id == bindparam("wanted"))
+
+
+def _finish_statement(**values: Any) -> Update:
+    """Mark a claimed row done; the other states are left as they are."""
+    return (
+        update(SENT_EMAILS)
+        .where(SENT_EMAILS.c.message_id == bindparam("finished"))
+        .where(SENT_EMAILS.c.state == SendState.CLAIMED.value)
+        .values(finished_at=bindparam("at"), **values)
+    )
+
+
+_MARK_SENT = _finish_statement(state=SendState.SENT.value, smtp_reply=bindparam("reply"))
+_MARK_FAILED = _finish_statement(state=SendState.FAILED.value, error=bindparam("problem"))
+
+
+def _marks(name: str, statement: Update) -> Batched[dict[str, Any], None]:
+    def run(connection: Connection, marks: list[dict[str, Any]]) -> list[None]:
+        connection.execute(statement, marks)  # in order, one after the other
+        return [None] * len(marks)
+
+    return Batched(name, run)
+
+
+_SENT_MARKS = _marks("mark sent", _MARK_SENT)
+_FAILED_MARKS = _marks("mark failed", _MARK_FAILED)
+
+
 class SendLedger:
     def __init__(self, database: LedgerDatabase) -> None:
         self.database = database
         self._insert = (sqlite if database.is_sqlite else postgresql).insert
+        self._claim_rows = (
+            self._insert(SENT_EMAILS)
+            .on_conflict_do_nothing(index_elements=["message_id"])
+            .returning(*SENT_EMAILS.c)
+        )
+        self._claims: Batched[_ClaimRequest, Claim] = Batched(
+            "claim", self._claim_all, key=lambda claim: claim.message_id
+        )
 
     async def find(self, message_id: str) -> SendRecord | None:
         return await self.database.run(lambda c: _find(c, message_id))
@@ -94,62 +147,62 @@ class SendLedger:
             "smtp_reply": None,
             "error": None,
         }
+        return await self.database.write(self._claims, _ClaimRequest(message_id, fields, resend))
 
-        def transaction(connection: Connection) -> Claim:
-            inserted = connection.execute(
-                self._insert(SENT_EMAILS)
-                .values(message_id=message_id, **fields)
-                .on_conflict_do_nothing(index_elements=["message_id"])
-                .returning(*SENT_EMAILS.c)
-            ).one_or_none()
-            if inserted is not None:
-                return Claim(ClaimOutcome.CLAIMED, _record(inserted))
-            existing = _find(connection, message_id)
-            assert existing is not None
-            if existing.state is SendState.SENT:
-                return Claim(ClaimOutcome.ALREADY_SENT, existing)
-            if existing.state is SendState.CLAIMED and not resend:
-                return Claim(ClaimOutcome.MAYBE_SENT, existing)
-            # Failed before the relay took it (or ops resend): take it over, but only if
-            # nobody else changed the row since we read it.
-            taken = connection.execute(
-                update(SENT_EMAILS)
-                .where(SENT_EMAILS.c.message_id == message_id)
-                .where(SENT_EMAILS.c.state == existing.state.value)
-                .where(SENT_EMAILS.c.attempt == existing.attempt)
-                .where(SENT_EMAILS.c.worker == existing.worker)
-                .values(**fields)
-            )
-            now_found = _find(connection, message_id)
-            assert now_found is not None
-            outcome = ClaimOutcome.CLAIMED if taken.rowcount == 1 else ClaimOutcome.MAYBE_SENT
-            return Claim(outcome, now_found)
-
-        return await self.database.run(transaction, write=True)
+    def _claim_all(self, connection: Connection, claims: list[_ClaimRequest]) -> list[Claim]:
+        """Claims of distinct Message-IDs: one insert for all, then those that found a row."""
+        # In Message-ID order, so two processes' batches lock rows in one order.
+        rows = [
+            {"message_id": claim.message_id, **claim.fields}
+            for claim in sorted(claims, key=lambda claim: claim.message_id)
+        ]
+        inserted = {
+            row.message_id: _record(row) for row in connection.execute(self._claim_rows, rows)
+        }
+        return [
+            Claim(ClaimOutcome.CLAIMED, inserted[claim.message_id])
+            if claim.message_id in inserted
+            else _claim_existing(connection, claim)
+            for claim in claims
+        ]
 
     async def sent(self, message_id: str, smtp_reply: str, now: datetime) -> None:
-        await self._finish(message_id, SendState.SENT, now, smtp_reply=smtp_reply[:1000])
+        mark = {"finished": message_id, "at": now, "reply": smtp_reply[:1000]}
+        await self.database.write(_SENT_MARKS, mark)
 
     async def failed(self, message_id: str, error: str, now: datetime) -> None:
         """The relay refused it, or never got it: a retry (or resend) may claim it again."""
-        await self._finish(message_id, SendState.FAILED, now, error=error[:2000])
+        mark = {"finished": message_id, "at": now, "problem": error[:2000]}
+        await self.database.write(_FAILED_MARKS, mark)
 
-    async def _finish(
-        self, message_id: str, state: SendState, now: datetime, **values: str
-    ) -> None:
-        statement = (
-            update(SENT_EMAILS)
-            .where(SENT_EMAILS.c.message_id == message_id)
-            .where(SENT_EMAILS.c.state == SendState.CLAIMED.value)
-            .values(state=state.value, finished_at=now, **values)
-        )
-        await self.database.run(lambda c: c.execute(statement), write=True)
+
+def _claim_existing(connection: Connection, claim: _ClaimRequest) -> Claim:
+    """The claim of a Message-ID that has a row already: the row says what this attempt does."""
+    message_id = claim.message_id
+    existing = _find(connection, message_id)
+    assert existing is not None
+    if existing.state is SendState.SENT:
+        return Claim(ClaimOutcome.ALREADY_SENT, existing)
+    if existing.state is SendState.CLAIMED and not claim.resend:
+        return Claim(ClaimOutcome.MAYBE_SENT, existing)
+    # Failed before the relay took it (or ops resend): take it over, but only if
+    # nobody else changed the row since we read it.
+    taken = connection.execute(
+        update(SENT_EMAILS)
+        .where(SENT_EMAILS.c.message_id == message_id)
+        .where(SENT_EMAILS.c.state == existing.state.value)
+        .where(SENT_EMAILS.c.attempt == existing.attempt)
+        .where(SENT_EMAILS.c.worker == existing.worker)
+        .values(**claim.fields)
+    )
+    now_found = _find(connection, message_id)
+    assert now_found is not None
+    outcome = ClaimOutcome.CLAIMED if taken.rowcount == 1 else ClaimOutcome.MAYBE_SENT
+    return Claim(outcome, now_found)
 
 
 def _find(connection: Connection, message_id: str) -> SendRecord | None:
-    row = connection.execute(
-        select(SENT_EMAILS).where(SENT_EMAILS.c.message_id == message_id)
-    ).one_or_none()
+    row = connection.execute(_FIND, {"wanted": message_id}).one_or_none()
     return None if row is None else _record(row)
 
 

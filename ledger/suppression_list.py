@@ -9,6 +9,10 @@ never existed. Every buyer send reads it with one indexed query, right before
 
 An address stays on the list until ops lift it with a reason. Of an opt-out and a
 lift the later one stands; a second opt-out of a suppressed address keeps the first.
+
+Look-ups made at the same moment (the sends of a burst, the deals of a bulk start)
+share one query (``LedgerDatabase.read``); it is made after every one of them asked,
+so a look-up never answers from before its call.
 """
 
 from __future__ import annotations
@@ -20,12 +24,23 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ledger.addresses import address_key, normalized_address
-from ledger.database import LedgerDatabase
+from ledger.database import Batched, LedgerDatabase
 from ledger.tables import LEDGER_SECRETS, SUPPRESSIONS
+
+# Keys of one look-up query at most (SQLite allows 32766 parameters a statement).
+KEYS_A_QUERY = 1000
+# Addresses whose key a list remembers (normalising and hashing one costs about 0.2 ms).
+KEYS_REMEMBERED = 20_000
+
+_STANDING = (
+    select(SUPPRESSIONS)
+    .where(SUPPRESSIONS.c.address_key.in_(bindparam("keys", expanding=True)))
+    .where(SUPPRESSIONS.c.lifted_at.is_(None))
+)
 
 
 class SuppressionReason(StrEnum):
@@ -77,6 +92,7 @@ class SuppressionList:
         self.database = database
         self._insert = (sqlite if database.is_sqlite else postgresql).insert
         self._key: bytes | None = None
+        self._address_keys: dict[str, str] = {}
 
     async def _hash_key(self) -> bytes:
         if self._key is None:
@@ -127,27 +143,25 @@ class SuppressionList:
         return await self.database.run(transaction, write=True)
 
     async def find(self, addresses: Sequence[str]) -> dict[str, SuppressionEntry]:
-        """The standing entries among ``addresses``, by the address as given: one query."""
+        """The standing entries among ``addresses``, by the address as given: one query
+        (shared with the look-ups asked at the same moment)."""
         hash_key = await self._hash_key()
         keys: dict[str, str] = {}
         for address in addresses:
-            try:
-                keys[address] = address_key(address, hash_key)
-            except ValueError:
-                continue  # not an address: nothing can be suppressed under it
+            key = self._address_keys.get(address)
+            if key is None:
+                try:
+                    key = address_key(address, hash_key)
+                except ValueError:
+                    continue  # not an address: nothing can be suppressed under it
+                if len(self._address_keys) >= KEYS_REMEMBERED:
+                    self._address_keys.clear()
+                self._address_keys[address] = key
+            keys[address] = key
         if not keys:
             return {}
-
-        def read(connection: Connection) -> dict[str, SuppressionEntry]:
-            rows = connection.execute(
-                select(SUPPRESSIONS)
-                .where(SUPPRESSIONS.c.address_key.in_(set(keys.values())))
-                .where(SUPPRESSIONS.c.lifted_at.is_(None))
-            ).all()
-            by_key = {row.address_key: _entry(row) for row in rows}
-            return {a: by_key[k] for a, k in keys.items() if k in by_key}
-
-        return await self.database.run(read)
+        found = await self.database.read(_LOOK_UP, frozenset(keys.values()))
+        return {a: found[k] for a, k in keys.items() if k in found}
 
     async def show(self, address: str) -> SuppressionEntry | None:
         """The address's entry, standing or lifted."""
@@ -178,6 +192,23 @@ class SuppressionList:
             return _standing_or_lifted(connection, [key])[key]
 
         return await self.database.run(transaction, write=True)
+
+
+def _look_up(
+    connection: Connection, asked: list[frozenset[str]]
+) -> list[dict[str, SuppressionEntry]]:
+    """Several look-ups in one query: for each, its keys' standing entries."""
+    keys = sorted(frozenset().union(*asked))
+    standing: dict[str, SuppressionEntry] = {}
+    for start in range(0, len(keys), KEYS_A_QUERY):
+        rows = connection.execute(_STANDING, {"keys": keys[start : start + KEYS_A_QUERY]})
+        standing.update((row.address_key, _entry(row)) for row in rows)
+    return [{key: standing[key] for key in each if key in standing} for each in asked]
+
+
+_LOOK_UP: Batched[frozenset[str], dict[str, SuppressionEntry]] = Batched(
+    "suppression look-up", _look_up
+)
 
 
 def _standing_or_lifted(connection: Connection, keys: list[str]) -> dict[str, SuppressionEntry]:
