@@ -1,0 +1,247 @@
+"""No input can freeze a deal: hostile payloads sent straight to the workflow, past the CLI's
+and the webhook's checks, on the time-skipping server.
+
+A workflow task that raises is retried for ever, so a value that slips through would
+silently kill its deal. Each payload here is refused by the update's validator (the
+caller gets one line saying why) or, for a deal's input that skipped intake, absorbed by
+the arithmetic; in every case the deal's history has no WorkflowTaskFailed event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
+
+from starter import Refused, record, start_options
+from tests.conftest import Deals
+from tests.test_lifecycle import deal_id, stage_is, status
+from workflows.deal import PLAN, DealWorkflow
+from workflows.models import (
+    Closed,
+    DealInput,
+    Delivered,
+    DeliveryDateChanged,
+    DiscountRequested,
+    InterviewRecorded,
+    LineItem,
+    NextStepAgreed,
+    OrderPlaced,
+    OutOfOffice,
+    Paused,
+    PlannedSend,
+    RequirementsClarified,
+)
+from workflows.schedule import HORIZON
+from workflows.stages import BuyerSignal, Stage
+
+FAR = datetime(9999, 12, 31, 12, tzinfo=UTC)
+HUGE_ITEMS = [LineItem(name="Widget", quantity=Decimal("1e30"), list_price=Decimal(100))]
+
+
+async def failed_tasks(handle: WorkflowHandle) -> list[str]:
+    """The WorkflowTaskFailed events of the deal's history, with their causes."""
+    return [
+        event.workflow_task_failed_event_attributes.failure.message
+        async for event in handle.fetch_history_events()
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+    ]
+
+
+async def refused(deals: Deals, handle: WorkflowHandle, signal: str, payload: BaseModel) -> str:
+    """Send ``payload`` past every boundary check; the deal's validator must refuse it."""
+    with pytest.raises(Refused) as refusal:
+        await record(deals.client, deal_id(handle), signal, payload)
+    line = str(refusal.value)
+    assert "\n" not in line
+    return line
+
+
+async def test_hostile_updates_are_refused_by_the_validators(deals: Deals) -> None:
+    handle = await deals.start(kind="rfq")
+    await stage_is(handle, Stage.QUOTE_REQUESTED)
+    await deals.mail(2)
+    before = await status(handle)
+    today = (await deals.now()).date()
+    in_ten_years = today.replace(year=today.year + 10).isoformat()
+
+    cases: list[tuple[str, BaseModel, str]] = [
+        (
+            BuyerSignal.ORDER_PLACED,
+            OrderPlaced(delivery_date=date(9999, 12, 31)),
+            f"delivery_date 9999-12-31 is after {in_ten_years}",
+        ),
+        (
+            BuyerSignal.DISCOUNT_REQUESTED,
+            DiscountRequested(percent=Decimal("5." + "1" * 40)),
+            "percent 5.111",
+        ),
+        (BuyerSignal.NEXT_STEP_AGREED, NextStepAgreed(at=FAR), "at 9999-12-31"),
+        (BuyerSignal.PAUSED, Paused(until=FAR), "until 9999-12-31"),
+        (BuyerSignal.OUT_OF_OFFICE, OutOfOffice(until=FAR), "until 9999-12-31"),
+        (
+            BuyerSignal.LOST,
+            Closed(reason="went elsewhere", note="x" * 100_000),
+            "note is 100,000 characters long; at most 2,000",
+        ),
+        (
+            BuyerSignal.LOST,
+            Closed(reason="gone\x1b[2J"),
+            "reason holds a control character (U+001B)",
+        ),
+        (
+            BuyerSignal.CANCELLED,
+            Closed(reason="bust", source="erp\nBcc: everyone@example.org"),
+            "source holds a line break (U+000A)",
+        ),
+    ]
+    for signal, payload, says in cases:
+        line = await refused(deals, handle, signal, payload)
+        assert f"refused {signal}: " in line and says in line, line
+
+    # The deal goes on as if nothing had been sent, and takes a sane order.
+    assert await status(handle) == before
+    order = OrderPlaced(delivery_date=today + timedelta(days=10), purchase_order="PO-1")
+    await record(deals.client, deal_id(handle), BuyerSignal.ORDER_PLACED, order)
+    await stage_is(handle, Stage.ORDER_CONFIRMED)
+    for signal, payload, says in [
+        (
+            BuyerSignal.DELIVERY_DATE_CHANGED,
+            DeliveryDateChanged(delivery_date=date(9999, 12, 31), reason="strike"),
+            "delivery_date 9999-12-31 is after",
+        ),
+        (
+            BuyerSignal.DELIVERED,
+            Delivered(delivered_at=datetime(1, 1, 1, tzinfo=UTC)),
+            "delivered_at 0001-01-01 is before 2000-01-01",
+        ),
+    ]:
+        line = await refused(deals, handle, signal, payload)
+        assert says in line, line
+    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
+    await stage_is(handle, Stage.CANCELLED)
+    assert await failed_tasks(handle) == []
+
+
+async def test_huge_requirements_and_interview_answers_are_refused(deals: Deals) -> None:
+    handle = await deals.start(kind="rfi", items=[])
+    await stage_is(handle, Stage.INQUIRY_RECEIVED)
+    line = await refused(
+        deals, handle, BuyerSignal.REQUIREMENTS_CLARIFIED, RequirementsClarified(items=HUGE_ITEMS)
+    )
+    assert "items.0.quantity 1E+30 is over the most a line can hold, 1,000,000,000" in line
+    many = [LineItem(name=f"Part {n}", list_price=Decimal(1)) for n in range(201)]
+    line = await refused(
+        deals, handle, BuyerSignal.REQUIREMENTS_CLARIFIED, RequirementsClarified(items=many)
+    )
+    assert "201 line items; at most 200" in line
+    costly = [LineItem(name="Plant", quantity=Decimal(10**9), list_price=Decimal(10**10))]
+    line = await refused(
+        deals, handle, BuyerSignal.REQUIREMENTS_CLARIFIED, RequirementsClarified(items=costly)
+    )
+    assert "the list total" in line and "999,999,999,999.99" in line
+    answers = InterviewRecorded(
+        why_decided="x" * 5000, decision_process="p", rep_rating="r", cooperation_rating="c"
+    )
+    line = await refused(deals, handle, BuyerSignal.INTERVIEW_RECORDED, answers)
+    assert "why_decided is 5,000 characters long" in line
+    assert (await status(handle)).stage is Stage.INQUIRY_RECEIVED
+    assert await failed_tasks(handle) == []
+
+
+async def start_unchecked(deals: Deals, **fields: Any) -> WorkflowHandle:
+    """Start a deal whose input skipped intake (the model alone checked it)."""
+    base = deals.input().model_dump()
+    deal = DealInput.model_validate({**base, "deal_id": f"H-{uuid.uuid4().hex[:8]}", **fields})
+    deals.started.add(deal.deal_id)
+    return await deals.client.start_workflow(
+        DealWorkflow.run, deal, **start_options(deals.settings, deal)
+    )
+
+
+async def test_a_deal_that_skipped_intake_still_runs(deals: Deals) -> None:
+    """Quantity 1e30 (InvalidOperation in pricing) and a cadence of 10^12 business days or
+    999,999,999 days (OverflowError in the planner) once failed every workflow task."""
+    handle = await start_unchecked(
+        deals,
+        kind="rfp",
+        items=[{"name": "Widget", "quantity": "1e30", "list_price": "100"}],
+        cadence={"proposal": [{"business_days": 10**12}], "no_response_after": "P999999999D"},
+    )
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.settle(1)
+    current = await status(handle)
+    assert current.list_total == Decimal("1e24")  # clamped, not raised
+    assert current.next_touch is not None and current.next_touch.at == HORIZON
+    plan = await handle.query(PLAN, result_type=list[PlannedSend])
+    assert plan[0].at == HORIZON
+    await deals.skip(timedelta(days=30))
+    await deals.quiet()
+    assert await failed_tasks(handle) == []
+
+
+# --- the property: whatever the model lets through, no workflow task fails ---
+
+# A cadence delay of 365 days or more cannot be decoded at all (pydantic writes "P1Y",
+# which DelayField refuses): such an input fails before the workflow's code runs.
+delays = st.one_of(
+    st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=364)),
+    st.builds(lambda n: {"business_days": n}, st.integers(0, 10**12)),
+)
+items = st.lists(
+    st.builds(
+        dict,
+        name=st.just("Widget"),
+        quantity=st.decimals(
+            min_value=Decimal("1e-30"), max_value=Decimal("1e300"), allow_nan=False, places=None
+        ),
+        list_price=st.decimals(min_value=0, max_value=Decimal("999999999999.99"), places=2),
+    ),
+    min_size=1,
+    max_size=3,
+)
+hostile_inputs = st.fixed_dictionaries(
+    {
+        "kind": st.sampled_from(["rfp", "rfq"]),
+        "items": items,
+        "cadence": st.fixed_dictionaries(
+            {
+                "proposal": st.lists(delays, max_size=3),
+                "quote": st.lists(delays, max_size=3),
+                "no_response_after": st.timedeltas(
+                    min_value=timedelta(0), max_value=timedelta(days=999_999_999)
+                ),
+                "reserved_margin_percent": st.decimals(
+                    min_value=0, max_value=Decimal("99.9999999"), allow_nan=False, places=None
+                ),
+            }
+        ),
+    }
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(fields=hostile_inputs)
+async def test_no_deal_input_the_model_accepts_fails_a_workflow_task(
+    deals: Deals, fields: dict[str, Any]
+) -> None:
+    handle = await start_unchecked(deals, **fields)
+    await deals.quiet(handle)
+    await status(handle)
+    await handle.query(PLAN, result_type=list[PlannedSend])
+    await deals.skip(timedelta(days=60))
+    await deals.quiet(handle)
+    assert await failed_tasks(handle) == []
