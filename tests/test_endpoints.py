@@ -203,13 +203,13 @@ async def test_a_signal_the_stage_does_not_accept_is_refused_with_the_reason(sit
 
 
 async def test_an_unknown_deal_is_not_found(site: Site) -> None:
-    answer = await post(site, event("NO-SUCH-DEAL", delivery_date="2099-01-01"))
+    answer = await post(site, event("NO-SUCH-DEAL", delivery_date="2030-01-01"))
     assert answer.status_code == 404
     assert answer.json() == {"error": "no deal 'NO-SUCH-DEAL'"}
 
 
 async def test_a_bad_or_missing_signature_is_unauthorized(site: Site) -> None:
-    body = event("D-1", delivery_date="2099-01-01")
+    body = event("D-1", delivery_date="2030-01-01")
     for headers in (signed(body, secret="someone-else"), {"Content-Type": "application/json"}):
         answer = await post(site, body, headers)
         assert answer.status_code == 401
@@ -221,7 +221,7 @@ async def test_a_bad_or_missing_signature_is_unauthorized(site: Site) -> None:
 
 
 async def test_a_stale_timestamp_is_unauthorized(site: Site) -> None:
-    body = event("D-1", delivery_date="2099-01-01")
+    body = event("D-1", delivery_date="2030-01-01")
     answer = await post(site, body, signed(body, at=NOW - 3600))
     assert answer.status_code == 401
     assert "away from our clock" in answer.json()["error"]
@@ -233,6 +233,13 @@ async def test_a_malformed_body_is_a_bad_request(site: Site) -> None:
         event("D-1", "cancelled"): "type:",
         event("D-1"): "data.delivery_date: Field required",
         event("D-1", delivery_date="soon"): "data.delivery_date:",
+        # The deal's bounds, on the endpoints' clock (2027-01-15), before Temporal is asked.
+        event("D-1", delivery_date="9999-12-31"): "data.delivery_date 9999-12-31 is after "
+        "2037-01-15 (at most 10 years ahead)",
+        event("D-1", delivery_date="2030-01-01", note="x" * 3000): "data.note is 3,000 "
+        "characters long; at most 2,000",
+        event("D-1", delivery_date="2030-01-01", purchase_order="PO\n1"): "data.purchase_order "
+        "holds a line break",
     }
     for body, says in cases.items():
         answer = await post(site, body)
@@ -242,7 +249,7 @@ async def test_a_malformed_body_is_a_bad_request(site: Site) -> None:
 
 
 async def test_the_webhook_is_closed_without_a_secret(closed_site: Site) -> None:
-    body = event("D-1", delivery_date="2099-01-01")
+    body = event("D-1", delivery_date="2030-01-01")
     answer = await post(closed_site, body)
     assert answer.status_code == 503
     assert "DEALFLOW_WEBHOOK_SECRET" in answer.json()["error"]
