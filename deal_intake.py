@@ -327,9 +327,9 @@ def read_csv(path: Path) -> list[CsvRow]:
         try:
             texts.append(raw.decode("utf-8"))
         except UnicodeDecodeError as error:
+            byte, where = raw[error.start], error.start + 1
             undecodable[number] = (
-                f"not UTF-8 (byte 0x{raw[error.start]:02X} at column {error.start + 1}): "
-                f"{SAVE_AS_UTF8}"
+                f"not UTF-8 (byte 0x{byte:02X} at position {where} of the line): {SAVE_AS_UTF8}"
             )
             texts.append(raw.decode("utf-8", errors="replace"))
     if not texts or not texts[0].strip():

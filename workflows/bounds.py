@@ -42,7 +42,9 @@ PERCENT_PLACES = 2
 # Dates and delays.
 EARLIEST = date(2000, 1, 1)
 YEARS_AHEAD = 10
-MAX_DELAY = timedelta(days=366)
+# Under a year: pydantic writes 365 days as "P1Y", which a cadence delay (DelayField)
+# refuses to read back, so a deal with a year-long delay could not even decode its input.
+MAX_DELAY = timedelta(days=364)
 MAX_BUSINESS_DAYS = 260
 MAX_SEND_RETRY = timedelta(days=30)
 
@@ -70,7 +72,9 @@ def check_text(where: str, text: str, limit: int, lines: bool = False) -> None:
         # Cc: C0/C1 controls (line feed, escape, NUL); Zl/Zp: line and paragraph
         # separators; Cs: lone surrogates, which no UTF-8 encoder can write.
         if unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cs") and char not in allowed:
-            kind = "a line break" if char in "\r\n\u2028\u2029\x85" else "a control character"
+            kind = {"\r": "a carriage return", "\n": "a line break"}.get(char, "")
+            if not kind:
+                kind = "a line break" if char in "\u2028\u2029\x85" else "a control character"
             raise ValueError(f"{where} holds {kind} ({_character(char)}); remove it")
 
 
