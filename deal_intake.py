@@ -348,7 +348,7 @@ def read_csv(path: Path) -> list[CsvRow]:
                 f"{path}: the header has no column {', '.join(missing)}; "
                 f"the columns are {', '.join(CSV_COLUMNS)}"
             )
-        return list(_records(path, reader, header, delimiter, undecodable))
+        return list(_records(path, reader, header, delimiter, undecodable, reader.line_num))
 
 
 def _records(
@@ -357,8 +357,10 @@ def _records(
     header: list[str],
     delimiter: str,
     undecodable: dict[int, str],
+    last: int,
 ) -> Iterator[CsvRow]:
-    count, last = 0, 1
+    """The records after the header, which ended on line ``last``."""
+    count = 0
     while True:
         first = last + 1
         try:
