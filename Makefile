@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test bench lint format clean dovecot postgresql
+.PHONY: dev test bench soak lint format clean dovecot postgresql
 
 # Debian's Dovecot: the real IMAP server behind the reply-mailbox tests and `make dev`.
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
@@ -38,6 +38,10 @@ test: $(STAMP) dovecot postgresql
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
+
+# The chaos soak (about 15 minutes): not part of `make test`.
+soak: $(STAMP)
+	$(BIN)/python -m soak $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
