@@ -59,6 +59,8 @@ R = TypeVar("R")
 
 # At most this many callers' writes (or reads) share one transaction.
 MOST_IN_A_BATCH = 500
+# Under load (more came while a batch ran), the next batch waits this long for company.
+LINGER_SECONDS = 0.002
 
 # The async driver for each database Dealflow supports.
 DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
@@ -191,10 +193,12 @@ class _Batcher:
         transaction: Callable[[Callable[[Connection], Any]], Any],
         loop: asyncio.AbstractEventLoop,
         stats: LedgerStats,
+        linger: float,
     ) -> None:
         self.transaction = transaction
         self.loop = loop
         self.stats = stats
+        self.linger = linger
         self.queued: list[_Request] = []
         self.task: asyncio.Task[None] | None = None
 
@@ -208,7 +212,12 @@ class _Batcher:
 
     async def _drain(self) -> None:
         try:
+            first = True
             while self.queued:
+                if not first and self.linger:
+                    # Busy: more are on their way (a send's claim follows its look-up).
+                    await asyncio.sleep(self.linger)
+                first = False
                 taken = self.queued[:MOST_IN_A_BATCH]
                 del self.queued[:MOST_IN_A_BATCH]
                 # A caller cancelled before its batch began: its write is not made.
@@ -306,6 +315,7 @@ class LedgerDatabase:
         self._async: AsyncEngine | None = None
         self.stats = LedgerStats()
         self._batchers: dict[str, _Batcher] = {}  # this event loop's queues
+        self.linger = LINGER_SECONDS
         if self.is_sqlite:
             database = target.database or ""
             if database and database != ":memory:":
@@ -354,7 +364,8 @@ class LedgerDatabase:
         loop = asyncio.get_running_loop()
         batcher = self._batchers.get(queue)
         if batcher is None or batcher.loop is not loop:
-            batcher = self._batchers[queue] = _Batcher(self._transaction, loop, self.stats)
+            batcher = _Batcher(self._transaction, loop, self.stats, self.linger)
+            self._batchers[queue] = batcher
         return batcher
 
     async def _transaction(self, work: Callable[[Connection], T]) -> T:
