@@ -99,13 +99,17 @@ def knobs() -> str:
     )
 
 
+def _figure(value: float) -> str:
+    return f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}"
+
+
 def table(rows: list[Row]) -> str:
     header = ("scenario", "ours", "baseline", "ratio", "goal", "")
     lines = [
         (
             row.scenario,
-            f"{row.ours:,.1f} {row.unit}",
-            f"{row.baseline:,.1f} {row.unit}",
+            f"{_figure(row.ours)} {row.unit}",
+            f"{_figure(row.baseline)} {row.unit}",
             f"{row.ratio:.2f}",
             row.goal_text,
             row.met,
