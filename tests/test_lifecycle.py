@@ -414,6 +414,7 @@ async def test_win_loss_invitation_comes_three_weeks_after_the_check_in(deals: D
 async def test_agreed_next_step_date_replaces_the_default_delay(deals: Deals) -> None:
     handle = await deals.start(kind="rfp")
     await deals.mail(1)
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)  # recorded a moment after it arrived
     await record(deals.client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
     await deals.mail(2)
     agreed = (await deals.now()) + timedelta(days=5)

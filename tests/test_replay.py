@@ -114,6 +114,8 @@ async def won_deal_history(deals: Deals) -> WorkflowHistory:
     await record(client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
     order = OrderPlaced(delivery_date=(await deals.now()).date() + timedelta(days=2))
     await deals.mail(5)
+    # The stage moves once the deal has recorded the final offer, a moment after it arrived.
+    await stage_is(handle, Stage.OFFER_RECEIVED)
     await record(client, deal_id(handle), BuyerSignal.ORDER_PLACED, order)
     await deals.mail(7)
     await deals.skip(timedelta(days=2))
@@ -121,6 +123,7 @@ async def won_deal_history(deals: Deals) -> WorkflowHistory:
     await deals.mail(9)
     await deals.skip(timedelta(days=23))
     await deals.mail(13)
+    await stage_is(handle, Stage.WIN_LOSS_INVITED)
     await record(client, deal_id(handle), BuyerSignal.INTERVIEW_RECORDED, ANSWERS)
     await handle.result()
     return await handle.fetch_history()
@@ -231,6 +234,7 @@ async def paused_and_resumed(deals: Deals) -> WorkflowHistory:
     then the final offer once."""
     handle = await deals.start(kind="rfp")
     await deals.mail(1)
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)  # recorded a moment after it arrived
     await record(deals.client, deal_id(handle), BuyerSignal.PAUSED, Paused(note="rep on holiday"))
     await record(deals.client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
     await deals.skip(timedelta(days=9))
@@ -254,6 +258,7 @@ async def buying_committee(deals: Deals) -> WorkflowHistory:
     the roles each template targets."""
     handle = await deals.start(kind="rfp", contacts=COMMITTEE)
     await deals.mail(1)
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
     await deals.skip(timedelta(days=2, hours=1))
     await deals.mail(2)
     await record(deals.client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
