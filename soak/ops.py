@@ -3,13 +3,13 @@
 A send attempt that dies after claiming its ledger row (right before DATA) and
 before recording the relay's reply leaves the row *claimed*; the retry finds it
 and holds the email (``MaybeSent``, on the deal's status, a task to the rep).
-Every ``every`` seconds ops:
+Every ``every`` (5) seconds ops:
 
 1. read the ledger's rows still *claimed* more than ``CLAIM_AGE`` seconds after
-   their claim (a live attempt against a local relay takes milliseconds), keeping
-   each claim (attempt, worker host:pid, time) as evidence;
+   their claim (a live attempt against a local relay takes milliseconds);
 2. ask each such deal for its status: an email whose latest record failed with
-   ``MaybeSent`` is held;
+   ``MaybeSent`` is held, and its claim (attempt, worker host:pid, time) is kept as
+   the evidence for the duplicate window;
 3. check the relay's log for its Message-ID:
    - there: it was delivered before the crash. Ops mark the row *sent* (the
      ledger's own ``SendLedger.sent``; the product has no command for it) and
@@ -39,8 +39,9 @@ from starter import workflow_id
 from workflows.deal import RESEND_FAILED, STATUS
 from workflows.models import SignalPayload
 
-# A claimed row younger than this may belong to a live attempt.
-CLAIM_AGE = 35.0
+# A claimed row younger than this belongs to a live attempt (a send to the local relay
+# takes milliseconds); older ones are checked against the deal's status every cycle.
+CLAIM_AGE = 5.0
 
 
 def epoch(moment: datetime) -> float:
@@ -120,7 +121,6 @@ class Ops:
             key = (claim.message_id, claim.claimed_at)
             if now - claim.claimed_at < CLAIM_AGE or key in self.settled:
                 continue
-            self.claims[key] = claim
             waiting.setdefault(claim.deal_id, []).append(claim)
         for deal_id, claims in waiting.items():
             status, deal_open = await self.deal_status(deal_id)
@@ -134,6 +134,7 @@ class Ops:
                     claim, time.time(), claim.message_id in self.relay.by_message, deal_open
                 )
                 self.settled.add((claim.message_id, claim.claimed_at))
+                self.claims[(claim.message_id, claim.claimed_at)] = claim  # the evidence
                 self.held.append(found)
                 if not deal_open:
                     found.action = "deal closed, resend impossible"
@@ -155,7 +156,7 @@ class Ops:
                 payload = SignalPayload(source="soak ops", note="maybe sent: checked the relay log")
                 await self.buyers.signal(deal_id, RESEND_FAILED, payload)
 
-    async def run(self, every: float = 10.0) -> None:
+    async def run(self, every: float = 5.0) -> None:
         while True:
             await asyncio.sleep(every)
             try:

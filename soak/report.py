@@ -8,12 +8,16 @@ the relay's log, the ledger and the supervisor's events.
 - **sent**: planned Message-IDs that some record of their deal says were sent.
 - **received**: distinct Message-IDs in the relay's log.
 - **duplicates**: copies in the relay's log beyond the first, summed over Message-IDs.
-- **in window**: duplicates of a Message-ID whose first copy reached the relay inside
-  the window the send ledger cannot close: a claim of that Message-ID was left
-  standing (ops saw it in the ledger) by an attempt whose process died, or whose relay
-  connection was cut, *after* the relay took the copy: ``claimed_at <= first copy <=``
-  the first kill of the claim's worker pid (or the SMTP cut) after ``claimed_at``. Any
-  other duplicate is outside the window, a failure.
+- **in window**: duplicates of a Message-ID whose first copy came from an attempt that
+  the send ledger could not close: a claim of that Message-ID left standing (ops saw
+  it in the ledger, the retry held the email as maybe sent) by an attempt that a chaos
+  event ended (its worker pid SIGKILLed, or the SMTP cut) before the next claim of the
+  same Message-ID, with the first copy reaching the relay at or after that claim and
+  before the next claim (or before ops' resend). Only that attempt could send between
+  the two, so the copy is its own: it reached the relay, its 250 never reached the
+  ledger. (A dead worker's last bytes may still be read by the relay just after the
+  kill, so the copy may come after the kill.) Any other duplicate is outside the
+  window, a failure.
 - **lost**: planned Message-IDs that never reached the relay (whether their deal
   recorded them sent, held them as maybe sent, or failed them for good).
 - **stuck**: deals whose workflow had not completed at the deadline.
@@ -146,17 +150,27 @@ def timeline(chaos: Chaos, began: float) -> str:
 
 
 def _window(chaos: Chaos, ops: Ops, message_id: str, first: Arrival) -> tuple[bool, str]:
-    """Whether ``first`` reached the relay between a standing claim and the end of its
-    attempt (see the module's docstring), with the evidence in words."""
-    for claim in (c for (mid, _), c in ops.claims.items() if mid == message_id):
+    """Whether ``first`` came from an attempt ended by chaos with its claim standing (see
+    the module's docstring), with the evidence in words."""
+    claims = sorted(
+        (c for (mid, _), c in ops.claims.items() if mid == message_id),
+        key=lambda c: c.claimed_at,
+    )
+    for i, claim in enumerate(claims):
+        bounds = [later.claimed_at for later in claims[i + 1 :]]
+        bounds += [h.found_at for h in ops.held if h.claim == claim]
+        end = min(bounds, default=float("inf"))
         death = chaos.deaths_after(claim.claimed_at, claim.pid)
-        if death is not None and claim.claimed_at <= first.at <= death:
-            return True, (
-                f"attempt {claim.attempt} (pid {claim.pid}) claimed it "
-                f"{first.at - claim.claimed_at:.3f} s before the relay took the copy and "
-                f"ended (kill or SMTP cut) {death - first.at:.3f} s after"
-            )
-    return False, "no standing claim of it ended by a kill or cut after its first copy"
+        if death is None or death >= end or not claim.claimed_at <= first.at < end:
+            continue
+        after = first.at - death
+        return True, (
+            f"attempt {claim.attempt} (pid {claim.pid}) claimed it, the relay took the copy "
+            f"{first.at - claim.claimed_at:.3f} s later, and the attempt ended (kill or SMTP "
+            f"cut) {abs(after):.3f} s {'before' if after > 0 else 'after'} that, its claim "
+            "left standing"
+        )
+    return False, "no claim of it left standing by an attempt that chaos ended"
 
 
 def count(
