@@ -123,19 +123,29 @@ def worker_values(server: Server, relay: Relay, ledger_url: str, folder: Path) -
 
 
 async def final_state(client: Client, plan: DealPlan) -> Final:
+    """The deal's workflow state and status; for a deal still running, also whether its
+    workflow task keeps failing (a status query then fails too)."""
     handle = client.get_workflow_handle(workflow_id(plan.deal_id), result_type=Status)
-    problem = ""
+    state, problem = None, ""
     for _ in range(5):
         try:
             described = await handle.describe()
-            if described.status == WorkflowExecutionStatus.COMPLETED:
-                return Final(plan, described.status, await handle.result())
-            status = await asyncio.wait_for(handle.query(STATUS, result_type=Status), 60)
-            return Final(plan, described.status, status)
-        except (RPCError, RuntimeError, TimeoutError) as error:
-            problem = f"{type(error).__name__}: {error}"
+        except (RPCError, RuntimeError) as error:
+            problem = f"describe failed: {type(error).__name__}: {error}"
             await asyncio.sleep(2)
-    return Final(plan, None, None, problem)
+            continue
+        state = described.status
+        attempt = described.raw_description.pending_workflow_task.attempt
+        stalled = f"workflow task on attempt {attempt}" if attempt > 1 else ""
+        try:
+            if state == WorkflowExecutionStatus.COMPLETED:
+                return Final(plan, state, await handle.result())
+            status = await asyncio.wait_for(handle.query(STATUS, result_type=Status), 60)
+            return Final(plan, state, status, stalled)
+        except Exception as error:  # a query fails while the workflow task does
+            problem = "; ".join(filter(None, [stalled, f"{type(error).__name__}: {error}"]))
+            await asyncio.sleep(2)
+    return Final(plan, state, None, problem)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -210,9 +220,9 @@ async def run(args: argparse.Namespace) -> int:
             if now >= deadline:
                 break
         ended = time.time()
-        for task in [*tasks, *scripts]:
+        for task in [*tasks, *scripts, *ops.resends]:
             task.cancel()
-        await asyncio.gather(*tasks, *scripts, return_exceptions=True)
+        await asyncio.gather(*tasks, *scripts, *ops.resends, return_exceptions=True)
         # Whatever chaos was doing when it stopped, the accounting needs a server and a worker.
         if not server.alive():
             await server.start()
@@ -249,7 +259,8 @@ async def run(args: argparse.Namespace) -> int:
         f"start refused: {len(buyers.start_refused)}",
         f"signals {buyers.signals}, refused {len(buyers.refusals)}, retried {buyers.retries}",
         f"scripts that gave up waiting: {len(buyers.gave_up)}",
-        f"ops cycles {ops.cycles} ({ops.failures} failed while the server was down)",
+        f"ops cycles {ops.cycles} ({ops.failures} status reads failed: server down or "
+        "worker too busy)",
         f"run {ended - began:.0f} s",
     ]
     print("  " + "; ".join(notes))

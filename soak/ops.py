@@ -90,6 +90,7 @@ class Ops:
     claims: dict[tuple[str, float], Claim] = field(default_factory=dict)
     held: list[Held] = field(default_factory=list)
     settled: set[tuple[str, float]] = field(default_factory=set)
+    resends: list[asyncio.Task[None]] = field(default_factory=list)
     cycles: int = 0
     failures: int = 0
 
@@ -123,12 +124,16 @@ class Ops:
                 continue
             waiting.setdefault(claim.deal_id, []).append(claim)
         for deal_id, claims in waiting.items():
-            status, deal_open = await self.deal_status(deal_id)
+            try:
+                status, deal_open = await asyncio.wait_for(self.deal_status(deal_id), 30)
+            except (RPCError, RuntimeError, TimeoutError):
+                self.failures += 1  # server restarting, or the worker too busy to answer
+                continue
             held = [claim for claim in claims if _held(status, claim.message_id)]
             if not held:
                 continue  # the retry has not come back yet
             self.relay.read()
-            resend = False
+            resending: list[Held] = []
             for claim in held:
                 found = Held(
                     claim, time.time(), claim.message_id in self.relay.by_message, deal_open
@@ -139,7 +144,8 @@ class Ops:
                 if not deal_open:
                     found.action = "deal closed, resend impossible"
                     continue
-                resend = found.resent = True
+                found.resent = True
+                resending.append(found)
                 if not self.check_log:
                     found.action = "resent blind"
                 elif found.delivered:
@@ -152,9 +158,15 @@ class Ops:
                     found.action = "in the log: marked sent, resend completes it"
                 else:
                     found.action = "not in the log: resent"
-            if resend:
-                payload = SignalPayload(source="soak ops", note="maybe sent: checked the relay log")
-                await self.buyers.signal(deal_id, RESEND_FAILED, payload)
+            if resending:  # in the background: a busy deal must not hold up the others
+                self.resends.append(asyncio.create_task(self._resend(deal_id, resending)))
+
+    async def _resend(self, deal_id: str, held: list[Held]) -> None:
+        payload = SignalPayload(source="soak ops", note="maybe sent: checked the relay log")
+        if not await self.buyers.signal(deal_id, RESEND_FAILED, payload):
+            for found in held:
+                found.resent = False
+                found.action += "; the resend was refused (deal closed meanwhile)"
 
     async def run(self, every: float = 5.0) -> None:
         while True:
@@ -163,7 +175,7 @@ class Ops:
                 await self.cycle()
                 self.cycles += 1
             except (RPCError, RuntimeError, OSError):
-                self.failures += 1  # the server is restarting: the next cycle sees it all again
+                self.failures += 1  # the ledger or server failed: the next cycle sees it all
 
 
 def _held(status: Status, message_id: str) -> bool:

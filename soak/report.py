@@ -228,7 +228,15 @@ def count(
     report.lost = len(lost)
     for mid in lost:
         report.details.append(f"LOST {mid}: records {records[mid]}")
-    unplanned = sorted(received - planned)
+    # Only a completed deal's record is final: a running (stuck) deal may send on.
+    completed = {
+        f.plan.deal_id
+        for f in finals
+        if f.status is not None and f.state == WorkflowExecutionStatus.COMPLETED
+    }
+    unplanned = sorted(
+        mid for mid in received - planned if relay.by_message[mid][0].deal in completed
+    )
     for mid in unplanned:
         first = relay.by_message[mid][0]
         known = records.get(mid)
@@ -241,6 +249,7 @@ def count(
     report.unplanned = sum(1 for mid in unplanned if mid not in records)
 
     # stuck
+    stuck: list[str] = []
     for final in finals:
         if final.state == WorkflowExecutionStatus.COMPLETED:
             continue
@@ -249,9 +258,13 @@ def count(
         where = (
             f"{status.stage.value}, next {status.next_touch}, problems {status.problems[-3:]}"
             if status
-            else final.problem
+            else "status unreadable"
         )
-        report.details.append(f"STUCK {final.plan.deal_id} ({final.plan.path}): {where}")
+        if final.problem:
+            where += f"; {final.problem[:300]}"
+        stuck.append(f"STUCK {final.plan.deal_id} ({final.plan.path}): {where}")
+    # Deals whose workflow task keeps failing first: they never move again by themselves.
+    report.details += sorted(stuck, key=lambda line: "workflow task on attempt" not in line)
 
     # sends after opt-out
     in_flight = 0
