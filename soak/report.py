@@ -106,6 +106,8 @@ _PATTERNS = {
     "workflow task failures": "Failed activation on workflow",
     "activation handling failures": "Failed handling activation",
     "nondeterminism": "Nondeterminism",
+    "workflow tasks over 5 s": "Workflow task duration exceeded",
+    "completions of workflow tasks that had timed out": "Task not found when completing",
 }
 
 
