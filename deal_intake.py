@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -103,6 +103,8 @@ def check_deal(deal: DealInput, now: date | None = None) -> None:
         bounds.check_percent("cadence.reserved_margin_percent", cadence.reserved_margin_percent)
         if deal.send_retry_for > bounds.MAX_SEND_RETRY:
             raise ValueError(f"send_retry_for is over {bounds.MAX_SEND_RETRY.days} days")
+        if not timedelta(0) <= deal.resend_window <= bounds.MAX_RESEND_WINDOW:
+            raise ValueError(f"resend_window must be 0 to {bounds.MAX_RESEND_WINDOW.days} days")
         if deal.calendar is not None:
             bounds.check_calendar("calendar", deal.calendar, day)
     except ValueError as error:
@@ -157,6 +159,7 @@ def build_deal(settings: Settings, fields: Mapping[str, Any]) -> DealInput:
         data.setdefault("win_loss_interviewer", str(settings.win_loss_interviewer))
     data.setdefault("message_domain", settings.sender_domain)
     data.setdefault("send_retry_for", settings.send_retry_for)
+    data.setdefault("resend_window", settings.resend_window)
     data.setdefault("shift_policy", settings.shift_policy.value)
     if settings.send_rate_per_second:
         data.setdefault("send_task_queue", settings.send_task_queue)

@@ -162,6 +162,9 @@ class Settings(BaseSettings):
 
     # Sends that keep failing transiently (SMTP down) are retried this long, then recorded.
     send_retry_for: timedelta = timedelta(hours=24)
+    # A deal that closes holding emails that failed for good stays open this long for ops
+    # to `resend` them, then ends and drops them.
+    resend_window: timedelta = timedelta(days=14)
 
     # Signed tokens in emails (Reply-To address, unsubscribe links). Every worker and the
     # HTTP endpoints need the same secret; unset, one is made and kept in the data directory.

@@ -45,6 +45,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.mailer import FailureType
 from activities.suppression import Suppression as LegacySuppression
 from connection import TemporalUnreachable, connect
 from deal_intake import (
@@ -79,6 +80,7 @@ from workflows.models import (
     DeliveryDateChanged,
     DiscountRequested,
     InterviewRecorded,
+    MessageRecord,
     NextStepAgreed,
     OptedOut,
     OrderPlaced,
@@ -97,6 +99,7 @@ LEGACY_SUPPRESSION_WORKFLOW = "SuppressedAddress"
 
 if TYPE_CHECKING:
     # SQLAlchemy is imported by the commands that use the ledger, not by every command.
+    from ledger.database import LedgerDatabase
     from ledger.suppression_list import SuppressionEntry, SuppressionList
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -148,23 +151,31 @@ def start_options(settings: Settings, deal: DealInput) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def suppression_list(settings: Settings) -> AsyncIterator[SuppressionList]:
-    """The ledger's suppression list for one command; a database failure becomes one line."""
+async def ledger_database(settings: Settings) -> AsyncIterator[LedgerDatabase]:
+    """The ledger for one command; a database failure becomes one line."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from ledger import LedgerProblem
     from ledger.database import LedgerDatabase, explain
-    from ledger.suppression_list import SuppressionList
 
     database = LedgerDatabase(settings.ledger_url)
     try:
-        yield SuppressionList(database)
+        yield database
     except LedgerProblem:
         raise
     except (SQLAlchemyError, OSError) as error:
         raise explain(error, settings.ledger_url) from None
     finally:
         await database.dispose()
+
+
+@contextlib.asynccontextmanager
+async def suppression_list(settings: Settings) -> AsyncIterator[SuppressionList]:
+    """The ledger's suppression list for one command."""
+    from ledger.suppression_list import SuppressionList
+
+    async with ledger_database(settings) as database:
+        yield SuppressionList(database)
 
 
 async def suppressed_contacts(
@@ -816,10 +827,62 @@ async def resume(
 
 @app.command()
 @_run
-async def resend(client: Client, settings: Settings, deal_id: str = DealId) -> None:
-    """Send again the deal's emails that failed for good, once the cause is fixed."""
-    count = await record(client, deal_id, RESEND_FAILED, SignalPayload())
+async def resend(
+    client: Client,
+    settings: Settings,
+    deal_id: str = DealId,
+    delivered: list[str] = typer.Option(
+        [],
+        "--delivered",
+        metavar="MESSAGE-ID",
+        help="A held (maybe sent) email the relay's log shows delivered: marked sent, "
+        "not sent again. Repeat for several.",
+    ),
+    note: str = Note,
+) -> None:
+    """Send again the deal's emails that failed for good, once the cause is fixed.
+
+    An email held as maybe sent goes out again under its own Message-ID, unless
+    --delivered names it: then the deal counts it sent and moves on.
+    """
+    from ledger.send_ledger import NotHeld, SendLedger
+
+    deal = await status(client, deal_id)
+    held = {_bare(m.message_id): m.message_id for m in _held_emails(deal)}
+    chosen = []
+    for wanted in delivered:
+        if _bare(wanted) not in held:
+            holding = ", ".join(held.values()) or "none"
+            raise Refused(
+                f"{wanted} is not an email deal {deal_id!r} holds as maybe sent (held: {holding})"
+            )
+        chosen.append(held[_bare(wanted)])
+    if chosen:
+        why = note or "found in the relay's log"
+        async with ledger_database(settings) as database:
+            ledger = SendLedger(database)
+            for message_id in chosen:
+                try:
+                    await ledger.mark_delivered(message_id, why, datetime.now(UTC))
+                except NotHeld as error:
+                    raise Refused(str(error)) from None
+                out.print(f"{message_id}: marked delivered; it is not sent again", soft_wrap=True)
+    count = await record(client, deal_id, RESEND_FAILED, _payload(SignalPayload, note=note))
     out.print(f"{deal_id}: {count} email(s) queued again")
+
+
+def _bare(message_id: str) -> str:
+    return message_id.strip().strip("<>").lower()
+
+
+def _held_emails(deal: DealStatus) -> list[MessageRecord]:
+    """The deal's emails whose latest send was held by the ledger as maybe sent."""
+    latest = {m.message_id: m for m in deal.messages if m.message_id}
+    return [
+        m
+        for m in latest.values()
+        if m.outcome == "failed" and m.error.startswith(f"{FailureType.MAYBE_SENT}:")
+    ]
 
 
 @app.command("status")

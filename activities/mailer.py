@@ -35,7 +35,7 @@ from activities.smtp_pool import SmtpPool
 if TYPE_CHECKING:
     # SQLAlchemy is imported where a send needs it: the workflow imports this module for
     # the activity's name, and every CLI command imports the workflow.
-    from ledger.send_ledger import SendLedger
+    from ledger.send_ledger import SendLedger, SendRecord
     from ledger.suppression_list import SuppressionList
 
 SEND_EMAIL = "send_email"
@@ -217,6 +217,16 @@ def _expected(message: str, kind: str) -> ApplicationError:
     )
 
 
+def _maybe_sent(held: SendRecord) -> ApplicationError:
+    return _expected(
+        f"maybe sent: attempt {held.attempt} on {held.worker} claimed it at "
+        f"{held.claimed_at:%Y-%m-%d %H:%M:%S} and never recorded the relay's reply; "
+        "held so the buyer gets no second copy: check the relay's log, then resend "
+        "(with --delivered MESSAGE-ID if the log has it)",
+        FailureType.MAYBE_SENT,
+    )
+
+
 def _ledger_down(error: Exception, url: str) -> ApplicationError:
     """A retryable failure for a send that cannot read or write the ledger: it waits for
     the database rather than mail an address the list might hold."""
@@ -389,6 +399,9 @@ class Mailer:
                     type="MailboxCapReached",
                     next_retry_delay=wait,
                 )
+        earlier = await self._settled_earlier(request, rendered)
+        if earlier is not None:
+            return earlier
         message: OutgoingMessage | None = None
         try:
             async with self.pool.connection() as smtp:
@@ -482,13 +495,33 @@ class Mailer:
         await smtp.rset()
         if claim.outcome is ClaimOutcome.ALREADY_SENT:
             raise _AlreadySent()
-        held = claim.record
-        raise _expected(
-            f"maybe sent: attempt {held.attempt} on {held.worker} claimed it at "
-            f"{held.claimed_at:%Y-%m-%d %H:%M:%S} and never recorded the relay's reply; "
-            "held so the buyer gets no second copy: check the relay's log, then resend",
-            FailureType.MAYBE_SENT,
-        )
+        raise _maybe_sent(claim.record)
+
+    async def _settled_earlier(
+        self, request: EmailRequest, rendered: RenderedEmail
+    ) -> EmailReceipt | None:
+        """A retry (or resend) asks the ledger first, before the suppression list: an
+        email an earlier attempt sent stays sent, even if the buyer opted out since, and
+        one it may have sent stays held."""
+        if self.ledger is None:
+            return None
+        attempt = activity.info().attempt if activity.in_activity() else 1
+        if attempt == 1 and not request.resend:
+            return None  # a first attempt finds no row: skip the read
+        from ledger.send_ledger import SendState
+
+        try:
+            record = await self.ledger.find(request.message_id)
+        except Exception as error:
+            raise _ledger_down(error, self.ledger.database.url) from None
+        if record is None or record.state is SendState.FAILED:
+            return None
+        if record.state is SendState.SENT:
+            recipients = [_address(party) for party in request.to]
+            return _receipt(request, self._message(request, recipients, rendered))
+        if request.resend:
+            return None  # ops checked the held email: the claim below takes it over
+        raise _maybe_sent(record)
 
     async def _record(self, request: EmailRequest, reply: str, sent: bool) -> None:
         if self.ledger is None:

@@ -42,6 +42,10 @@ class SendState(StrEnum):
     FAILED = "failed"
 
 
+class NotHeld(ValueError):
+    """An email ops named as delivered that the ledger does not hold as maybe sent."""
+
+
 class ClaimOutcome(StrEnum):
     CLAIMED = "claimed"  # this attempt may send
     ALREADY_SENT = "already sent"  # an earlier attempt sent it: do not send again
@@ -169,6 +173,23 @@ class SendLedger:
     async def sent(self, message_id: str, smtp_reply: str, now: datetime) -> None:
         mark = {"finished": message_id, "at": now, "reply": smtp_reply[:1000]}
         await self.database.write(_SENT_MARKS, mark)
+
+    async def mark_delivered(self, message_id: str, note: str, now: datetime) -> SendRecord:
+        """Ops found a held (maybe sent) email in the relay's log: it was sent. A resend of
+        it then completes without sending. Marking it again changes nothing."""
+        record = await self.find(message_id)
+        if record is None:
+            raise NotHeld(f"{message_id} is not in the send ledger: no attempt reached DATA")
+        if record.state is SendState.FAILED:
+            raise NotHeld(
+                f"{message_id} failed before the relay took it ({record.error}): "
+                "resend it without --delivered"
+            )
+        if record.state is SendState.CLAIMED:
+            await self.sent(message_id, f"marked delivered by ops: {note}", now)
+            record = await self.find(message_id)
+            assert record is not None
+        return record
 
     async def failed(self, message_id: str, error: str, now: datetime) -> None:
         """The relay refused it, or never got it: a retry (or resend) may claim it again."""

@@ -33,6 +33,7 @@ from deal_intake import CSV_COLUMNS
 from devstack import DevServer, OutboxSink, free_port
 from ledger import schema
 from ledger.database import LedgerDatabase
+from ledger.send_ledger import SendLedger, SendState
 from ledger.suppression_list import SuppressionList, SuppressionReason, SuppressionSource
 from settings import load_settings
 from starter import LEGACY_SUPPRESSION_WORKFLOW, workflow_id
@@ -869,3 +870,40 @@ async def test_bulk_start_refuses_a_file_it_cannot_read_in_one_line(
         assert result.code == 1, result
         assert says in result.one_line_error() and result.stdout == ""
     assert "no deal" in (await stack.cli("status", first)).one_line_error()
+
+
+async def test_resend_delivered_marks_a_held_email_sent_and_the_deal_moves_on(
+    stack: Stack,
+) -> None:
+    deal_id = new_id()
+    proposal = f"<{deal_id}.001-proposal@example.com>"
+    # An earlier attempt claimed the proposal and died before it read the relay's reply.
+    ledger = SendLedger(stack.suppressions.database)
+    await ledger.claim(
+        message_id=proposal, deal_id=deal_id, template="proposal", attempt=1,
+        worker="worker-that-died:4242", now=datetime.now(UTC),
+    )  # fmt: skip
+    args = ["--company", "Buyer & Sons", "--kind", "rfp", "--item", "Widget:1:100"]
+    await stack.ok("start", "--id", deal_id, "--contact", unique_buyer()[0], *args)
+    await stack.wait_for(
+        deal_id, lambda d: any(m.outcome == "failed" for m in d.messages), "holding"
+    )
+    assert await stack.wait_for_mail(deal_id, 1) == ["task_check_maybe_sent"]
+
+    # A Message-ID the deal does not hold is refused in one line, and nothing changes.
+    wrong = await stack.cli("resend", deal_id, "--delivered", f"<{deal_id}.009-offer@x>")
+    assert wrong.code == 1
+    assert f"is not an email deal {deal_id!r} holds as maybe sent" in wrong.one_line_error()
+    assert proposal in wrong.one_line_error()
+
+    # Ops found it in the relay's log: the deal counts it sent; the buyer gets no copy.
+    done = await stack.ok("resend", deal_id, "--delivered", proposal.strip("<>"))
+    assert f"{proposal}: marked delivered" in done.stdout
+    assert f"{deal_id}: 1 email(s) queued again" in done.stdout
+    deal = await stack.wait_for_stage(deal_id, "Proposal Received")
+    assert deal.messages[-1].outcome == "sent" and deal.messages[-1].message_id == proposal
+    row = await ledger.find(proposal)
+    assert row is not None and row.state is SendState.SENT
+    assert row.smtp_reply == "marked delivered by ops: found in the relay's log"
+    await stack.ok("cancel", deal_id, "--reason", "test done")
+    assert [m["X-Dealflow-Step"] for m in stack.mail(deal_id)] == ["task_check_maybe_sent"]

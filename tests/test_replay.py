@@ -23,8 +23,10 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle, WorkflowHistory
@@ -37,7 +39,13 @@ from starter import record, start_deal
 from tests.conftest import Deals, steps
 from tests.test_lifecycle import ANSWERS, deal_id, eventually, stage_is, status
 from worker import workflow_runner
-from workflows.deal import INBOUND_MESSAGE, RESEND_FAILED, RESEND_SAME_MESSAGE_ID, DealWorkflow
+from workflows.deal import (
+    INBOUND_MESSAGE,
+    KEEP_FAILED_FOR_RESEND,
+    RESEND_FAILED,
+    RESEND_SAME_MESSAGE_ID,
+    DealWorkflow,
+)
 from workflows.models import (
     Closed,
     DealInput,
@@ -96,6 +104,20 @@ async def ended(handle: WorkflowHandle) -> None:
     await eventually(completed)
 
 
+async def proposal_sent(deals: Deals) -> WorkflowHandle:
+    """An RFP deal whose proposal has gone out: where most paths begin."""
+    handle = await deals.start(kind="rfp")
+    await deals.mail(1)
+    return handle
+
+
+async def tell(
+    deals: Deals, handle: WorkflowHandle, signal: BuyerSignal | str, payload: BaseModel
+) -> Any:
+    """The buyer's (or the rep's) news for the deal, as ``starter.py record`` sends it."""
+    return await record(deals.client, deal_id(handle), signal, payload)
+
+
 async def outcomes(handle: WorkflowHandle) -> list[str]:
     return [m.outcome for m in (await status(handle)).messages]
 
@@ -107,24 +129,21 @@ async def won_deal_history(deals: Deals) -> WorkflowHistory:
     await deals.mail(2)
     await deals.skip(timedelta(days=2, hours=1))  # one quote follow-up
     await deals.mail(3)
-    client = deals.client
-    await record(
-        client, deal_id(handle), BuyerSignal.DISCOUNT_REQUESTED, DiscountRequested(percent=5)
-    )
-    await record(client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
+    await tell(deals, handle, BuyerSignal.DISCOUNT_REQUESTED, DiscountRequested(percent=5))
+    await tell(deals, handle, BuyerSignal.PRICE_AGREED, PriceAgreed())
     order = OrderPlaced(delivery_date=(await deals.now()).date() + timedelta(days=2))
     await deals.mail(5)
     # The stage moves once the deal has recorded the final offer, a moment after it arrived.
     await stage_is(handle, Stage.OFFER_RECEIVED)
-    await record(client, deal_id(handle), BuyerSignal.ORDER_PLACED, order)
+    await tell(deals, handle, BuyerSignal.ORDER_PLACED, order)
     await deals.mail(7)
     await deals.skip(timedelta(days=2))
-    await record(client, deal_id(handle), BuyerSignal.DELIVERED, Delivered())
+    await tell(deals, handle, BuyerSignal.DELIVERED, Delivered())
     await deals.mail(9)
     await deals.skip(timedelta(days=23))
     await deals.mail(13)
     await stage_is(handle, Stage.WIN_LOSS_INVITED)
-    await record(client, deal_id(handle), BuyerSignal.INTERVIEW_RECORDED, ANSWERS)
+    await tell(deals, handle, BuyerSignal.INTERVIEW_RECORDED, ANSWERS)
     await handle.result()
     return await handle.fetch_history()
 
@@ -134,7 +153,7 @@ async def rfi_general_offer(deals: Deals) -> WorkflowHistory:
     """An RFI whose buyer will not talk: the rep's task, then the general offer."""
     handle = await deals.start(kind="rfi", items=[])
     await deals.mail(1)
-    await record(deals.client, deal_id(handle), BuyerSignal.DECLINED_TO_TALK, DeclinedToTalk())
+    await tell(deals, handle, BuyerSignal.DECLINED_TO_TALK, DeclinedToTalk())
     assert steps(await deals.settle(2)) == ["task_clarify_requirements", "general_offer"]
     await stage_is(handle, Stage.PROPOSAL_RECEIVED)  # waiting for its first follow-up
     return await handle.fetch_history()
@@ -147,9 +166,9 @@ async def rfq_discount_agreed(deals: Deals) -> WorkflowHistory:
     handle = await deals.start(kind="rfq", items=widgets)
     await deals.mail(2)
     discount = DiscountRequested(percent=Decimal(5))
-    await record(deals.client, deal_id(handle), BuyerSignal.DISCOUNT_REQUESTED, discount)
+    await tell(deals, handle, BuyerSignal.DISCOUNT_REQUESTED, discount)
     await deals.mail(3)
-    await record(deals.client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
+    await tell(deals, handle, BuyerSignal.PRICE_AGREED, PriceAgreed())
     messages = await deals.settle(4)
     assert steps(messages) == ["quotation", "task_negotiate_quote", "quotation", "final_offer"]
     await stage_is(handle, Stage.OFFER_RECEIVED)
@@ -160,8 +179,7 @@ async def rfq_discount_agreed(deals: Deals) -> WorkflowHistory:
 @deal_path("no_response")
 async def no_response(deals: Deals) -> WorkflowHistory:
     """A silent buyer: every proposal follow-up, then No Response and the rep's task."""
-    handle = await deals.start(kind="rfp")
-    await deals.mail(1)
+    handle = await proposal_sent(deals)
     for count, days in enumerate((2, 4, 7, 7), start=2):
         await deals.skip(timedelta(days=days, hours=1))
         await deals.mail(count)
@@ -174,14 +192,13 @@ async def no_response(deals: Deals) -> WorkflowHistory:
 @deal_path("lost_with_loss_interview")
 async def lost_with_loss_interview(deals: Deals) -> WorkflowHistory:
     """Lost to a cheaper supplier; three weeks on, the loss interview is invited and held."""
-    handle = await deals.start(kind="rfp")
-    await deals.mail(1)
+    handle = await proposal_sent(deals)
     lost = Closed(reason="chose a cheaper supplier")
-    await record(deals.client, deal_id(handle), BuyerSignal.LOST, lost)
+    await tell(deals, handle, BuyerSignal.LOST, lost)
     await deals.skip(timedelta(days=21, hours=1))
     messages = await deals.mail(3)
     assert "loss_interview_invitation" in steps(messages)
-    await record(deals.client, deal_id(handle), BuyerSignal.INTERVIEW_RECORDED, ANSWERS)
+    await tell(deals, handle, BuyerSignal.INTERVIEW_RECORDED, ANSWERS)
     final: DealStatus = await handle.result()
     assert final.stage is Stage.LOST and final.interview == ANSWERS
     return await handle.fetch_history()
@@ -190,10 +207,9 @@ async def lost_with_loss_interview(deals: Deals) -> WorkflowHistory:
 @deal_path("opted_out")
 async def opted_out(deals: Deals) -> WorkflowHistory:
     """The buyer unsubscribes after the proposal: the address is suppressed, the deal ends."""
-    handle = await deals.start(kind="rfp")
-    await deals.mail(1)
+    handle = await proposal_sent(deals)
     opt_out = OptedOut(source="unsubscribe link")
-    await record(deals.client, deal_id(handle), BuyerSignal.OPTED_OUT, opt_out)
+    await tell(deals, handle, BuyerSignal.OPTED_OUT, opt_out)
     await ended(handle)
     assert (await status(handle)).stage is Stage.OPTED_OUT
     assert steps(await deals.settle(1)) == ["proposal"]
@@ -204,8 +220,7 @@ async def opted_out(deals: Deals) -> WorkflowHistory:
 async def out_of_office_hold(deals: Deals) -> WorkflowHistory:
     """An auto-reply read from the mailbox (a signal, not an update) holds the follow-up
     that comes due while the buyer is away; it goes out on the return day."""
-    handle = await deals.start(kind="rfp")
-    await deals.mail(1)
+    handle = await proposal_sent(deals)
     back = (await deals.now()).date() + timedelta(days=6)
     away = InboundMessage(
         kind=InboundKind.OUT_OF_OFFICE,
@@ -232,15 +247,14 @@ async def out_of_office_hold(deals: Deals) -> WorkflowHistory:
 async def paused_and_resumed(deals: Deals) -> WorkflowHistory:
     """Ops pause a deal; the price is agreed meanwhile; nothing goes out until the resume,
     then the final offer once."""
-    handle = await deals.start(kind="rfp")
-    await deals.mail(1)
+    handle = await proposal_sent(deals)
     await stage_is(handle, Stage.PROPOSAL_RECEIVED)  # recorded a moment after it arrived
-    await record(deals.client, deal_id(handle), BuyerSignal.PAUSED, Paused(note="rep on holiday"))
-    await record(deals.client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
+    await tell(deals, handle, BuyerSignal.PAUSED, Paused(note="rep on holiday"))
+    await tell(deals, handle, BuyerSignal.PRICE_AGREED, PriceAgreed())
     await deals.skip(timedelta(days=9))
     await deals.settle(1)
     assert (await status(handle)).paused
-    await record(deals.client, deal_id(handle), BuyerSignal.RESUMED, SignalPayload())
+    await tell(deals, handle, BuyerSignal.RESUMED, SignalPayload())
     assert steps(await deals.settle(2)) == ["proposal", "final_offer"]
     return await handle.fetch_history()
 
@@ -261,7 +275,7 @@ async def buying_committee(deals: Deals) -> WorkflowHistory:
     await stage_is(handle, Stage.PROPOSAL_RECEIVED)
     await deals.skip(timedelta(days=2, hours=1))
     await deals.mail(2)
-    await record(deals.client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
+    await tell(deals, handle, BuyerSignal.PRICE_AGREED, PriceAgreed())
     messages = await deals.settle(3)
     assert steps(messages) == ["proposal", "proposal_follow_up", "final_offer"]
     assert len(messages[2]["To"].addresses) == 2
@@ -272,8 +286,7 @@ async def buying_committee(deals: Deals) -> WorkflowHistory:
 async def hard_bounce(deals: Deals) -> WorkflowHistory:
     """The relay refuses the buyer with 550 on the first follow-up: bounced, the rep is told,
     and the next follow-up is skipped without a send."""
-    handle = await deals.start(kind="rfp")
-    await deals.mail(1)
+    handle = await proposal_sent(deals)
     deals.sink.refused_recipients["bea@buyer.example.org"] = "550 5.1.1 No such mailbox"
     await deals.skip(timedelta(days=2, hours=1))
     assert steps(await deals.mail(2)) == ["proposal", "task_fix_address"]
@@ -317,6 +330,33 @@ async def resend_held_email(deals: Deals) -> WorkflowHistory:
     return history
 
 
+@deal_path("closed_holding_an_email")
+async def closed_holding_an_email(deals: Deals) -> WorkflowHistory:
+    """A held proposal; the deal is disqualified and stays open for the resend, which
+    comes two days later (patch keep-failed-for-resend); then the deal ends."""
+    deal = deals.input(kind="rfp")
+    message_id = f"<{deal.deal_id}.001-proposal@seller.example.com>"
+    database = LedgerDatabase(deals.settings.ledger_url)
+    try:
+        await SendLedger(database).claim(
+            message_id=message_id, deal_id=deal.deal_id, template="proposal", attempt=1,
+            worker="worker-that-died:4242", now=await deals.now(),
+        )  # fmt: skip
+    finally:
+        await database.dispose()
+    deals.started.add(deal.deal_id)
+    handle = await start_deal(deals.client, deals.settings, deal)
+    assert steps(await deals.settle(1)) == ["task_check_maybe_sent"]
+    await record(deals.client, deal.deal_id, BuyerSignal.DISQUALIFIED, Closed(reason="budget"))
+    await deals.skip(timedelta(days=2))
+    assert await record(deals.client, deal.deal_id, RESEND_FAILED, SignalPayload()) == 1
+    final = await handle.result()
+    assert final.messages[-1].outcome == "sent"
+    history = await handle.fetch_history()
+    assert KEEP_FAILED_FOR_RESEND in patches(history)
+    return history
+
+
 def patches(history: WorkflowHistory) -> set[str]:
     """The ids of the ``workflow.patched`` markers in a history."""
     markers = [
@@ -345,7 +385,7 @@ async def test_each_deal_path_replays_its_fresh_history(deals: Deals, path: str)
 async def test_a_cancelled_deal_replays(deals: Deals) -> None:
     handle = await deals.start(kind="rfi", items=[])
     await deals.mail(1)
-    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="duplicate"))
+    await tell(deals, handle, BuyerSignal.CANCELLED, Closed(reason="duplicate"))
     await handle.result()
     result = await replayer().replay_workflow(await handle.fetch_history())
     assert result.replay_failure is None

@@ -7,12 +7,14 @@ ledger row an earlier attempt would have left, then let the deal send.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 from temporalio.client import WorkflowHandle
 
 from ledger.database import LedgerDatabase
 from ledger.send_ledger import ClaimOutcome, SendLedger, SendState
+from ledger.suppression_list import SuppressionList, SuppressionReason, SuppressionSource
 from starter import record, start_deal
 from tests.conftest import Deals, body, on_both_databases, steps
 from tests.test_lifecycle import deal_id, eventually, stage_is, status
@@ -119,3 +121,76 @@ async def test_a_data_refused_with_4xx_is_recorded_failed_and_sent_once_on_retry
 
     await eventually(recorded)
     await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+async def test_a_deal_that_closes_holding_an_email_waits_for_the_resend(
+    deals: Deals, ledger: SendLedger
+) -> None:
+    deal, handle = await started_after_an_earlier_attempt(deals, ledger, sent=False)
+    assert steps(await deals.settle(1)) == ["task_check_maybe_sent"]
+    await record(deals.client, deal, BuyerSignal.DISQUALIFIED, Closed(reason="no budget"))
+
+    # Closed, but still running: ending now would lose the held proposal.
+    closed = await status(handle)
+    assert closed.stage is Stage.DISQUALIFIED
+    assert closed.next_touch is not None
+    assert closed.next_touch.what == "ends unless failed emails are resent"
+    assert closed.next_touch.at == closed.history[-1].at + timedelta(days=14)
+    assert "resend them by" in closed.problems[-1]
+    await deals.skip(timedelta(days=13))
+
+    # Ops resend it (an update: a deal that had ended would refuse it): it goes out
+    # once, under its Message-ID, and the deal ends.
+    assert await record(deals.client, deal, RESEND_FAILED, SignalPayload()) == 1
+    final = await handle.result()
+    assert steps(await deals.settle(2)) == ["task_check_maybe_sent", "proposal"]
+    assert final.messages[-1].outcome == "sent"
+    assert final.messages[-1].message_id == first_message_id(deal)
+
+
+async def test_a_held_email_nobody_resends_is_dropped_when_the_window_ends(
+    deals: Deals, ledger: SendLedger
+) -> None:
+    deal, handle = await started_after_an_earlier_attempt(deals, ledger, sent=False)
+    assert steps(await deals.settle(1)) == ["task_check_maybe_sent"]
+    await record(deals.client, deal, BuyerSignal.DISQUALIFIED, Closed(reason="no budget"))
+    await stage_is(handle, Stage.DISQUALIFIED)
+
+    await deals.skip(timedelta(days=15))
+    final = await handle.result()
+    assert final.problems[-1] == (f"dropped, never resent: {first_message_id(deal)} (proposal)")
+    assert final.next_touch is None
+    await deals.quiet()
+    assert steps([mail.message for mail in deals.sink.received]) == ["task_check_maybe_sent"]
+
+
+async def test_a_cancelled_deal_ends_at_once_dropping_what_failed(
+    deals: Deals, ledger: SendLedger
+) -> None:
+    deal, handle = await started_after_an_earlier_attempt(deals, ledger, sent=False)
+    assert steps(await deals.settle(1)) == ["task_check_maybe_sent"]
+    await record(deals.client, deal, BuyerSignal.CANCELLED, Closed(reason="buyer went bust"))
+    final = await handle.result()  # a cancelled deal sends nothing more
+    assert final.stage is Stage.CANCELLED and final.messages[0].outcome == "failed"
+
+
+@on_both_databases
+async def test_a_held_email_marked_delivered_stays_sent_after_the_buyer_opts_out(
+    deals: Deals, ledger: SendLedger, suppressions: SuppressionList
+) -> None:
+    deal, handle = await started_after_an_earlier_attempt(deals, ledger, sent=False)
+    assert steps(await deals.settle(1)) == ["task_check_maybe_sent"]
+    # The buyer has the proposal (the relay's log says so) and opts out later on.
+    await ledger.mark_delivered(first_message_id(deal), "in the relay's log", await deals.now())
+    await suppressions.add(
+        "bea@buyer.example.org", SuppressionReason.OPTED_OUT, SuppressionSource.CLI,
+        now=await deals.now(),
+    )  # fmt: skip
+
+    # The resend asks the ledger before the list: the email was sent, not skipped.
+    assert await record(deals.client, deal, RESEND_FAILED, SignalPayload()) == 1
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    assert (await status(handle)).messages[-1].outcome == "sent"
+    await deals.quiet()
+    assert steps([mail.message for mail in deals.sink.received]) == ["task_check_maybe_sent"]
+    await record(deals.client, deal, BuyerSignal.CANCELLED, Closed(reason="done"))

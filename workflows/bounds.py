@@ -47,6 +47,7 @@ YEARS_AHEAD = 10
 MAX_DELAY = timedelta(days=364)
 MAX_BUSINESS_DAYS = 260
 MAX_SEND_RETRY = timedelta(days=30)
+MAX_RESEND_WINDOW = timedelta(days=90)
 
 
 def latest(today: date) -> date:

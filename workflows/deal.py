@@ -104,6 +104,8 @@ PLAN = "plan"
 RESEND_FAILED = "resend_failed"
 # Patch: a resent email keeps its Message-ID (deals started before it send a new one).
 RESEND_SAME_MESSAGE_ID = "resend-same-message-id"
+# Patch: a closed deal holding failed emails waits for ops' resend (deals before it ended).
+KEEP_FAILED_FOR_RESEND = "keep-failed-for-resend"
 INBOUND_MESSAGE = "inbound_message"
 EVENTS_REMEMBERED = 1000
 
@@ -146,6 +148,8 @@ class DealWorkflow:
         self.suppressing: list[Suppression] = []
         # Sends that failed for good (template, address, SMTP down too long), kept for `resend`.
         self.failed: list[Outbound] = []
+        # A closed deal still holding failed emails ends at this time unless ops resend.
+        self.resend_until: datetime | None = None
         self.sequence = 0
         # The follow-up clock of the current stage: touches sent, counted from `anchor`.
         self.touches = 0
@@ -181,6 +185,8 @@ class DealWorkflow:
             await self._record_suppressions()
             await self._send_outbox()
             if self._finished():
+                if await self._kept_for_resend():
+                    continue
                 break
             due = self._next_due()
             self._publish(due)
@@ -227,6 +233,29 @@ class DealWorkflow:
             and not self.interview_pending
             and not self.suppressing
         )
+
+    async def _kept_for_resend(self) -> bool:
+        """A deal that closed holding emails that failed for good (held as maybe sent,
+        relay down too long) stays open ``resend_window`` for ops to ``resend`` them:
+        ending now would lose them. True when a resend came; False: end the deal."""
+        if not self.failed or self.stage is Stage.CANCELLED:
+            return False  # a cancelled deal sends nothing more
+        if not workflow.patched(KEEP_FAILED_FOR_RESEND):
+            return False
+        if self.resend_until is None:
+            self.resend_until = workflow.now() + self.deal.resend_window
+            self.problems.append(
+                f"closed holding {len(self.failed)} email(s) that failed: resend them by "
+                f"{self.resend_until:%Y-%m-%d %H:%M} UTC or they are dropped"
+            )
+            self._changed()
+        self._publish(None)
+        if await self._changed_before(self.resend_until):
+            return True  # a resend, or any other change: the loop looks again
+        dropped = ", ".join(f"{o.message_id} ({o.template})" for o in self.failed)
+        self.problems.append(f"dropped, never resent: {dropped}")
+        self.failed.clear()
+        return False
 
     async def _record_suppressions(self) -> None:
         while self.suppressing:
@@ -949,6 +978,7 @@ class DealWorkflow:
         count = len(self.failed)
         self.outbox.extend(self.failed)
         self.failed.clear()
+        self.resend_until = None  # what fails again gets a fresh window
         self._changed()
         return count
 
@@ -984,6 +1014,9 @@ class DealWorkflow:
     @workflow.query(name=STATUS)
     def status(self) -> DealStatus:
         due = None if self._finished() else self._next_due()
+        waiting = None
+        if due is None and self.resend_until is not None and self.failed:
+            waiting = NextTouch(what="ends unless failed emails are resent", at=self.resend_until)
         return DealStatus(
             deal_id=self.deal.deal_id,
             company=self.deal.company,
@@ -998,7 +1031,7 @@ class DealWorkflow:
             delivery_date=self.delivery_date,
             delivered_at=self.delivered_at,
             outcome_reason=self.outcome_reason,
-            next_touch=NextTouch(what=describe(due), at=due.at) if due else None,
+            next_touch=NextTouch(what=describe(due), at=due.at) if due else waiting,
             history=list(self.history),
             messages=list(self.messages),
             problems=list(self.problems),

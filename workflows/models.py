@@ -135,6 +135,9 @@ class DealInput(Model):
     routing: dict[str, list[str]] = Field(default_factory=dict)
     # How long a send may keep failing transiently (SMTP down) before it is recorded as failed.
     send_retry_for: timedelta = timedelta(hours=24)
+    # How long a closed deal keeps emails that failed for good, for ops to resend, before
+    # it ends (they are then dropped, and the deal's problems say so).
+    resend_window: timedelta = timedelta(days=14)
 
     @model_validator(mode="after")
     def _priced_inquiry_has_items(self) -> DealInput:
