@@ -194,6 +194,10 @@ class Settings(BaseSettings):
     # Worker
     max_cached_workflows: int = Field(default=10_000, ge=0)
     max_concurrent_activities: int = Field(default=64, ge=1)
+    # Workflow tasks run Python under one GIL: a few at a time finish each within its
+    # 10 s timeout, where the SDK's 100 would all time out together after a restart
+    # (every deal replaying at once) and be retried, again and again.
+    max_concurrent_workflow_tasks: int = Field(default=8, ge=2)
     bulk_start_concurrency: int = Field(default=16, ge=1, le=512)
 
     # Files and the embedded dev stack
