@@ -11,12 +11,12 @@ Every ``every`` (5) seconds ops:
    ``MaybeSent`` is held, and its claim (attempt, worker host:pid, time) is kept as
    the evidence for the duplicate window;
 3. check the relay's log for its Message-ID:
-   - there: it was delivered before the crash. Ops mark the row *sent* (the
-     ledger's own ``SendLedger.sent``; the product has no command for it) and
-     ``resend``: the resend finds the row sent and completes without sending,
-     so the deal moves on (a stage-setting email held stops the deal's path);
+   - there: it was delivered before the crash. Ops do what ``starter.py resend
+     DEAL --delivered MESSAGE-ID`` does: mark the row delivered and resend; the
+     resend finds the row sent and completes without sending, so the deal moves on;
    - not there: ``resend`` sends it again under the same Message-ID;
-   - on a closed deal neither is possible: it is only counted.
+   - a deal that closed meanwhile stays open for its resend window, so both work
+     there too; only a deal that has ended is counted without action.
 """
 
 from __future__ import annotations
@@ -149,13 +149,12 @@ class Ops:
                 if not self.check_log:
                     found.action = "resent blind"
                 elif found.delivered:
+                    # What `starter.py resend DEAL --delivered MESSAGE-ID` does.
                     ledger = SendLedger(self.database)
-                    await ledger.sent(
-                        claim.message_id,
-                        "250 soak ops: found in the relay's log",
-                        datetime.now(UTC),
+                    await ledger.mark_delivered(
+                        claim.message_id, "soak ops: found in the relay's log", datetime.now(UTC)
                     )
-                    found.action = "in the log: marked sent, resend completes it"
+                    found.action = "in the log: marked delivered, resend completes it"
                 else:
                     found.action = "not in the log: resent"
             if resending:  # in the background: a busy deal must not hold up the others
