@@ -2,7 +2,7 @@
 
 Everything is real: Temporal's dev server (SQLite file, free loopback ports), the
 product worker as a subprocess (``python worker.py`` with ``DEALFLOW_*`` variables),
-aiosmtpd as the relay, the send ledger in a SQLite file (see ``tests/processes.py``).
+aiosmtpd as the relay, the send ledger in a SQLite file (see ``realstack``).
 
 - A worker is SIGKILLed at each point of a send (the mailer's ``DEALFLOW_TEST_DIE_AT``
   hook, and a relay that takes the message but holds its ``250`` until the worker is
@@ -27,7 +27,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,26 +34,21 @@ import pytest_asyncio
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflow.v1 import PendingActivityInfo
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.mailer import DIE_AT_VARIABLE, FailureType
 from deal_intake import build_deal
-from ledger import schema
 from ledger.database import LedgerDatabase
 from ledger.send_ledger import SendLedger, SendRecord, SendState
+from realstack.deployment import environment
+from realstack.relay import Arrival, Relay
+from realstack.stack import LocalStack, connect, local_stack
+from realstack.temporal import TemporalDevServer
+from realstack.waiting import wait_for
+from realstack.worker import WorkerProcess
 from settings import Settings, load_settings
 from starter import start_deal
 from starter import status as deal_status
 from tests.conftest import is_idle
-from tests.processes import (
-    Arrival,
-    Relay,
-    TemporalDevServer,
-    WorkerProcess,
-    deployment,
-    environment,
-    wait_for,
-)
 from workflows.deal import PLAN, SEND_HEARTBEAT_TIMEOUT
 from workflows.models import DealInput, DealStatus, PlannedSend
 from workflows.stages import Stage
@@ -75,12 +69,7 @@ SOON = timedelta(hours=1)
 
 
 @dataclass
-class Stack:
-    folder: Path
-    ledger_url: str
-    server: TemporalDevServer
-    client: Client
-    relay: Relay
+class Stack(LocalStack):
     servers: list[TemporalDevServer] = field(default_factory=list)
     relays: list[Relay] = field(default_factory=list)
     workers: list[WorkerProcess] = field(default_factory=list)
@@ -96,7 +85,8 @@ class Stack:
             return await worker.start()
 
     def new_relay(self) -> Relay:
-        relay = Relay().start()
+        relay = Relay()
+        relay.start()
         self.relays.append(relay)
         return relay
 
@@ -105,17 +95,6 @@ class Stack:
         self.servers.append(server)
         await server.start()
         return server, await connect(server)
-
-    def deployment(
-        self, queue: str, relay: Relay, server: TemporalDevServer | None = None
-    ) -> dict[str, str]:
-        return deployment(
-            temporal=(server or self.server).address,
-            task_queue=queue,
-            smtp_port=relay.port,
-            ledger_url=self.ledger_url,
-            data_dir=self.folder / queue,
-        )
 
     def worker(self, queue: str, values: dict[str, str], **extra: str) -> WorkerProcess:
         worker = WorkerProcess(f"worker-{queue}", self.folder / queue, environment(values) | extra)
@@ -139,10 +118,6 @@ class Stack:
             relay.stop()
 
 
-async def connect(server: TemporalDevServer) -> Client:
-    return await Client.connect(server.address, data_converter=pydantic_data_converter)
-
-
 def settings_of(values: dict[str, str]) -> Settings:
     return load_settings(**values, _env_file=None)
 
@@ -164,22 +139,11 @@ def deal_input(settings: Settings, name: str, **fields: Any) -> DealInput:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    folder = tmp_path_factory.mktemp("crash-recovery")
-    ledger_url = f"sqlite:///{folder / 'ledger.sqlite3'}"
-    await schema.upgrade(ledger_url)
-    server = TemporalDevServer(folder / "temporal")
-    relay = Relay().start()
-    stack = None
-    try:
-        await server.start()
-        stack = Stack(folder, ledger_url, server, await connect(server), relay)
-        yield stack
-    finally:
-        if stack is not None:
+    async with local_stack(tmp_path_factory.mktemp("crash-recovery"), Stack) as stack:
+        try:
+            yield stack
+        finally:
             stack.stop()
-        else:
-            server.stop()
-            relay.stop()
 
 
 # --- reading a deal ---

@@ -22,81 +22,31 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiosmtpd.smtp import SMTP as SmtpServer
-from aiosmtpd.smtp import Envelope, Session
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from deal_intake import build_deal
 from devstack import register_search_attributes
-from ledger import schema
 from ledger.database import LedgerDatabase
 from ledger.suppression_list import SuppressionList, SuppressionReason, SuppressionSource
+from realstack.deployment import environment
+from realstack.relay import Relay
+from realstack.stack import LocalStack, local_stack
+from realstack.waiting import wait_for
+from realstack.worker import WorkerProcess
 from settings import Settings, load_settings
 from starter import record, start_deal, status
-from tests.processes import (
-    Relay,
-    TemporalDevServer,
-    WorkerProcess,
-    deployment,
-    environment,
-    wait_for,
-)
 from workflows.models import DealInput, OptedOut
 from workflows.stages import BuyerSignal, Stage
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@dataclass(frozen=True)
-class Transaction:
-    """One SMTP transaction the relay saw: when MAIL FROM came, and to whom it was."""
-
-    mail_at: float
-    recipients: tuple[str, ...]
-
-
-class WatchingRelay(Relay):
-    """The relay, also keeping each transaction's MAIL FROM time and its recipients."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.transactions: list[Transaction] = []
-        self._mail_at: dict[int, float] = {}
-
-    async def handle_MAIL(
-        self,
-        server: SmtpServer,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        mail_options: list[str],
-    ) -> str:
-        self._mail_at[id(envelope)] = time.time()
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 OK"
-
-    async def handle_RCPT(
-        self,
-        server: SmtpServer,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        rcpt_options: list[str],
-    ) -> str:
-        reply = await super().handle_RCPT(server, session, envelope, address, rcpt_options)
-        with self._lock:
-            self.transactions.append(Transaction(self._mail_at[id(envelope)], (address,)))
-        return reply
-
-
 @dataclass
 class Race:
     client: Client
     settings: Settings
-    relay: WatchingRelay
+    relay: Relay
     worker: WorkerProcess
     suppressions: SuppressionList
 
@@ -104,35 +54,24 @@ class Race:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def race(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Race]:
     folder: Path = tmp_path_factory.mktemp("opt-out-race")
-    ledger_url = f"sqlite:///{folder / 'ledger.sqlite3'}"
-    await schema.upgrade(ledger_url)
-    server = TemporalDevServer(folder / "temporal")
-    relay = WatchingRelay().start()
-    database = LedgerDatabase(ledger_url)
-    worker: WorkerProcess | None = None
-    try:
-        await server.start()
-        client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-        await register_search_attributes(client, client.namespace)
-        values = deployment(
-            temporal=server.address,
-            task_queue=f"race-{uuid.uuid4().hex[:6]}",
-            smtp_port=relay.port,
-            ledger_url=ledger_url,
-            data_dir=folder / "worker",
-        )
-        # One connection: a send waits for it while the relay holds the email before.
-        values["smtp_pool_size"] = "1"
-        worker = WorkerProcess("worker", folder / "worker", environment(values))
-        await worker.start()
-        settings = load_settings(**values, _env_file=None)
-        yield Race(client, settings, relay, worker, SuppressionList(database))
-    finally:
-        if worker is not None:
-            worker.stop()
-        server.stop()
-        relay.stop()
-        await database.dispose()
+    # The relay keeps each transaction's MAIL FROM time and recipients.
+    relay = Relay(transactions=True)
+    async with local_stack(folder, LocalStack, relay) as stack:
+        database = LedgerDatabase(stack.ledger_url)
+        worker: WorkerProcess | None = None
+        try:
+            await register_search_attributes(stack.client, stack.client.namespace)
+            values = stack.deployment(f"race-{uuid.uuid4().hex[:6]}")
+            # One connection: a send waits for it while the relay holds the email before.
+            values["smtp_pool_size"] = "1"
+            worker = WorkerProcess("worker", folder / "worker", environment(values))
+            await worker.start()
+            settings = load_settings(**values, _env_file=None)
+            yield Race(stack.client, settings, relay, worker, SuppressionList(database))
+        finally:
+            if worker is not None:
+                worker.stop()
+            await database.dispose()
 
 
 def deal(settings: Settings, name: str, email: str, **fields: Any) -> DealInput:
