@@ -34,11 +34,14 @@ from bench.__main__ import machine
 from ledger import schema
 from ledger.database import LedgerDatabase
 from ledger.suppression_list import SuppressionList
+from realstack.deployment import environment
+from realstack.relay_process import RelayProcess
+from realstack.temporal import TemporalDevServer
+from realstack.worker import WorkerProcess
 from settings import load_settings
 from soak.chaos import Chaos
 from soak.deals import ArrivalLog, Buyers, DealPlan, Status, Tracker, plan_deals, spread
 from soak.ops import Ops
-from soak.processes import Relay, Server, Worker
 from soak.report import Final, count, timeline, worker_logs
 from starter import workflow_id
 from workflows.deal import STATUS
@@ -103,7 +106,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def worker_values(server: Server, relay: Relay, ledger_url: str, folder: Path) -> dict[str, str]:
+def worker_values(
+    server: TemporalDevServer, relay: RelayProcess, ledger_url: str, folder: Path
+) -> dict[str, str]:
     """The settings of the worker (as DEALFLOW_* variables) and of the driver."""
     return {
         "temporal_address": server.address,
@@ -162,12 +167,12 @@ async def run(args: argparse.Namespace) -> int:
     )
     ledger_url = f"sqlite:///{folder / 'ledger.sqlite3'}"
     await schema.upgrade(ledger_url)
-    server, relay = Server(folder), Relay(folder)
+    server, relay = TemporalDevServer(folder), RelayProcess(folder)
     await server.start()
     await relay.start()
     values = worker_values(server, relay, ledger_url, folder)
     knobs = {k: v for k, v in os.environ.items() if k.startswith("DEALFLOW_")}
-    worker = Worker(folder, knobs | {f"DEALFLOW_{k.upper()}": v for k, v in values.items()})
+    worker = WorkerProcess("worker", folder, knobs | environment(values))
     chaos = Chaos(
         server, worker, relay, rng, args.kill_every, args.smtp_cut, args.die_at, args.arm_every
     )

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from activities.mailer import DIE_AT_VARIABLE
-from soak.processes import Relay, Server, Worker
+from realstack.relay_process import RelayProcess
+from realstack.temporal import TemporalDevServer
+from realstack.worker import WorkerProcess
 
 WORKER_ENDS = ("worker-kill", "worker-die-at", "worker-exit")
 MTIME_SLACK = 0.02
@@ -43,9 +45,9 @@ class Event:
 
 @dataclass
 class Chaos:
-    server: Server
-    worker: Worker
-    relay: Relay
+    server: TemporalDevServer
+    worker: WorkerProcess
+    relay: RelayProcess
     rng: random.Random
     kill_every: tuple[float, float] = (20.0, 40.0)
     smtp_cut_for: float = 60.0

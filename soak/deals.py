@@ -202,7 +202,7 @@ class Arrival:
 
 
 class ArrivalLog:
-    """The relay's log (``soak.relay``), read as it grows."""
+    """The relay's log (``realstack.relay_process``), read as it grows."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
