@@ -11,11 +11,9 @@ deals, sends buyer signals and watches.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,8 +26,10 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from devstack import DEV_SERVER_TUNING, DevServer, free_port
+from devstack import DEV_SERVER_TUNING, free_port
 from ledger import schema
+from realstack.temporal import TunedDevServer
+from realstack.waiting import wait_for
 from settings import Settings, SmtpTls, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,41 +42,6 @@ SERVER_MODES: dict[str, tuple[str, bool, list[str]]] = {
     "server-defaults": ("SQLite file, the dev server's own defaults", True, []),
     "memory": ("in-memory SQLite, one partition", False, _ONE_PARTITION),
 }
-
-
-@dataclass
-class BenchServer(DevServer):
-    """``devstack.DevServer`` with a choice of storage tuning (see ``SERVER_MODES``)."""
-
-    tuning: Sequence[str] = tuple(DEV_SERVER_TUNING)
-    log_file: Path | None = None
-
-    def command(self) -> list[str]:
-        command = super().command()
-        return command[: len(command) - len(DEV_SERVER_TUNING)] + list(self.tuning)
-
-    async def start(self, ready_within: float = 60.0) -> None:
-        # As DevServer.start, with the server's banner and logs (errors such as "context
-        # canceled" at shutdown) in a file rather than in the benchmark's table.
-        log = self.log_file.open("wb") if self.log_file else subprocess.DEVNULL
-        with contextlib.closing(log) if self.log_file else contextlib.nullcontext():
-            self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + ready_within
-        while True:
-            if self.process.poll() is not None:
-                tail = self.log_file.read_text()[-2000:] if self.log_file else ""
-                raise RuntimeError(
-                    f"the dev server exited with code {self.process.returncode}\n{tail}"
-                )
-            try:
-                await Client.connect(self.address)
-                return
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.3)
 
 
 class Child:
@@ -145,20 +110,22 @@ class Arrival:
 
 
 class SinkProcess(Child):
-    """``bench.sink``: aiosmtpd on a free loopback port, reporting every accepted email."""
+    """``realstack.relay_process``: aiosmtpd on a free loopback port, reporting every
+    accepted email on its stdout."""
 
     def __init__(self, latency_ms: float = 0.0) -> None:
         self.port = free_port()
         self.latency_ms = latency_ms
-        argv = ["-m", "bench.sink", str(self.port), str(latency_ms)]
+        argv = ["-m", "realstack.relay_process", str(self.port), "--latency-ms", str(latency_ms)]
         super().__init__("the SMTP sink", argv)
         self.arrivals: list[Arrival] = []
         self.steps: Counter[str] = Counter()
 
     def handle(self, fields: list[str]) -> None:
-        if fields[0] == "mail":
-            self.arrivals.append(Arrival(float(fields[1]), fields[2], fields[3]))
-            self.steps[fields[3]] += 1
+        # DATA at, MAIL FROM at, Message-ID, deal, step, recipients
+        if len(fields) == 6:
+            self.arrivals.append(Arrival(float(fields[0]), fields[3], fields[4]))
+            self.steps[fields[4]] += 1
 
 
 @dataclass
@@ -200,7 +167,7 @@ class WorkerProcess(Child):
 
 @dataclass
 class Stack:
-    server: BenchServer
+    server: TunedDevServer
     sink: SinkProcess
     client: Client
     folder: Path
@@ -246,7 +213,7 @@ async def stack(
     """
     _, on_disk, tuning = SERVER_MODES[server_mode]
     with tempfile.TemporaryDirectory(prefix="dealflow-bench-") as folder:
-        server = BenchServer(
+        server = TunedDevServer(
             port=free_port(),
             ui_port=free_port(),
             db_file=Path(folder) / "temporal.db" if on_disk else None,
@@ -328,15 +295,11 @@ async def wait_until(
 ) -> float:
     """Poll ``check`` (sync or async) until true; return the seconds it took."""
     began = time.monotonic()
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic() - began
-        if time.monotonic() - began > within:
-            raise TimeoutError(f"{what}: not done within {within:.0f} s")
-        await asyncio.sleep(every)
+    try:
+        await wait_for(check, what, within, every)
+    except AssertionError:
+        raise TimeoutError(f"{what}: not done within {within:.0f} s") from None
+    return time.monotonic() - began
 
 
 @dataclass
