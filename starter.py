@@ -959,6 +959,8 @@ async def inbox_command(
         await client.get_workflow_handle(MAILBOX_POLLER_ID).signal(POLL_NOW)
         await asyncio.sleep(2)
     report = await inbox(client)
+    if report.trouble:
+        err.print(f"dealflow: {report.trouble}", soft_wrap=True)
     table = Table("read", "from", "subject", "class", "deal", "outcome", title=report.mailbox)
     for entry in report.recent[-limit:]:
         deal = f"{entry.deal_id} ({entry.how})" if entry.deal_id else "-"

@@ -17,10 +17,11 @@ import typer
 from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities.mailbox import ImapEndpoint, MailboxReader
+from activities.mailbox import ImapEndpoint, MailboxProblem, MailboxReader
 from activities.mailbox_quota import MailboxQuota
 from activities.mailer import BuyerLinks, Mailer, Sender, unsubscribe_mailbox
 from activities.rendering import TemplateLibrary
@@ -183,7 +184,7 @@ def workflow_runner(*, isolated: bool = False) -> SandboxedWorkflowRunner:
     return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
-async def serve(settings: Settings, http: bool = False) -> None:
+async def serve(settings: Settings, http: bool = False, dev: bool = False) -> None:
     mailer = build_mailer(settings)
     assert mailer.ledger is not None
     # The ledger first: a worker that cannot record its sends must not send at all.
@@ -210,6 +211,7 @@ async def serve(settings: Settings, http: bool = False) -> None:
             if settings.send_rate_per_second:
                 await running.enter_async_context(build_send_worker(client, settings, mailer))
             if settings.imap_host:
+                await check_mailbox(settings, dev=dev)
                 poller = await start_mailbox_poller(client, settings)
                 print(f"worker: reading replies from {settings.imap_host} ({poller})", flush=True)
             if http:
@@ -223,6 +225,25 @@ async def serve(settings: Settings, http: bool = False) -> None:
     finally:
         await mailer.pool.close()
         await mailer.ledger.database.dispose()
+
+
+async def check_mailbox(settings: Settings, dev: bool) -> None:
+    """Log in to the reply mailbox once at start: a mailbox nobody can read must be loud.
+
+    ``make dev`` stops (its own Dovecot should always let it in); a production worker
+    says so and starts, and the poller keeps retrying and shows why in ``inbox``.
+    """
+    reader = build_mailbox_reader(settings, None)
+    assert reader is not None
+    try:
+        await reader.check_login()
+    except (MailboxProblem, ApplicationError) as problem:
+        where = f"{settings.imap_username}@{settings.imap_host}:{settings.imap_port}"
+        unseen = "replies, bounces and mailto opt-outs are not seen until it can"
+        print(f"worker: the reply mailbox {where} cannot be read: {problem}; {unseen}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        if dev:
+            raise SystemExit(1) from None
 
 
 async def serve_dev(settings: Settings) -> None:
@@ -270,7 +291,7 @@ async def serve_dev(settings: Settings) -> None:
             "dev: Ctrl-C stops the worker, the SMTP sink and the server",
             flush=True,
         )
-        await serve(dev, http=True)
+        await serve(dev, http=True, dev=True)
     finally:
         sink.stop()
         server.stop()

@@ -49,6 +49,7 @@ class InboundKind(StrEnum):
     OWN_MESSAGE = "own_message"  # a message we sent ourselves (our own copy in the mailbox)
     UNSUBSCRIBE = "unsubscribe"  # a mailto: List-Unsubscribe request
     UNRELATED = "unrelated"  # a human message that answers nothing of ours
+    QUARANTINED = "quarantined"  # could not be read safely: listed, given to no deal
 
 
 class InboundMail(BaseModel):

@@ -12,7 +12,9 @@ re-reads at worst, and each deal applies a given Message-ID once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import re
 import ssl
 from collections.abc import Sequence
@@ -32,8 +34,24 @@ if TYPE_CHECKING:
     from ledger.suppression_list import SuppressionList
 
 READ_MAILBOX = "read_mailbox"
+# Signal to the poller: the mailbox could not be read (and why), until a read succeeds.
+MAILBOX_TROUBLE = "mailbox_trouble"
 _UID = re.compile(rb"UID (\d+)")
 _UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
+_SIZE = re.compile(rb"UID (\d+).*?RFC822\.SIZE (\d+)|RFC822\.SIZE (\d+).*?UID (\d+)")
+
+# Anyone can mail the reply mailbox, so nothing it holds reaches the poller's workflow
+# unbounded: a message is read up to MAX_FETCH bytes (headers and the start of the body,
+# where replies, notices and diagnostics are), and every text field is cut to its bound.
+MAX_FETCH = 256 * 1024
+MAX_MESSAGE_ID = 998  # RFC 5322's line limit; a deal applies each Message-ID once
+LIMITS = {
+    "sender": 320, "subject": 300, "why": 300, "how": 100, "outcome": 300,
+    "failed_recipient": 320, "bounce_status": 20, "snippet": 500, "returns_on": 10,
+}  # fmt: skip
+MAX_ADDRESSES = 50
+_DEAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 class MailboxCursor(BaseModel):
@@ -63,6 +81,55 @@ class InboxEntry(BaseModel):
     permanent: bool = True
     snippet: str = ""
     unsubscribe_addresses: list[str] = Field(default_factory=list)
+
+
+class MailboxTrouble(BaseModel):
+    """A read of the mailbox failed and is being retried (``inbox`` shows it)."""
+
+    problem: str
+    attempt: int
+    at: datetime
+
+
+def clean(text: str, limit: int) -> str:
+    """One line of at most ``limit`` characters: control characters become a space."""
+    text = _CONTROL.sub(" ", text).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def bounded(entry: InboxEntry) -> InboxEntry:
+    """``entry`` with every field inside its bound, or quarantined when its id is unusable."""
+    if len(entry.message_id) > MAX_MESSAGE_ID or _CONTROL.search(entry.message_id):
+        return quarantined(
+            entry.uid,
+            entry.message_id.encode(errors="replace"),
+            f"Message-ID of {len(entry.message_id)} characters, or with control characters "
+            f"(at most {MAX_MESSAGE_ID}, none)",
+            sender=entry.sender,
+        )
+    fields = {name: clean(getattr(entry, name), limit) for name, limit in LIMITS.items()}
+    addresses = [clean(a, LIMITS["sender"]) for a in entry.unsubscribe_addresses]
+    deal_id = entry.deal_id
+    if deal_id is not None and not _DEAL_ID.fullmatch(deal_id):
+        deal_id, fields["outcome"] = None, "matched no valid deal id"
+    return entry.model_copy(
+        update={**fields, "deal_id": deal_id, "unsubscribe_addresses": addresses[:MAX_ADDRESSES]}
+    )
+
+
+def quarantined(uid: int, raw: bytes, reason: str, sender: str = "") -> InboxEntry:
+    """A message that could not be read safely: listed with the reason, given to no deal."""
+    return InboxEntry(
+        uid=uid,
+        # From the bytes, so a re-read of the same message is recognised as the same.
+        message_id=f"<{hashlib.sha256(raw).hexdigest()}@quarantine.dealflow.invalid>",
+        read_at=datetime.now(UTC),
+        sender=clean(sender, LIMITS["sender"]),
+        subject="",
+        kind=InboundKind.QUARANTINED,
+        why=clean(reason, LIMITS["why"]),
+        outcome="quarantined: given to no deal",
+    )
 
 
 class MailboxBatch(BaseModel):
@@ -126,20 +193,39 @@ class MailboxReader:
             raise MailboxProblem(f"{e.host} did not report the UIDVALIDITY of {e.folder!r}")
         return imap, int(found[1])
 
-    @activity.defn(name=READ_MAILBOX)
-    async def read_mailbox(self, cursor: MailboxCursor) -> MailboxBatch:
+    async def _connected(self) -> tuple[aioimaplib.IMAP4, int]:
         try:
-            imap, uid_validity = await self._open()
+            return await self._open()
         except (OSError, TimeoutError, aioimaplib.Abort) as error:
             raise MailboxProblem(
                 f"cannot reach IMAP {self.endpoint.host}:{self.endpoint.port}: {error}"
             ) from None
+
+    async def check_login(self) -> None:
+        """Log in, open the folder, log out: raises what a read would (at worker start)."""
+        imap, _ = await self._connected()
+        with contextlib.suppress(OSError, TimeoutError, aioimaplib.Abort):
+            await imap.logout()
+
+    @activity.defn(name=READ_MAILBOX)
+    async def read_mailbox(self, cursor: MailboxCursor) -> MailboxBatch:
+        try:
+            return await self._read_batch(cursor)
+        except (MailboxProblem, ApplicationError) as error:
+            await _tell_the_poller(str(error))
+            raise
+
+    async def _read_batch(self, cursor: MailboxCursor) -> MailboxBatch:
+        imap, uid_validity = await self._connected()
         try:
             rescanned = uid_validity != cursor.uid_validity
             after = 0 if rescanned else cursor.last_uid
             uids = await self._uids_after(imap, after)
             chosen = uids[: self.batch_size]
-            entries = [await self._read(imap, uid) for uid in chosen]
+            sizes = await self._sizes(imap, chosen)
+            entries = [await self._read(imap, uid, sizes.get(uid, 0)) for uid in chosen]
+        except (OSError, TimeoutError, aioimaplib.Abort) as error:
+            raise MailboxProblem(f"IMAP {self.endpoint.host} failed mid-read: {error}") from None
         finally:
             with contextlib.suppress(OSError, TimeoutError, aioimaplib.Abort):
                 await imap.logout()
@@ -188,11 +274,36 @@ class MailboxReader:
         # "n:*" always includes the highest UID, even when it is below n.
         return sorted(u for u in uids if u > after)
 
-    async def _read(self, imap: aioimaplib.IMAP4, uid: int) -> InboxEntry:
-        fetched = await _ok(imap.uid("fetch", str(uid), "(UID BODY.PEEK[])"), f"fetch UID {uid}")
+    async def _sizes(self, imap: aioimaplib.IMAP4, uids: list[int]) -> dict[int, int]:
+        """RFC822.SIZE of each message, in one command, before any is fetched."""
+        if not uids:
+            return {}
+        wanted = ",".join(map(str, uids))
+        found = await _ok(imap.uid("fetch", wanted, "(RFC822.SIZE)"), "read message sizes")
+        sizes = {}
+        for line in found.lines:
+            if isinstance(line, (bytes, bytearray)) and (m := _SIZE.search(bytes(line))):
+                uid, size = (m[1], m[2]) if m[1] else (m[4], m[3])
+                sizes[int(uid)] = int(size)
+        return sizes
+
+    async def _read(self, imap: aioimaplib.IMAP4, uid: int, size: int) -> InboxEntry:
+        # At most MAX_FETCH bytes, whatever the message's size: a 25 MB attachment is
+        # never read, and its headers and first lines still are.
+        part = f"(UID BODY.PEEK[]<0.{MAX_FETCH}>)"
+        fetched = await _ok(imap.uid("fetch", str(uid), part), f"fetch UID {uid}")
         raw = next((bytes(line) for line in fetched.lines if isinstance(line, bytearray)), b"")
         activity.heartbeat(uid)
-        return self.understand(uid, raw)
+        try:
+            # Off the event loop: parsing a hostile message must not stall the heartbeat
+            # (or the sends this worker has in flight).
+            entry = bounded(await asyncio.to_thread(self.understand, uid, raw))
+        except Exception as error:  # whatever it is, the message is listed and passed over
+            return quarantined(uid, raw, f"could not be read: {type(error).__name__}: {error}")
+        if size > len(raw):
+            read = f" (read its first {len(raw) // 1024} KiB of {size // 1024} KiB)"
+            entry.why = clean(entry.why, LIMITS["why"] - len(read)) + read
+        return entry
 
     def understand(self, uid: int, raw: bytes) -> InboxEntry:
         """Classify one message and find its deal (no I/O: the corpus tests call this)."""
@@ -222,6 +333,20 @@ class MailboxReader:
             snippet=mail.snippet,
             unsubscribe_addresses=addresses,
         )
+
+
+async def _tell_the_poller(problem: str) -> None:
+    """A failed read is retried by Temporal, silently: tell the poller, so ``inbox`` says."""
+    if not activity.in_activity():
+        return
+    info = activity.info()
+    activity.logger.warning("mailbox read attempt %d failed: %s", info.attempt, problem)
+    trouble = MailboxTrouble(problem=problem[:500], attempt=info.attempt, at=datetime.now(UTC))
+    try:
+        poller = activity.client().get_workflow_handle(info.workflow_id or "")
+        await poller.signal(MAILBOX_TROUBLE, trouble)
+    except Exception as unsent:  # Temporal away too: the retry still happens
+        activity.logger.info("poller not told of the failed read: %s", unsent)
 
 
 async def _ok(call, what: str) -> aioimaplib.Response:  # type: ignore[no-untyped-def]

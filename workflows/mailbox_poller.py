@@ -18,7 +18,16 @@ from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.inbound_mail import InboundKind as MailKind
-    from activities.mailbox import READ_MAILBOX, InboxEntry, MailboxBatch, MailboxCursor
+    from activities.mailbox import (
+        LIMITS,
+        MAILBOX_TROUBLE,
+        READ_MAILBOX,
+        InboxEntry,
+        MailboxBatch,
+        MailboxCursor,
+        MailboxTrouble,
+        clean,
+    )
     from workflows.deal import INBOUND_MESSAGE
     from workflows.models import InboundKind, InboundMessage
 
@@ -59,6 +68,8 @@ class MailboxPollerReport(BaseModel):
     cursor: MailboxCursor
     polls: int
     recent: list[InboxEntry]
+    # Why the mailbox cannot be read right now (refused login, server away), or "".
+    trouble: str = ""
 
 
 @workflow.defn(name=MAILBOX_POLLER_WORKFLOW)
@@ -68,6 +79,8 @@ class MailboxPollerWorkflow:
         self.state = state
         self.polls = 0
         self.poll_requested = False
+        self.trouble: MailboxTrouble | None = None
+        self.trouble_since: MailboxTrouble | None = None
 
     @workflow.run
     async def run(self, state: MailboxPollerState) -> None:
@@ -81,6 +94,7 @@ class MailboxPollerWorkflow:
                 retry_policy=READ_RETRY,
             )
             self.polls += 1
+            self.trouble = self.trouble_since = None
             for entry in batch.entries:
                 await self._deliver(entry)
             self.state.cursor = batch.cursor
@@ -107,19 +121,26 @@ class MailboxPollerWorkflow:
         del self.state.recent[:-RECENT_KEPT]
 
     async def _signal(self, entry: InboxEntry, kind: InboundKind) -> str:
-        message = InboundMessage(
-            kind=kind,
-            event_id=entry.message_id,
-            source="mailbox",
-            sender=entry.sender,
-            subject=entry.subject,
-            snippet=entry.snippet,
-            returns_on=date.fromisoformat(entry.returns_on) if entry.returns_on else None,
-            failed_recipient=entry.failed_recipient,
-            bounce_status=entry.bounce_status,
-            permanent=entry.permanent,
-            addresses=entry.unsubscribe_addresses,
-        )
+        try:
+            message = InboundMessage(
+                kind=kind,
+                event_id=entry.message_id,
+                source="mailbox",
+                sender=entry.sender,
+                subject=entry.subject,
+                snippet=entry.snippet,
+                returns_on=date.fromisoformat(entry.returns_on) if entry.returns_on else None,
+                failed_recipient=entry.failed_recipient,
+                bounce_status=entry.bounce_status,
+                permanent=entry.permanent,
+                addresses=entry.unsubscribe_addresses,
+            )
+        except ValueError as error:
+            # The reader bounds every field; should one still not fit, it is listed, not
+            # raised: an exception here would fail this task again on every retry, and
+            # the mailbox would never be read past this message.
+            why = str(error).splitlines()[0] if str(error) else type(error).__name__
+            return clean(f"quarantined: {why}", LIMITS["outcome"])
         deal = workflow.get_external_workflow_handle(f"deal-{entry.deal_id}")
         try:
             await deal.signal(INBOUND_MESSAGE, message)
@@ -127,6 +148,11 @@ class MailboxPollerWorkflow:
             # The deal has ended or never existed: nothing to stop, but say so.
             return f"deal {entry.deal_id} is closed or unknown ({error.message})"
         return f"signalled {kind.value} to deal {entry.deal_id}"
+
+    @workflow.signal(name=MAILBOX_TROUBLE)
+    def mailbox_trouble(self, trouble: MailboxTrouble) -> None:
+        self.trouble_since = self.trouble_since or trouble
+        self.trouble = trouble
 
     @workflow.signal(name=POLL_NOW)
     def poll_now(self) -> None:
@@ -139,4 +165,14 @@ class MailboxPollerWorkflow:
             cursor=self.state.cursor,
             polls=self.polls,
             recent=list(self.state.recent),
+            trouble=self._trouble(),
+        )
+
+    def _trouble(self) -> str:
+        if self.trouble is None or self.trouble_since is None:
+            return ""
+        since = self.trouble_since.at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        return (
+            f"the mailbox cannot be read since {since} (attempt {self.trouble.attempt}, "
+            f"retrying): {self.trouble.problem}"
         )

@@ -1,0 +1,159 @@
+"""Hostile mail in the reply mailbox: the real poller against Dovecot reads past every
+message, bounds what reaches the workflows, quarantines what it cannot read, and says so
+when it cannot log in. Nothing the mailbox holds may fail the poller's workflow task."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from email.utils import make_msgid
+
+import pytest
+from pydantic import SecretStr
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
+
+from activities.mailbox import LIMITS, MAX_FETCH
+from devstack import LocalMailbox
+from settings import ImapTls, Settings
+from tests.conftest import Deals
+from tests.test_lifecycle import deal_id, stage_is
+from tests.test_mailbox_poller import mailbox, poll, reply_to, started_poller
+from worker import check_mailbox
+from workflows.stages import Stage
+
+__all__ = ["mailbox"]  # the fixture, used by name
+
+REPLY_BOX = "sales@seller.example.com"
+
+
+@pytest.fixture
+def mailbox_password() -> str:
+    return "s3cret"
+
+
+@pytest.fixture
+def settings(settings: Settings, mailbox: LocalMailbox, mailbox_password: str) -> Settings:
+    return settings.model_copy(
+        update={
+            "imap_host": "127.0.0.1",
+            "imap_port": mailbox.port,
+            "imap_tls": ImapTls.NONE,
+            "imap_username": "sales",
+            "imap_password": SecretStr(mailbox_password),
+        }
+    )
+
+
+def headers(subject: str, message_id: str, sender: str = "Mallory <m@evil.example>") -> bytes:
+    return (
+        f"From: {sender}\r\nTo: {REPLY_BOX}\r\nSubject: {subject}\r\n"
+        f"Message-ID: {message_id}\r\nMIME-Version: 1.0\r\n"
+    ).encode()
+
+
+def plain(subject: str, message_id: str, body: bytes = b"hello\r\n") -> bytes:
+    return headers(subject, message_id) + b"Content-Type: text/plain\r\n\r\n" + body
+
+
+def nested(depth: int) -> bytes:
+    opening = b"".join(
+        f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'.encode()
+        for i in range(depth)
+    )
+    closing = b"".join(f"\r\n--b{i}--\r\n".encode() for i in reversed(range(depth)))
+    inner = b"Content-Type: text/plain\r\n\r\ndeep\r\n"
+    return headers("deep", make_msgid(domain="evil.example")) + opening + inner + closing
+
+
+def attachment(megabytes: int) -> bytes:
+    letter = EmailMessage()
+    letter["From"] = "Mallory <m@evil.example>"
+    letter["To"] = REPLY_BOX
+    letter["Subject"] = "big attachment"
+    letter["Message-ID"] = make_msgid(domain="evil.example")
+    letter.set_content("see attached")
+    letter.add_attachment(b"\0" * (megabytes << 20), maintype="application", subtype="zip")
+    return bytes(letter)
+
+
+def workflow_task_failures(events: list) -> list:  # type: ignore[type-arg]
+    return [e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+
+
+async def test_poison_messages_are_bounded_or_quarantined_and_the_reply_after_them_arrives(
+    deals: Deals, mailbox: LocalMailbox
+) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    proposal = (await deals.mail(1))[0]
+    long_id = f"<{'x' * 1200}@evil.example>"
+    poison = [
+        plain("long id", long_id),
+        plain("S" * 300_000, make_msgid(domain="evil.example")),
+        attachment(25),
+        nested(1000),
+        b"From: M\0allory <m@evil.example>\r\nTo: sales@seller.example.com\r\n"
+        b"Subject: nul \0 and \xff\x1b[31m bytes\r\nMessage-ID: <nul@evil.example>\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\n\xff\xfe\0 broken\r\n",
+        b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\nno headers at all",
+    ]
+    for raw in poison:
+        mailbox.deliver(raw)
+    mailbox.deliver(reply_to(proposal, "Fine by us, send the order form."))
+    poller = await started_poller(deals)
+    report = await poll(deals.client, poller, lambda r: len(r.recent) == len(poison) + 1)
+
+    *hostile, answer = report.recent
+    # The reply after them reached its deal: the cursor moved past every poison message.
+    assert answer.kind == "human_reply" and answer.deal_id == deal_id(handle)
+    assert answer.outcome == f"signalled reply to deal {deal_id(handle)}"
+    for entry in hostile:
+        for name, limit in LIMITS.items():
+            value = getattr(entry, name)
+            assert len(value) <= limit, (name, len(value))
+            assert not any(ord(c) < 32 or ord(c) == 127 for c in value), (name, value)
+        assert len(entry.message_id) <= 998 and entry.deal_id is None
+    by_uid = {entry.uid: entry for entry in hostile}
+    first = min(by_uid)
+    long_one, huge_subject, big, deep = (by_uid[first + i] for i in range(4))
+    assert long_one.kind == "quarantined" and "Message-ID of 1215 characters" in long_one.why
+    assert long_one.outcome == "quarantined: given to no deal"
+    assert huge_subject.subject.startswith("SSS") and huge_subject.subject.endswith("\u2026")
+    assert f"read its first {MAX_FETCH // 1024} KiB of" in big.why
+    assert deep.kind in ("unrelated", "quarantined")
+    assert workflow_task_failures((await poller.fetch_history()).events) == []
+    await handle_cancel(deals, handle)
+
+
+async def handle_cancel(deals: Deals, handle: WorkflowHandle) -> None:
+    from starter import record
+    from workflows.models import Closed
+    from workflows.stages import BuyerSignal
+
+    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+@pytest.mark.parametrize("mailbox_password", ["not-the-password"])
+async def test_a_mailbox_that_refuses_the_login_is_shown_by_inbox(deals: Deals) -> None:
+    poller = await started_poller(deals)
+    report = await poll(deals.client, poller, lambda r: bool(r.trouble))
+    assert report.trouble.startswith("the mailbox cannot be read since ")
+    assert "login as sales refused" in report.trouble
+    assert "not-the-password" not in report.trouble
+
+
+@pytest.mark.parametrize("mailbox_password", ["not-the-password"])
+async def test_the_worker_checks_the_mailbox_login_at_start(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # make dev stops: its own mailbox must let it in, or no reply is ever read.
+    with pytest.raises(SystemExit) as stopped:
+        await check_mailbox(settings, dev=True)
+    assert stopped.value.code == 1
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"worker: the reply mailbox sales@127.0.0.1:{settings.imap_port} ")
+    assert "login as sales refused" in line and "not-the-password" not in line
+    assert len(line.splitlines()) == 1
+    # A production worker says the same and starts; the poller keeps retrying.
+    await check_mailbox(settings, dev=False)
+    assert "cannot be read" in capsys.readouterr().err
