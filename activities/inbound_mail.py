@@ -43,7 +43,10 @@ __all__ = [
 
 class InboundKind(StrEnum):
     HUMAN_REPLY = "human_reply"  # a person answering one of our emails
-    AUTO_REPLY = "auto_reply"  # out-of-office and other automatic answers
+    AUTO_REPLY = "auto_reply"  # an out-of-office notice: the buyer is away
+    # Any other automatic answer (ticket opened, "message received", read receipt): the
+    # buyer has not read or answered anything, so it holds nothing; it is only listed.
+    AUTO_ACKNOWLEDGEMENT = "auto_acknowledgement"
     BOUNCE = "bounce"  # delivery-status notification, standard (RFC 3464) or not
     LIST_MAIL = "list_mail"  # list or bulk mail
     OWN_MESSAGE = "own_message"  # a message we sent ourselves (our own copy in the mailbox)
@@ -124,6 +127,18 @@ _AUTO_REPLY_SUBJECT = re.compile(
     r"|abwesenheitsnotiz|abwesend|automatische antwort|r[ée]ponse automatique|absence"
     r"|respuesta autom[áa]tica|fuera de la oficina|risposta automatica|fuori sede"
     r"|automatisch antwoord|auto:)",
+    re.IGNORECASE,
+)
+# What an out-of-office notice says, unlike a ticket acknowledgement or a read receipt.
+_AWAY = re.compile(
+    r"out of (the )?office|\bOOO\b|on (annual |parental |sick |maternity )?leave|vacation"
+    r"|on holiday|away from (the office|my desk)|not in the office|limited access"
+    r"|travel?ling|be back|return(ing)? on|until my return|after my return"
+    r"|abwesen|nicht im b[üu]ro|urlaub|au[ßs]er haus|zur[üu]ck|dienstreise"
+    r"|absente?\b|cong[ée]s|hors du bureau|de retour"
+    r"|fuera de la oficina|vacaciones|de vuelta|ausente"
+    r"|fuori (sede|ufficio)|in ferie|assente"
+    r"|afwezig|met vakantie|niet op kantoor",
     re.IGNORECASE,
 )
 _DAEMON_LOCAL_PART = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mdaemon)$", re.I)
@@ -761,6 +776,9 @@ def _classify(
     if automatic is not None:
         text = f"{mail.subject}\n{_new_text(body)}"[:_MAX_AUTO_REPLY_TEXT]
         returns_on = _return_date(text, today or _message_date(msg))
+        if returns_on is None and not _AWAY.search(text):
+            why = f"{automatic}, not an out-of-office notice"
+            return {"kind": InboundKind.AUTO_ACKNOWLEDGEMENT, "why": why}
         return {"kind": InboundKind.AUTO_REPLY, "why": automatic, "returns_on": returns_on}
     if listed is not None:
         return {"kind": InboundKind.LIST_MAIL, "why": listed}

@@ -205,3 +205,50 @@ async def test_rep_tasks_are_never_held_back_by_the_suppression_list(
     assert rep in str(task["To"])
     await deals.quiet()  # the email arrives before the deal records its outcome
     assert (await status(handle)).messages[0].outcome == "sent"
+
+
+async def test_a_reply_from_someone_not_a_contact_changes_nothing_and_tells_the_rep(
+    deals: Deals,
+) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.mail(1)
+    before = await status(handle)
+    # A stranger (or a colleague at the buyer's domain) quoting one of our Message-IDs.
+    lure = reply(
+        "<lure@evil.example>",
+        sender="mallory@evil.example",
+        snippet="Our bank details changed, please pay to the account below.",
+    )
+    await inbound(deals, deal_id(handle), lure)
+    task = (await deals.mail(2))[-1]
+    assert task["X-Dealflow-Step"] == "task_unverified_reply"
+    assert "unverified sender" in body(task) and "mallory@evil.example" in body(task)
+    assert "Unverified sender" in str(task["Subject"])
+    current = await status(handle)
+    assert not current.replied and current.next_touch == before.next_touch
+    assert current.history[-1].note.startswith("unverified sender mallory@evil.example")
+
+    # An out-of-office from a stranger holds nothing either.
+    away = reply("<ooo@evil.example>", kind=InboundKind.OUT_OF_OFFICE, sender="x@evil.example")
+    await inbound(deals, deal_id(handle), away)
+    held = await eventually(handle, lambda d: d.history[-1].signal == "inbound out_of_office")
+    assert held.held_until is None and held.next_touch == before.next_touch
+
+
+async def test_a_mailed_return_date_past_sixty_days_holds_only_the_default_pause(
+    deals: Deals,
+) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.mail(1)
+    now = await deals.now()
+    far = reply(
+        "<far@buyer.example.org>", kind=InboundKind.OUT_OF_OFFICE,
+        returns_on=(now + timedelta(days=400)).date().isoformat(),
+    )  # fmt: skip
+    await inbound(deals, deal_id(handle), far)
+    current = await eventually(handle, lambda d: d.held_until is not None)
+    away = current.history[-1]
+    assert away.signal == BuyerSignal.OUT_OF_OFFICE.value
+    assert current.held_until == away.at + deals.settings.default_cadence.out_of_office_pause

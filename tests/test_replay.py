@@ -44,6 +44,7 @@ from workflows.deal import (
     KEEP_FAILED_FOR_RESEND,
     RESEND_FAILED,
     RESEND_SAME_MESSAGE_ID,
+    VERIFIED_SENDER,
     DealWorkflow,
 )
 from workflows.models import (
@@ -327,6 +328,28 @@ async def resend_held_email(deals: Deals) -> WorkflowHistory:
     await stage_is(handle, Stage.PROPOSAL_RECEIVED)
     history = await handle.fetch_history()
     assert RESEND_SAME_MESSAGE_ID in patches(history)
+    return history
+
+
+@deal_path("unverified_reply")
+async def unverified_reply(deals: Deals) -> WorkflowHistory:
+    """A stranger answers the proposal: the rep gets a marked task, the follow-up still
+    goes out (patch verified-sender)."""
+    handle = await proposal_sent(deals)
+    lure = InboundMessage(
+        kind=InboundKind.REPLY,
+        event_id="<lure-1@evil.example>",
+        source="mailbox",
+        sender="mallory@evil.example",
+        subject="Re: Your proposal",
+        snippet="Please pay to our new account.",
+    )
+    await handle.signal(INBOUND_MESSAGE, lure)
+    assert steps(await deals.settle(2)) == ["proposal", "task_unverified_reply"]
+    await deals.skip(timedelta(days=2, hours=1))
+    assert steps(await deals.settle(3))[-1] == "proposal_follow_up"
+    history = await handle.fetch_history()
+    assert VERIFIED_SENDER in patches(history)
     return history
 
 

@@ -48,6 +48,8 @@ MAX_DELAY = timedelta(days=364)
 MAX_BUSINESS_DAYS = 260
 MAX_SEND_RETRY = timedelta(days=30)
 MAX_RESEND_WINDOW = timedelta(days=90)
+# The latest return date an out-of-office notice may set (later: the cadence's pause).
+MAX_AWAY = timedelta(days=60)
 
 
 def latest(today: date) -> date:

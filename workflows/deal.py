@@ -106,6 +106,8 @@ RESEND_FAILED = "resend_failed"
 RESEND_SAME_MESSAGE_ID = "resend-same-message-id"
 # Patch: a closed deal holding failed emails waits for ops' resend (deals before it ended).
 KEEP_FAILED_FOR_RESEND = "keep-failed-for-resend"
+# Patch: a reply or out-of-office from someone not a contact changes nothing on the deal.
+VERIFIED_SENDER = "verified-sender"
 INBOUND_MESSAGE = "inbound_message"
 EVENTS_REMEMBERED = 1000
 
@@ -931,14 +933,30 @@ class DealWorkflow:
             # The rep answering a task email is not the buyer answering us.
             self._record(f"inbound {mail.kind.value}", self._noted(mail, "from our own side"))
             return
+        if (
+            mail.kind in (InboundKind.REPLY, InboundKind.OUT_OF_OFFICE)
+            and not self._is_contact(mail.sender)
+            and workflow.patched(VERIFIED_SENDER)
+        ):
+            # Anyone can answer an email they saw: only a contact steers the deal. The
+            # rep sees a stranger's reply, marked, as it may be a lure (payment fraud).
+            note = f"unverified sender {mail.sender or '(none)'}: not a contact, no change"
+            self._record(f"inbound {mail.kind.value}", self._noted(mail, note))
+            if mail.kind is InboundKind.REPLY:
+                who = mail.sender or "someone"
+                self._queue(task("task_unverified_reply", reason=who, quote=self._quote(mail)))
+            return
         if mail.kind is InboundKind.REPLY:
             self._buyer_replied(mail.sender, mail, quote=self._quote(mail))
         elif mail.kind is InboundKind.OUT_OF_OFFICE:
             until = None
             if mail.returns_on is not None:
                 until = day_starts(mail.returns_on, self.deal.buyer.time_zone).astimezone(UTC)
-            if until is None or until <= workflow.now():
-                until = workflow.now() + self.deal.cadence.out_of_office_pause
+            now = workflow.now()
+            # A return date from the mail itself counts up to MAX_AWAY: "back in 2099"
+            # would otherwise freeze the deal's follow-ups.
+            if until is None or until <= now or until > now + bounds.MAX_AWAY:
+                until = now + self.deal.cadence.out_of_office_pause
             self.away_until = until
             self._record(BuyerSignal.OUT_OF_OFFICE, self._noted(mail, f"back {until:%Y-%m-%d}"))
         else:
