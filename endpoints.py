@@ -38,6 +38,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.signed_tokens import BadToken, TokenSigner, Unsubscribe
+from codec_server import codec_routes
 from connection import TemporalUnreachable, connect
 from deal_intake import explain
 from ledger.database import LedgerDatabase
@@ -346,6 +347,8 @@ def build_app(
             Route("/unsubscribe/{token}", endpoints.confirm_unsubscribe, methods=["GET"]),
             Route("/unsubscribe/{token}", endpoints.unsubscribe, methods=["POST"]),
             Route("/webhooks/fulfilment", endpoints.fulfilment, methods=["POST"]),
+            # The Temporal UI's codec server (payload_codec): off unless a token is set.
+            *codec_routes(settings),
         ]
     )
     app.state.endpoints = endpoints
