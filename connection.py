@@ -1,16 +1,23 @@
-"""Connecting to Temporal with the settings: one place for address, TLS and API key."""
+"""Connecting to Temporal with the settings: one place for address, TLS, API key and the
+data converter (pydantic, with the payload codec that encrypts everything we send)."""
 
 from __future__ import annotations
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.service import TLSConfig
 
+from payload_codec import encrypted_data_converter
 from settings import Settings
 
 
 class TemporalUnreachable(Exception):
     pass
+
+
+def data_converter(settings: Settings) -> DataConverter:
+    """Every client of Dealflow's deals (worker, CLI, endpoints, tests) must use this one."""
+    return encrypted_data_converter(settings.codec_key_ring())
 
 
 async def connect(settings: Settings) -> Client:
@@ -25,7 +32,7 @@ async def connect(settings: Settings) -> Client:
         return await Client.connect(
             settings.temporal_address,
             namespace=settings.temporal_namespace,
-            data_converter=pydantic_data_converter,
+            data_converter=data_converter(settings),
             tls=tls,
             api_key=api_key,
         )

@@ -7,8 +7,11 @@ replay deterministically).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
+import re
 import secrets
 import sys
 from datetime import date, time, timedelta
@@ -16,6 +19,7 @@ from decimal import Decimal
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import EmailStr, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -93,6 +97,71 @@ def _json_or_text(value: object) -> object:
     return value
 
 
+# Secrets shorter than this are refused (outside dev): 32 bytes of randomness, base64.
+MIN_SECRET_BYTES = 32
+MAKE_SECRET = "make one with: openssl rand -base64 32"
+# Values that were ever printed in this repository (docker-compose, examples, tests,
+# samples-python's codec key): known to everyone, so refused outside dev at any length.
+DEMO_SECRETS = frozenset(
+    {
+        "compose-demo-only-set-your-own",
+        "test-signing-secret",
+        "test-webhook-secret",
+        "crash-test-signing-secret",
+        "soak-signing-secret",
+        "corpus-secret",
+        "test-key-test-key-test-key-test!",
+        "Dealflow tests: not for real use",
+        "change-me",
+        "changeme",
+        "secret",
+    }
+)
+CODEC_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+CODEC_KEYS_FORM = (
+    "write it as ID=BASE64KEY[,OLD_ID=OLD_BASE64KEY...] (the first encrypts; "
+    "make a key with: openssl rand -base64 32)"
+)
+
+
+def parse_codec_keys(text: str) -> list[tuple[str, bytes]]:
+    """``id=base64key,old-id=base64key``: the payload codec's keys, the first encrypts.
+
+    Errors name the key id, never the key."""
+    ring: list[tuple[str, bytes]] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key_id, equals, encoded = part.partition("=")
+        key_id = key_id.strip()
+        if not equals or not CODEC_KEY_ID.fullmatch(key_id):
+            raise ValueError(f"{ENV_PREFIX}CODEC_KEYS: {CODEC_KEYS_FORM}")
+        try:
+            key = base64.b64decode(
+                encoded.strip().replace("-", "+").replace("_", "/"), validate=True
+            )
+        except (binascii.Error, ValueError):
+            raise ValueError(
+                f"{ENV_PREFIX}CODEC_KEYS: key {key_id!r} is not base64; {CODEC_KEYS_FORM}"
+            ) from None
+        if len(key) != 32:
+            raise ValueError(
+                f"{ENV_PREFIX}CODEC_KEYS: key {key_id!r} is {len(key)} bytes, AES-256 needs 32 "
+                "(make one with: openssl rand -base64 32)"
+            )
+        if any(key_id == known for known, _ in ring):
+            raise ValueError(f"{ENV_PREFIX}CODEC_KEYS: key id {key_id!r} appears twice")
+        ring.append((key_id, key))
+    if not ring:
+        raise ValueError(f"{ENV_PREFIX}CODEC_KEYS is empty; {CODEC_KEYS_FORM}")
+    return ring
+
+
+def format_codec_keys(ring: list[tuple[str, bytes]]) -> str:
+    return ",".join(f"{key_id}={base64.b64encode(key).decode()}" for key_id, key in ring)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -166,9 +235,22 @@ class Settings(BaseSettings):
     # to `resend` them, then ends and drops them.
     resend_window: timedelta = timedelta(days=14)
 
+    # A stack on this machine only (the tests, local experiments): short and demo secrets
+    # and an http public URL are accepted. Never in production; `make dev` does not need it.
+    dev: bool = False
+
     # Signed tokens in emails (Reply-To address, unsubscribe links). Every worker and the
     # HTTP endpoints need the same secret; unset, one is made and kept in the data directory.
     signing_secret: SecretStr | None = None
+    # Payload encryption (AES-256-GCM) of everything Dealflow hands Temporal: "id=base64key"
+    # entries, comma-separated, the first encrypts, the others only decrypt (rotation).
+    # Unset, one key is made and kept in the data directory (dev, one host).
+    codec_keys: SecretStr | None = None
+    # The codec server (/codec/decode, /codec/encode on the endpoints) for the Temporal UI;
+    # unset, it is off (404).
+    codec_server_token: SecretStr | None = None
+    # Origins (comma-separated) allowed to call the codec server: the Temporal UI's.
+    codec_cors_origins: str = "http://localhost:8233"
     # Where buyers reach the HTTP endpoints (the unsubscribe links point here).
     public_url: str = "http://localhost:8080"
     http_host: str = "127.0.0.1"
@@ -237,6 +319,29 @@ class Settings(BaseSettings):
                     f"DEALFLOW_DATABASE_URL names {scheme!r}: the ledger runs on sqlite "
                     "(sqlite:///PATH) or postgresql (postgresql://USER:PASSWORD@HOST:PORT/DB)"
                 )
+        self._check_secrets()
+        if self.codec_keys is not None:
+            ring = parse_codec_keys(self.codec_keys.get_secret_value())
+            if not self.dev:
+                for key_id, key in ring:
+                    if key.decode("latin-1") in DEMO_SECRETS:
+                        raise ValueError(
+                            f"{ENV_PREFIX}CODEC_KEYS: key {key_id!r} is a published demo key; "
+                            "make one with: openssl rand -base64 32"
+                        )
+        url = urlsplit(self.public_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"{ENV_PREFIX}PUBLIC_URL should look like https://deals.example.com")
+        if self.dev and not _is_loopback(url.hostname):
+            raise ValueError(
+                f"{ENV_PREFIX}DEV=true is for a stack on this machine only, but "
+                f"{ENV_PREFIX}PUBLIC_URL points at {url.hostname}; unset {ENV_PREFIX}DEV"
+            )
+        if url.scheme != "https" and not (self.dev or _is_loopback(url.hostname)):
+            raise ValueError(
+                f"{ENV_PREFIX}PUBLIC_URL must be https:// (the unsubscribe links carry "
+                "signed tokens); put the endpoints behind a TLS proxy"
+            )
         self.window  # noqa: B018 - validates the window at start-up
         try:
             self.default_cadence  # noqa: B018 - validates the overrides at start-up
@@ -245,6 +350,30 @@ class Settings(BaseSettings):
             field = "__".join(str(part) for part in first["loc"]).upper()
             raise ValueError(f"{ENV_PREFIX}CADENCE__{field}: {first['msg']}") from None
         return self
+
+    def _check_secrets(self) -> None:
+        """Each secret: 32 bytes at least, never a published demo value (dev: any non-empty)."""
+        named = {
+            "SIGNING_SECRET": self.signing_secret,
+            "WEBHOOK_SECRET": self.webhook_secret,
+            "CODEC_SERVER_TOKEN": self.codec_server_token,
+        }
+        for name, secret in named.items():
+            if secret is None:
+                continue
+            value = secret.get_secret_value()
+            variable = f"{ENV_PREFIX}{name}"
+            if not value.strip():
+                raise ValueError(f"{variable} is empty; unset it or {MAKE_SECRET}")
+            if self.dev:
+                continue
+            if value.strip() in DEMO_SECRETS:
+                raise ValueError(f"{variable} is a published demo value; {MAKE_SECRET}")
+            if len(value.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"{variable} is {len(value.encode())} bytes, it needs at least "
+                    f"{MIN_SECRET_BYTES}; {MAKE_SECRET}"
+                )
 
     @cached_property
     def default_cadence(self) -> Cadence:
@@ -291,6 +420,33 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_urlsafe(32))
             path.chmod(0o600)
         return path.read_text().strip()
+
+    def codec_key_ring(self) -> list[tuple[str, bytes]]:
+        """The payload codec's keys (id, key), the first encrypts; unset, one made once and
+        kept in the data directory (dev, one host: every process there shares it)."""
+        if self.codec_keys is not None:
+            return parse_codec_keys(self.codec_keys.get_secret_value())
+        path = self.data_dir / "codec-keys"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made = [(f"local-{secrets.token_hex(4)}", secrets.token_bytes(32))]
+            # Written under a temporary name, then renamed: two processes starting at once
+            # must not read a half-written file.
+            scratch = path.with_name(f".codec-keys-{secrets.token_hex(4)}")
+            scratch.write_text(format_codec_keys(made) + "\n")
+            scratch.chmod(0o600)
+            try:
+                # A hard link never replaces a file: the first process's key wins.
+                path.hardlink_to(scratch)
+            except FileExistsError:
+                pass
+            finally:
+                scratch.unlink(missing_ok=True)
+        return parse_codec_keys(path.read_text().strip())
+
+    @property
+    def codec_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.codec_cors_origins.split(",") if origin.strip()]
 
 
 def _variable(loc: tuple[int | str, ...]) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.testing import WorkflowEnvironment
 
 from deal_intake import build_deal
@@ -36,13 +36,23 @@ from devstack import OutboxSink, installed_binary, register_search_attributes
 from ledger import schema
 from ledger.database import LedgerDatabase
 from ledger.suppression_list import SuppressionList
-from settings import Settings, load_settings
+from payload_codec import encrypted_data_converter
+from settings import Settings, load_settings, parse_codec_keys
 from starter import start_deal, start_options
 from tests.clock import QUIET_TUESDAY_MORNING, BuyerCalendar, StartInstant
 from tests.databases import PostgresCluster, start_postgres
 from worker import build_worker
 from workflows.deal import DealWorkflow
 from workflows.models import DealInput
+
+# The tests' payload codec key (a fixed, published one: accepted with DEALFLOW_DEV only).
+# Every client of a test's deals, and the worker through its client, encrypts with it.
+TEST_CODEC_KEYS = "test-1=" + "RGVhbGZsb3cgdGVzdHM6IG5vdCBmb3IgcmVhbCB1c2U="
+
+
+def codec_data_converter() -> DataConverter:
+    """pydantic + the payload codec with the tests' key: what every test client uses."""
+    return encrypted_data_converter(parse_codec_keys(TEST_CODEC_KEYS))
 
 
 @pytest.fixture
@@ -122,7 +132,10 @@ def settings(sink: OutboxSink, ledger_url: str) -> Settings:
         company_name="Seller GmbH",
         company_postal_address="Seller GmbH\nHauptstrasse 1\n10115 Berlin",
         send_window="always",
+        # A short, published secret: accepted because the tests run as a dev stack.
+        dev=True,
         signing_secret="test-signing-secret",
+        codec_keys=TEST_CODEC_KEYS,
         _env_file=None,
     )
 
@@ -141,7 +154,7 @@ def start_instant() -> StartInstant:
 @pytest.fixture
 async def env(start_instant: StartInstant) -> AsyncIterator[WorkflowEnvironment]:
     environment = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
+        data_converter=codec_data_converter(),
         test_server_existing_path=str(installed_binary("temporal-test-server")),
     )
     await register_search_attributes(environment.client, environment.client.namespace)

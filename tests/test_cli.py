@@ -11,6 +11,7 @@ the whole-deal test gives its deal a cadence of seconds.
 from __future__ import annotations
 
 import asyncio
+import base64
 import codecs
 import json
 import os
@@ -27,7 +28,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from deal_intake import CSV_COLUMNS
 from devstack import DevServer, OutboxSink, free_port
@@ -35,7 +35,8 @@ from ledger import schema
 from ledger.database import LedgerDatabase
 from ledger.send_ledger import SendLedger, SendState
 from ledger.suppression_list import SuppressionList, SuppressionReason, SuppressionSource
-from settings import load_settings
+from payload_codec import encrypted_data_converter
+from settings import load_settings, parse_codec_keys
 from starter import LEGACY_SUPPRESSION_WORKFLOW, workflow_id
 from tests.conftest import MAIL_WITHIN
 from worker import build_mailer, build_worker
@@ -52,6 +53,8 @@ WIDE = "200"
 # temporalio client could abort a finished command (temporalio/sdk-python#300).
 CLI = (sys.executable, "starter.py")
 CLI_TIMEOUT = 60.0
+# The module's payload codec key, made per run: the CLI under test and the worker share it.
+CODEC_KEYS = f"cli-1={base64.b64encode(os.urandom(32)).decode()}"
 
 
 @dataclass
@@ -91,6 +94,7 @@ class Stack:
             "DEALFLOW_SMTP_PORT": str(self.sink.port),
             "DEALFLOW_CADENCE_PROFILE": "demo",
             "DEALFLOW_REP_ADDRESS": "rep@seller.example.com",
+            "DEALFLOW_CODEC_KEYS": CODEC_KEYS,
             "COLUMNS": WIDE,
             **overrides,
         }
@@ -179,8 +183,10 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     try:
         await schema.upgrade(ledger_url)
         await server.start()
-        client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+        converter = encrypted_data_converter(parse_codec_keys(CODEC_KEYS))
+        client = await Client.connect(server.address, data_converter=converter)
         settings = load_settings(
+            codec_keys=CODEC_KEYS,
             database_url=ledger_url,
             temporal_address=server.address,
             temporal_task_queue=f"cli-{uuid.uuid4().hex[:8]}",
