@@ -11,6 +11,7 @@ deals, sends buyer signals and watches.
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import os
 import statistics
@@ -24,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from devstack import DEV_SERVER_TUNING, free_port
 from ledger import schema
+from payload_codec import encrypted_data_converter
 from realstack.temporal import TunedDevServer
 from realstack.waiting import wait_for
-from settings import Settings, SmtpTls, load_settings
+from settings import Settings, SmtpTls, load_settings, parse_codec_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -226,10 +227,16 @@ async def stack(
         ledger_url = f"sqlite:///{Path(folder) / 'ledger.sqlite3'}"
         await schema.upgrade(ledger_url)
         os.environ["DEALFLOW_DATABASE_URL"] = ledger_url
+        # The payload codec's key of the run, for this client and the worker processes
+        # (payloads are encrypted as in production, so its cost is measured too).
+        keys = os.environ.setdefault(
+            "DEALFLOW_CODEC_KEYS", f"bench-1={base64.b64encode(os.urandom(32)).decode()}"
+        )
         await server.start()
         try:
             await sink.start()
-            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+            converter = encrypted_data_converter(parse_codec_keys(keys))
+            client = await Client.connect(server.address, data_converter=converter)
             yield Stack(server, sink, client, Path(folder))
         finally:
             await sink.wait_stopped()

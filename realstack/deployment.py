@@ -3,15 +3,19 @@ that carry them to the worker's process."""
 
 from __future__ import annotations
 
+import base64
+import secrets
 from pathlib import Path
 
 # The settings every process of a test shares (the starter in the test process reads the
-# same values, so deals and workers agree on addresses and the signing secret).
+# same values, so deals and workers agree on addresses, the signing secret and the payload
+# codec's key). The secrets are made per run, as a deployment makes its own.
 COMMON_SETTINGS: dict[str, str] = {
     "smtp_host": "127.0.0.1",
     "smtp_tls": "none",
     "send_window": "always",
-    "signing_secret": "crash-test-signing-secret",
+    "signing_secret": secrets.token_urlsafe(32),
+    "codec_keys": f"realstack-1={base64.b64encode(secrets.token_bytes(32)).decode()}",
     "public_url": "http://127.0.0.1:8080",
     "sender_address": "sales@seller.example.com",
     "rep_address": "rep@seller.example.com",

@@ -10,17 +10,20 @@ from pathlib import Path
 from typing import TypeVar
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from ledger import schema
-from realstack.deployment import deployment
+from payload_codec import encrypted_data_converter
+from realstack.deployment import COMMON_SETTINGS, deployment
 from realstack.relay import Relay
 from realstack.temporal import TemporalDevServer
+from settings import parse_codec_keys
 
 
 async def connect(server: TemporalDevServer) -> Client:
-    """A client of the dev server, with the product's data converter."""
-    return await Client.connect(server.address, data_converter=pydantic_data_converter)
+    """A client of the dev server, with the product's data converter (and the workers'
+    codec key)."""
+    converter = encrypted_data_converter(parse_codec_keys(COMMON_SETTINGS["codec_keys"]))
+    return await Client.connect(server.address, data_converter=converter)
 
 
 @dataclass

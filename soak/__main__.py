@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import os
 import random
+import secrets
 import shutil
 import sys
 import tempfile
@@ -27,10 +29,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
 from bench.__main__ import machine
+from connection import data_converter
 from ledger import schema
 from ledger.database import LedgerDatabase
 from ledger.suppression_list import SuppressionList
@@ -118,7 +120,9 @@ def worker_values(
         "smtp_tls": "none",
         "database_url": ledger_url,
         "data_dir": str(folder / "data"),
-        "signing_secret": "soak-signing-secret",
+        # Made per run, as a deployment makes its own: the worker and the driver share them.
+        "signing_secret": secrets.token_urlsafe(32),
+        "codec_keys": f"soak-1={base64.b64encode(secrets.token_bytes(32)).decode()}",
         "send_window": "always",
         "cadence_profile": "demo",
         "sender_address": "sales@seller.example.com",
@@ -180,8 +184,8 @@ async def run(args: argparse.Namespace) -> int:
     tasks: list[asyncio.Task[object]] = []
     try:
         await chaos._start_worker()
-        client = await Client.connect(server.address, data_converter=pydantic_data_converter)
         settings = load_settings(_env_file=None, **values)  # type: ignore[arg-type]
+        client = await Client.connect(server.address, data_converter=data_converter(settings))
         plans = plan_deals(args.deals, rng)
         by_id = {plan.deal_id: plan for plan in plans}
         log = ArrivalLog(relay.arrivals_file)
