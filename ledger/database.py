@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import Callable, Hashable
+import sqlite3
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Column, Connection, Dialect, Engine, Executable, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -45,6 +46,7 @@ from ledger import LedgerProblem
 
 __all__ = [
     "Batched",
+    "DriverStatement",
     "LedgerDatabase",
     "LedgerProblem",
     "LedgerStats",
@@ -103,6 +105,100 @@ class Batched(Generic[A, R]):
     name: str
     run: Callable[[Connection, list[A]], list[R]]
     key: Callable[[A], Hashable] | None = None
+
+
+class DriverStatement:
+    """A Core statement compiled once for SQLite and run on the driver's own cursor.
+
+    The ledger's hot statements (a send's claim, its sent mark, its suppression
+    look-up) cost more in SQLAlchemy's work around each execution (the compiled
+    cache's key, the parameters, the result rows) than in SQLite: here the SQL and
+    the type conversions (datetimes as text) are SQLAlchemy's own, made once, and a
+    driver error is raised as SQLAlchemy would raise it (``OperationalError``, ...).
+    It runs inside the connection's transaction like any statement; ``applies`` says
+    whether a connection takes it (PostgreSQL runs the Core statement as before).
+    """
+
+    def __init__(self, statement: Executable, columns: Iterable[Column[Any]] = ()) -> None:
+        self.statement = statement
+        self.columns = tuple(columns)  # what its rows hold, in order (a select, RETURNING)
+        self._dialect: Dialect | None = None
+        self.sql = ""
+        self._binds: list[tuple[str, Any, Callable[[Any], Any] | None]] = []
+        self._names: tuple[str, ...] = ()
+        self._results: list[tuple[int, Callable[[Any], Any]]] = []
+
+    @staticmethod
+    def applies(connection: Connection) -> bool:
+        return connection.dialect.name == "sqlite"
+
+    def _compile(self, dialect: Dialect) -> None:
+        compiled = self.statement.compile(dialect=dialect)
+        assert compiled.positiontup is not None, "a positional dialect"
+        defaults = compiled.params  # the statement's own values (state = 'claimed')
+        self._binds = [
+            (
+                name,
+                defaults.get(name),
+                compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect),
+            )
+            for name in compiled.positiontup
+        ]
+        self._names = tuple(column.name for column in self.columns)
+        self._results = []
+        for number, column in enumerate(self.columns):
+            processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
+            if processor is not None:
+                self._results.append((number, processor))
+        self.sql = compiled.string
+        self._dialect = dialect
+
+    def _cursor(self, connection: Connection) -> sqlite3.Cursor:
+        if self._dialect is not connection.dialect:
+            self._compile(connection.dialect)
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        return driver.cursor()  # type: ignore[no-any-return]
+
+    def _parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(
+            (processor(value) if processor is not None else value)
+            for name, default, processor in self._binds
+            for value in (values.get(name, default),)
+        )
+
+    def _row(self, row: Sequence[Any]) -> dict[str, Any]:
+        values = list(row)
+        for number, processor in self._results:
+            values[number] = processor(values[number])
+        return dict(zip(self._names, values, strict=True))
+
+    def rows(self, connection: Connection, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The statement run once with ``values``: its rows, by column name."""
+        cursor = self._cursor(connection)
+        parameters = self._parameters(values)
+        try:
+            found = cursor.execute(self.sql, parameters).fetchall()
+        except sqlite3.Error as error:
+            raise DBAPIError.instance(
+                self.sql, parameters, error, sqlite3.Error, dialect=connection.dialect
+            ) from error
+        finally:
+            cursor.close()
+        return [self._row(row) for row in found]
+
+    def run_many(self, connection: Connection, many: Sequence[Mapping[str, Any]]) -> None:
+        """The statement run for each of ``many``, in order (``executemany``)."""
+        cursor = self._cursor(connection)
+        parameters = [self._parameters(values) for values in many]
+        try:
+            cursor.executemany(self.sql, parameters)
+        except sqlite3.Error as error:
+            raise DBAPIError.instance(
+                self.sql, parameters, error, sqlite3.Error, dialect=connection.dialect
+            ) from error
+        finally:
+            cursor.close()
 
 
 def _each_alone(connection: Connection, works: list[Callable[[Connection], Any]]) -> list[Any]:

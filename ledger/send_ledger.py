@@ -19,20 +19,25 @@ NOTHING RETURNING`` for all their Message-IDs, and only those that found a row
 already there look at it one by one, exactly as a claim alone does; the marks are one
 ``UPDATE`` run for every Message-ID. Two claims of one Message-ID never share the
 statement: the later one finds the earlier one's row, so exactly one of them wins.
+On SQLite, which runs in this process, the claims of a batch are that statement run
+for each Message-ID in turn, and both run on the driver's cursor
+(``ledger.database.DriverStatement``): SQLAlchemy's work around each statement cost
+more than SQLite's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Update
 
-from ledger.database import Batched, LedgerDatabase
+from ledger.database import Batched, DriverStatement, LedgerDatabase
 from ledger.tables import SENT_EMAILS
 
 
@@ -98,8 +103,14 @@ _MARK_FAILED = _finish_statement(state=SendState.FAILED.value, error=bindparam("
 
 
 def _marks(name: str, statement: Update) -> Batched[dict[str, Any], None]:
+    on_driver = DriverStatement(statement)
+
     def run(connection: Connection, marks: list[dict[str, Any]]) -> list[None]:
-        connection.execute(statement, marks)  # in order, one after the other
+        # In order, one after the other.
+        if on_driver.applies(connection):
+            on_driver.run_many(connection, marks)
+        else:
+            connection.execute(statement, marks)
         return [None] * len(marks)
 
     return Batched(name, run)
@@ -118,6 +129,7 @@ class SendLedger:
             .on_conflict_do_nothing(index_elements=["message_id"])
             .returning(*SENT_EMAILS.c)
         )
+        self._claim_row = DriverStatement(self._claim_rows, SENT_EMAILS.c)
         self._claims: Batched[_ClaimRequest, Claim] = Batched(
             "claim", self._claim_all, key=lambda claim: claim.message_id
         )
@@ -160,9 +172,17 @@ class SendLedger:
             {"message_id": claim.message_id, **claim.fields}
             for claim in sorted(claims, key=lambda claim: claim.message_id)
         ]
-        inserted = {
-            row.message_id: _record(row) for row in connection.execute(self._claim_rows, rows)
-        }
+        if self._claim_row.applies(connection):
+            inserted = {
+                found["message_id"]: _record(found)
+                for row in rows
+                for found in self._claim_row.rows(connection, row)
+            }
+        else:
+            inserted = {
+                row.message_id: _record(row._mapping)
+                for row in connection.execute(self._claim_rows, rows)
+            }
         return [
             Claim(ClaimOutcome.CLAIMED, inserted[claim.message_id])
             if claim.message_id in inserted
@@ -224,11 +244,10 @@ def _claim_existing(connection: Connection, claim: _ClaimRequest) -> Claim:
 
 def _find(connection: Connection, message_id: str) -> SendRecord | None:
     row = connection.execute(_FIND, {"wanted": message_id}).one_or_none()
-    return None if row is None else _record(row)
+    return None if row is None else _record(row._mapping)
 
 
-def _record(row: Row[Any]) -> SendRecord:
-    values = row._mapping
+def _record(values: Mapping[str, Any]) -> SendRecord:
     return SendRecord(
         message_id=values["message_id"],
         deal_id=values["deal_id"],

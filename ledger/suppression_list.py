@@ -18,17 +18,17 @@ so a look-up never answers from before its call.
 from __future__ import annotations
 
 import binascii
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, select, update
+from sqlalchemy import Connection, and_, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ledger.addresses import address_key, normalized_address
-from ledger.database import Batched, LedgerDatabase
+from ledger.database import Batched, DriverStatement, LedgerDatabase
 from ledger.tables import LEDGER_SECRETS, SUPPRESSIONS
 
 # Keys of one look-up query at most (SQLite allows 32766 parameters a statement).
@@ -47,6 +47,8 @@ _STANDING_ONE = (
     .where(SUPPRESSIONS.c.address_key == bindparam("key"))
     .where(SUPPRESSIONS.c.lifted_at.is_(None))
 )
+# On SQLite: that one run on the driver's cursor, once a key (each an index look-up).
+_STANDING_ONE_ON_DRIVER = DriverStatement(_STANDING_ONE, SUPPRESSIONS.c)
 
 
 class SuppressionReason(StrEnum):
@@ -180,7 +182,7 @@ class SuppressionList:
         if not lifted:
             statement = statement.where(SUPPRESSIONS.c.lifted_at.is_(None))
         rows = await self.database.run(lambda c: c.execute(statement).all())
-        return [_entry(row) for row in rows]
+        return [_entry(row._mapping) for row in rows]
 
     async def lift(self, address: str, reason: str, now: datetime) -> SuppressionEntry:
         """Take a standing entry off the list; it stays, lifted, with ``reason``."""
@@ -206,13 +208,18 @@ def _look_up(
     """Several look-ups in one query: for each, its keys' standing entries."""
     keys = sorted(frozenset().union(*asked))
     standing: dict[str, SuppressionEntry] = {}
+    if _STANDING_ONE_ON_DRIVER.applies(connection):
+        for key in keys:
+            for found in _STANDING_ONE_ON_DRIVER.rows(connection, {"key": key}):
+                standing[found["address_key"]] = _entry(found)
+        return [{key: standing[key] for key in each if key in standing} for each in asked]
     for start in range(0, len(keys), KEYS_A_QUERY):
         some = keys[start : start + KEYS_A_QUERY]
         if len(some) == 1:
             rows = connection.execute(_STANDING_ONE, {"key": some[0]})
         else:
             rows = connection.execute(_STANDING, {"keys": some})
-        standing.update((row.address_key, _entry(row)) for row in rows)
+        standing.update((row.address_key, _entry(row._mapping)) for row in rows)
     return [{key: standing[key] for key in each if key in standing} for each in asked]
 
 
@@ -223,11 +230,10 @@ _LOOK_UP: Batched[frozenset[str], dict[str, SuppressionEntry]] = Batched(
 
 def _standing_or_lifted(connection: Connection, keys: list[str]) -> dict[str, SuppressionEntry]:
     rows = connection.execute(select(SUPPRESSIONS).where(SUPPRESSIONS.c.address_key.in_(keys)))
-    return {row.address_key: _entry(row) for row in rows}
+    return {row.address_key: _entry(row._mapping) for row in rows}
 
 
-def _entry(row: Row[Any]) -> SuppressionEntry:
-    values = row._mapping
+def _entry(values: Mapping[str, Any]) -> SuppressionEntry:
     return SuppressionEntry(
         address=values["address"],
         reason=SuppressionReason(values["reason"]),
