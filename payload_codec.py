@@ -9,8 +9,9 @@ new one first, keep the old ones until no open deal's history needs them.
 
 Payloads without our encoding pass through untouched: histories recorded before
 encryption (tests/histories/) still replay, and a deal started before encryption was
-switched on keeps running. Search attributes and workflow ids are never encoded
-(Temporal must read them): they must hold no buyer data.
+switched on keeps running. Failure messages and stack traces are moved into an
+encrypted payload too. Search attributes and workflow ids are never encoded (Temporal
+must read them): they must hold no buyer data.
 
 Shaped after temporalio/samples-python ``encryption/codec.py``.
 """
@@ -25,7 +26,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter, PayloadCodec
+from temporalio.converter import (
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    PayloadCodec,
+)
 
 ENCODING = b"binary/dealflow-aes256gcm"
 KEY_ID = "dealflow-key-id"
@@ -84,5 +89,12 @@ class EncryptionCodec(PayloadCodec):
 
 
 def encrypted_data_converter(keys: Sequence[tuple[str, bytes]]) -> DataConverter:
-    """The pydantic data converter with the codec: what every Dealflow client uses."""
-    return dataclasses.replace(pydantic_data_converter, payload_codec=EncryptionCodec(keys))
+    """The pydantic data converter with the codec: what every Dealflow client uses.
+
+    Failures' messages and stack traces (an activity's error may quote an address) go
+    into an encoded payload too, instead of the failure's plain-text fields."""
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=EncryptionCodec(keys),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )

@@ -177,6 +177,8 @@ class Settings(BaseSettings):
         env_file=".env",
         env_nested_delimiter="__",
         extra="ignore",
+        # A refused value never appears in the error (secrets are refused too).
+        hide_input_in_errors=True,
     )
 
     # Temporal

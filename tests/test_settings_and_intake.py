@@ -127,3 +127,130 @@ def test_relay_and_mailbox_passwords_never_show_in_a_repr() -> None:
         assert secret not in repr(endpoint) and secret not in str(endpoint)
         assert "sales" in repr(endpoint)  # the rest stays readable
         assert endpoint.password == secret
+
+
+# --- secrets (issue "Safe with real buyers", part 6) ---
+
+LONG_SECRET = "s3cr3t-" + "x" * 40
+
+
+SECRETS = ["DEALFLOW_SIGNING_SECRET", "DEALFLOW_WEBHOOK_SECRET", "DEALFLOW_CODEC_SERVER_TOKEN"]
+
+
+@pytest.mark.parametrize("variable", SECRETS)
+@pytest.mark.parametrize(
+    "value", ["", "short-secret", "compose-demo-only-set-your-own", "test-signing-secret"]
+)
+def test_a_short_empty_or_demo_secret_is_refused_in_one_line_saying_how_to_make_one(
+    variable: str, value: str
+) -> None:
+    result = run_with_env(**{variable: value})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0] and "openssl rand -base64 32" in lines[0]
+    if value:
+        assert value not in result.stderr
+
+
+def test_secrets_of_32_bytes_are_accepted() -> None:
+    loaded = load_settings(
+        _env_file=None,
+        signing_secret=LONG_SECRET,
+        webhook_secret=LONG_SECRET,
+        codec_server_token=LONG_SECRET,
+    )
+    assert loaded.signing_key() == LONG_SECRET
+
+
+def test_dev_accepts_short_and_demo_secrets_but_not_an_empty_one() -> None:
+    dev = load_settings(_env_file=None, dev=True, signing_secret="test-signing-secret")
+    assert dev.signing_key() == "test-signing-secret"
+    result = run_with_env(DEALFLOW_DEV="true", DEALFLOW_WEBHOOK_SECRET="")
+    assert result.returncode == 2 and "DEALFLOW_WEBHOOK_SECRET is empty" in result.stderr
+
+
+def test_dev_is_refused_with_a_public_url_off_this_machine() -> None:
+    result = run_with_env(DEALFLOW_DEV="true", DEALFLOW_PUBLIC_URL="https://deals.example.com")
+    assert result.returncode == 2
+    assert "DEALFLOW_DEV" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "accepted"),
+    [
+        ("https://deals.example.com", True),
+        ("http://localhost:8080", True),
+        ("http://127.0.0.1:8081", True),
+        ("http://deals.example.com", False),
+        ("http://10.0.0.5:8080", False),
+        ("deals.example.com", False),
+    ],
+)
+def test_the_public_url_must_be_https_off_this_machine(url: str, accepted: bool) -> None:
+    result = run_with_env(DEALFLOW_PUBLIC_URL=url)
+    assert (result.returncode == 0) is accepted, result.stderr
+    if not accepted:
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "DEALFLOW_PUBLIC_URL" in lines[0]
+
+
+KEY_A = "Y2FuYXJ5LWtleS1hLWNhbmFyeS1rZXktYS0xMjM0NTY="  # 32 bytes
+KEY_B = "Y2FuYXJ5LWtleS1iLWNhbmFyeS1rZXktYi0xMjM0NTY="  # 32 bytes
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("", "is empty"),
+        ("no-equals-sign", "ID=BASE64KEY"),
+        (f"bad id={KEY_A}", "ID=BASE64KEY"),
+        ("k1=not*base64", "not base64"),
+        ("k1=c2hvcnQta2V5", "is 9 bytes, AES-256 needs 32"),
+        (f"k1={KEY_A},k1={KEY_B}", "appears twice"),
+        ("demo=dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdCE=", "published demo key"),
+    ],
+)
+def test_a_bad_codec_key_list_is_refused_in_one_line_without_the_key(value: str, says: str) -> None:
+    result = run_with_env(DEALFLOW_CODEC_KEYS=value)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DEALFLOW_CODEC_KEYS" in lines[0] and says in lines[0], lines
+    for key in (KEY_A, KEY_B, "c2hvcnQta2V5"):
+        assert key not in result.stderr
+
+
+def test_codec_keys_the_first_encrypts_the_others_decrypt() -> None:
+    loaded = load_settings(_env_file=None, codec_keys=f"new={KEY_A}, old={KEY_B}")
+    ring = loaded.codec_key_ring()
+    assert [key_id for key_id, _ in ring] == ["new", "old"]
+    assert all(len(key) == 32 for _, key in ring)
+
+
+def test_unset_codec_key_is_made_once_and_kept_in_the_data_dir(tmp_path: Path) -> None:
+    first = load_settings(_env_file=None, data_dir=tmp_path).codec_key_ring()
+    again = load_settings(_env_file=None, data_dir=tmp_path).codec_key_ring()
+    assert first == again and len(first) == 1 and len(first[0][1]) == 32
+    assert (tmp_path / "codec-keys").stat().st_mode & 0o777 == 0o600
+    assert list(tmp_path.iterdir()) == [tmp_path / "codec-keys"]  # no scratch file left
+
+
+def test_no_secret_shows_in_the_settings_repr_dump_or_a_refusal() -> None:
+    canaries = {
+        "signing_secret": "CANARY-signing-" + "s" * 32,
+        "webhook_secret": "CANARY-webhook-" + "w" * 32,
+        "codec_server_token": "CANARY-token-" + "t" * 32,
+        "smtp_password": "CANARY-smtp-password",
+        "temporal_api_key": "CANARY-api-key",
+        "database_url": "postgresql://dealflow:CANARY-db-password@db.example.com/dealflow",
+        "codec_keys": f"k1={KEY_A}",
+    }
+    loaded = load_settings(_env_file=None, smtp_username="sales", **canaries)
+    shown = repr(loaded) + str(loaded) + loaded.model_dump_json() + str(loaded.model_dump())
+    for secret in [*canaries.values(), "CANARY-db-password", KEY_A]:
+        assert secret not in shown
+    # A refused setting's error (printed by whoever builds Settings directly) keeps the
+    # input out too.
+    with pytest.raises(ValueError) as refused:
+        Settings(_env_file=None, signing_secret="CANARY-too-short")  # type: ignore[call-arg]
+    assert "CANARY-too-short" not in str(refused.value) + repr(refused.value)
