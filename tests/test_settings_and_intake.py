@@ -254,3 +254,21 @@ def test_no_secret_shows_in_the_settings_repr_dump_or_a_refusal() -> None:
     with pytest.raises(ValueError) as refused:
         Settings(_env_file=None, signing_secret="CANARY-too-short")  # type: ignore[call-arg]
     assert "CANARY-too-short" not in str(refused.value) + repr(refused.value)
+
+
+async def test_a_ledger_error_never_shows_the_database_password() -> None:
+    from devstack import free_port
+    from ledger import schema
+    from ledger.database import LedgerDatabase, LedgerProblem
+
+    password = "CANARY-ledger-password-" + "p" * 16
+    url = f"postgresql://dealflow:{password}@127.0.0.1:{free_port()}/dealflow"
+    database = LedgerDatabase(url)
+    try:
+        with pytest.raises(LedgerProblem) as refused:
+            await schema.check(database)
+    finally:
+        await database.dispose()
+    assert "127.0.0.1" in str(refused.value)
+    assert password not in str(refused.value) + repr(refused.value)
+    assert password not in repr(load_settings(_env_file=None, database_url=url))
