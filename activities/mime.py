@@ -49,6 +49,8 @@ def _clean(value: str) -> str:
 
 def _fold(name: str, value: str) -> str:
     """``Name: value``, folded at spaces so that lines stay within 78 characters if they can."""
+    if len(name) + 2 + len(value) <= MAX_LINE:  # fits: the loop below would not fold it
+        return f"{name}: {value}"
     line, lines = f"{name}:", []
     for word in value.split(" "):
         if len(line) + 1 + len(word) > MAX_LINE and line != f"{name}:":
