@@ -88,7 +88,8 @@ def email_requests(settings: Settings, n: int) -> list[EmailRequest]:
     requests = []
     for number in range(n):
         step = STEPS[number % len(STEPS)]
-        recipient = rep if step.startswith("task_") else buyer
+        to_buyer = not step.startswith("task_")
+        recipient = buyer if to_buyer else rep
         requests.append(
             EmailRequest(
                 message_id=f"<{deal.deal_id}.{number:06d}-{step}@{deal.message_domain}>",
@@ -101,6 +102,9 @@ def email_requests(settings: Settings, n: int) -> list[EmailRequest]:
                     buyer=buyer,
                     step=StepFacts(interview_due=now + timedelta(days=21)),
                 ),
+                # As the deal workflow sends them: a buyer email carries the Reply-To
+                # token and the unsubscribe links and is looked up; a rep task is neither.
+                buyer_facing=to_buyer,
             )
         )
     return requests
