@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 from temporalio.api.enums.v1 import EventType
@@ -24,7 +24,7 @@ from temporalio.client import WorkflowHandle
 from starter import Refused, record, start_options
 from tests.conftest import Deals
 from tests.test_lifecycle import deal_id, stage_is, status
-from workflows.deal import PLAN, DealWorkflow
+from workflows.deal import INBOUND_MESSAGE, PLAN, DealWorkflow
 from workflows.models import (
     Closed,
     DealInput,
@@ -243,5 +243,61 @@ async def test_no_deal_input_the_model_accepts_fails_a_workflow_task(
     await status(handle)
     await handle.query(PLAN, result_type=list[PlannedSend])
     await deals.skip(timedelta(days=60))
+    await deals.quiet(handle)
+    assert await failed_tasks(handle) == []
+
+
+# --- inbound mail signals: a signal has no validator, so its handler absorbs anything ---
+
+LINE = {"name": "Widget", "quantity": 1, "list_price": 100}
+OUT_OF_RANGE_RETURNS = [
+    {
+        "kind": "out_of_office",
+        "source": "mailbox",
+        "event_id": f"<y{year}@x>",
+        "returns_on": day,
+        "sender": "bea@buyer.example.org",
+    }
+    for year, day in ((1, "0001-01-01"), (9999, "9999-12-31"))
+]
+hostile_text = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=400
+)
+hostile_inbound = st.fixed_dictionaries(
+    {
+        "kind": st.sampled_from(["reply", "out_of_office", "bounce", "unsubscribe"]),
+        "event_id": st.text(max_size=80),
+        "source": st.just("mailbox"),
+        "sender": st.one_of(st.just("bea@buyer.example.org"), hostile_text),
+        "subject": hostile_text,
+        "snippet": hostile_text,
+        "returns_on": st.one_of(st.none(), st.dates(min_value=date(1, 1, 1))),
+        "failed_recipient": st.one_of(st.just("bea@buyer.example.org"), hostile_text),
+        "bounce_status": st.text(max_size=20),
+        "permanent": st.booleans(),
+        "addresses": st.lists(st.one_of(st.just("bea@buyer.example.org"), hostile_text)),
+    }
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(mails=st.lists(hostile_inbound, min_size=1, max_size=4))
+@example(mails=[OUT_OF_RANGE_RETURNS[0], OUT_OF_RANGE_RETURNS[1]])
+async def test_no_inbound_message_fails_a_workflow_task(
+    deals: Deals, mails: list[dict[str, Any]]
+) -> None:
+    # Unchecked: an earlier example's bounce may have put the buyer on the list.
+    handle = await start_unchecked(deals, kind="rfp", items=[LINE])
+    for mail in mails:  # raw: what the model would refuse is sent all the same
+        await handle.signal(INBOUND_MESSAGE, mail)
+    await deals.quiet(handle)
+    await status(handle)
+    await handle.query(PLAN, result_type=list[PlannedSend])
+    await deals.skip(timedelta(days=70))
     await deals.quiet(handle)
     assert await failed_tasks(handle) == []

@@ -949,10 +949,11 @@ class DealWorkflow:
         if mail.kind is InboundKind.REPLY:
             self._buyer_replied(mail.sender, mail, quote=self._quote(mail))
         elif mail.kind is InboundKind.OUT_OF_OFFICE:
-            until = None
-            if mail.returns_on is not None:
+            until, now = None, workflow.now()
+            # Only a date in the window is converted: year 1 or 9999 could overflow.
+            window = (now - timedelta(days=1)).date(), (now + bounds.MAX_AWAY).date()
+            if mail.returns_on is not None and window[0] <= mail.returns_on <= window[1]:
                 until = day_starts(mail.returns_on, self.deal.buyer.time_zone).astimezone(UTC)
-            now = workflow.now()
             # A return date from the mail itself counts up to MAX_AWAY: "back in 2099"
             # would otherwise freeze the deal's follow-ups.
             if until is None or until <= now or until > now + bounds.MAX_AWAY:

@@ -243,18 +243,22 @@ class InboundKind(StrEnum):
 class InboundMessage(SignalPayload):
     """A message from the mailbox, matched to this deal; ``event_id`` is its Message-ID."""
 
+    # Bounded well above what the mailbox reader passes on: a signal over a bound is
+    # dropped by the SDK before it reaches the deal, so it cannot bloat the deal's state.
     kind: InboundKind
-    sender: str = ""
-    subject: str = ""
-    snippet: str = ""
+    sender: str = Field(default="", max_length=320)
+    subject: str = Field(default="", max_length=1000)
+    snippet: str = Field(default="", max_length=2000)
     # Out-of-office: the day the buyer is back, when the auto-reply says.
     returns_on: date | None = None
     # Bounce: who failed, the status (5.1.1), and whether retrying can help.
-    failed_recipient: str = ""
-    bounce_status: str = ""
+    failed_recipient: str = Field(default="", max_length=320)
+    bounce_status: str = Field(default="", max_length=20)
     permanent: bool = True
     # Unsubscribe (mailto: link): the addresses the signed token named.
-    addresses: list[str] = Field(default_factory=list)
+    addresses: list[Annotated[str, Field(max_length=320)]] = Field(
+        default_factory=list, max_length=50
+    )
 
 
 class Closed(SignalPayload):
