@@ -294,10 +294,15 @@ class MailboxReader:
         fetched = await _ok(imap.uid("fetch", str(uid), part), f"fetch UID {uid}")
         raw = next((bytes(line) for line in fetched.lines if isinstance(line, bytearray)), b"")
         activity.heartbeat(uid)
+        # Off the event loop: parsing a hostile message must not stall the heartbeat (or
+        # the sends this worker has in flight).
+        return await asyncio.to_thread(self.read_safely, uid, raw, size)
+
+    def read_safely(self, uid: int, raw: bytes, size: int) -> InboxEntry:
+        """``understand``, bounded; quarantined if it cannot be read (``size``: the whole
+        message's, when only its start was fetched)."""
         try:
-            # Off the event loop: parsing a hostile message must not stall the heartbeat
-            # (or the sends this worker has in flight).
-            entry = bounded(await asyncio.to_thread(self.understand, uid, raw))
+            entry = bounded(self.understand(uid, raw))
         except Exception as error:  # whatever it is, the message is listed and passed over
             return quarantined(uid, raw, f"could not be read: {type(error).__name__}: {error}")
         if size > len(raw):

@@ -72,6 +72,23 @@ class MailboxPollerReport(BaseModel):
     trouble: str = ""
 
 
+def inbound_message(entry: InboxEntry, kind: InboundKind) -> InboundMessage:
+    """The deal's signal for one inbound message; ValueError if a field does not fit."""
+    return InboundMessage(
+        kind=kind,
+        event_id=entry.message_id,
+        source="mailbox",
+        sender=entry.sender,
+        subject=entry.subject,
+        snippet=entry.snippet,
+        returns_on=date.fromisoformat(entry.returns_on) if entry.returns_on else None,
+        failed_recipient=entry.failed_recipient,
+        bounce_status=entry.bounce_status,
+        permanent=entry.permanent,
+        addresses=entry.unsubscribe_addresses,
+    )
+
+
 @workflow.defn(name=MAILBOX_POLLER_WORKFLOW)
 class MailboxPollerWorkflow:
     @workflow.init
@@ -122,19 +139,7 @@ class MailboxPollerWorkflow:
 
     async def _signal(self, entry: InboxEntry, kind: InboundKind) -> str:
         try:
-            message = InboundMessage(
-                kind=kind,
-                event_id=entry.message_id,
-                source="mailbox",
-                sender=entry.sender,
-                subject=entry.subject,
-                snippet=entry.snippet,
-                returns_on=date.fromisoformat(entry.returns_on) if entry.returns_on else None,
-                failed_recipient=entry.failed_recipient,
-                bounce_status=entry.bounce_status,
-                permanent=entry.permanent,
-                addresses=entry.unsubscribe_addresses,
-            )
+            message = inbound_message(entry, kind)
         except ValueError as error:
             # The reader bounds every field; should one still not fit, it is listed, not
             # raised: an exception here would fail this task again on every retry, and
