@@ -110,12 +110,14 @@ def email_requests(settings: Settings, n: int) -> list[EmailRequest]:
     return requests
 
 
-async def ours(mailer: Mailer, requests: list[EmailRequest], concurrency: int) -> None:
-    # New Message-IDs each time: the send ledger would (rightly) not send a repeat at all.
+def fresh(requests: list[EmailRequest]) -> list[EmailRequest]:
+    """The requests with new Message-IDs: the send ledger would (rightly) not send a
+    repeat at all. Made before the clock starts, as the baselines' messages are."""
     run = uuid.uuid4().hex[:8]
-    requests = [
-        r.model_copy(update={"message_id": f"{r.message_id[:-1]}.{run}>"}) for r in requests
-    ]
+    return [r.model_copy(update={"message_id": f"{r.message_id[:-1]}.{run}>"}) for r in requests]
+
+
+async def ours(mailer: Mailer, requests: list[EmailRequest], concurrency: int) -> None:
     slots = asyncio.Semaphore(concurrency)
 
     async def one(request: EmailRequest) -> None:
@@ -193,7 +195,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 raw_pool = raw(s.sink.port, messages, pool)
                 figures["raw-pool"].append(await timed(s, n, raw_pool, "raw-pool"))
                 for name, each in (("ours", mailer), ("bare", bare), ("unrecorded", unrecorded)):
-                    sending = ours(each, requests, concurrency)
+                    sending = ours(each, fresh(requests), concurrency)
                     figures[name].append(await timed(s, n, sending, name))
         finally:
             assert mailer.ledger is not None
