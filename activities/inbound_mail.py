@@ -806,7 +806,7 @@ def match_deal(mail: InboundMail, domains: Iterable[str], signer: TokenSigner) -
     """The deal ``mail`` belongs to, by evidence we issued ourselves; never by subject.
 
     Order: a bounce's original Message-ID; In-Reply-To; References, newest first (each must
-    be one of our Message-IDs on one of ``domains``); a signed reply token in a recipient
+    be a Message-ID we sealed, on one of ``domains``); a signed reply token in a recipient
     address. An unsubscribe request is matched by its signed token alone, since that token
     names the deal and address the buyer opts out of. Own messages and list mail never
     match.
@@ -825,9 +825,15 @@ def match_deal(mail: InboundMail, domains: Iterable[str], signer: TokenSigner) -
             return DealMatch(deal_id=None, reason=f"unsubscribe token is not ours: {error}")
         return DealMatch(deal_id=deal_id, how="unsubscribe token")
     reasons: list[str] = []
+
+    def ours(message_id: str) -> str | None:
+        # Only an id we sealed counts: a plain <D-100.001-proposal@...> is easy to forge.
+        opened = signer.open_message_id(message_id)
+        return deal_of_message_id(opened, domains) if opened else None
+
     if mail.kind is InboundKind.BOUNCE:
         original = mail.original_message_id
-        deal_id = deal_of_message_id(original, domains) if original else None
+        deal_id = ours(original) if original else None
         if deal_id:
             return DealMatch(deal_id=deal_id, how="bounced message")
         reasons.append(
@@ -836,12 +842,12 @@ def match_deal(mail: InboundMail, domains: Iterable[str], signer: TokenSigner) -
             else "the bounce does not name the bounced message"
         )
     if mail.in_reply_to:
-        deal_id = deal_of_message_id(mail.in_reply_to, domains)
+        deal_id = ours(mail.in_reply_to)
         if deal_id:
             return DealMatch(deal_id=deal_id, how="in-reply-to")
     older = [ref for ref in mail.references if ref != mail.in_reply_to]
     for reference in reversed(older):
-        deal_id = deal_of_message_id(reference, domains)
+        deal_id = ours(reference)
         if deal_id:
             return DealMatch(deal_id=deal_id, how="references")
     for address in dict.fromkeys(mail.tagged_recipients + mail.recipients):

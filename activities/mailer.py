@@ -214,10 +214,9 @@ async def _tell_the_deal(request: EmailRequest, error: BaseException) -> str:
     return problem
 
 
-def _receipt(request: EmailRequest, message: OutgoingMessage) -> EmailReceipt:
-    return EmailReceipt(
-        message_id=request.message_id, subject=message.subject, accepted=message.recipients
-    )
+def _receipt(wire_id: str, message: OutgoingMessage) -> EmailReceipt:
+    """``wire_id``: the Message-ID the email carries (the deal threads its replies on it)."""
+    return EmailReceipt(message_id=wire_id, subject=message.subject, accepted=message.recipients)
 
 
 def _expected(message: str, kind: str) -> ApplicationError:
@@ -233,12 +232,12 @@ def _expected(message: str, kind: str) -> ApplicationError:
     )
 
 
-def _maybe_sent(held: SendRecord) -> ApplicationError:
+def _maybe_sent(held: SendRecord, wire_id: str) -> ApplicationError:
     return _expected(
         f"maybe sent: attempt {held.attempt} on {held.worker} claimed it at "
         f"{held.claimed_at:%Y-%m-%d %H:%M:%S} and never recorded the relay's reply; "
-        "held so the buyer gets no second copy: check the relay's log, then resend "
-        "(with --delivered MESSAGE-ID if the log has it)",
+        f"held so the buyer gets no second copy: look for {wire_id} in the relay's log, "
+        "then resend (with --delivered MESSAGE-ID if the log has it)",
         FailureType.MAYBE_SENT,
     )
 
@@ -338,7 +337,7 @@ class Mailer:
             text=rendered.text,
             html=rendered.html,
             headers=headers,
-            message_id=request.message_id,
+            message_id=self.wire_id(request),
         )
 
     async def _unsuppressed(self, request: EmailRequest) -> EmailRequest:
@@ -448,7 +447,7 @@ class Mailer:
             _die_here_for_a_test("after-record")
         except _AlreadySent:
             assert message is not None
-            return _receipt(request, message)
+            return _receipt(self.wire_id(request), message)
         except aiosmtplib.SMTPRecipientsRefused as error:
             code, detail = _first_code(error)
             if code >= 500:
@@ -466,7 +465,7 @@ class Mailer:
                 ) from None
             raise
         accepted = [address for address in message.recipients if address not in refused]
-        return _receipt(request, message).model_copy(update={"accepted": accepted})
+        return _receipt(self.wire_id(request), message).model_copy(update={"accepted": accepted})
 
     async def _transmit(
         self, smtp: aiosmtplib.SMTP, request: EmailRequest, message: OutgoingMessage
@@ -529,7 +528,14 @@ class Mailer:
         await smtp.rset()
         if claim.outcome is ClaimOutcome.ALREADY_SENT:
             raise _AlreadySent()
-        raise _maybe_sent(claim.record)
+        raise _maybe_sent(claim.record, self.wire_id(request))
+
+    def wire_id(self, request: EmailRequest) -> str:
+        """The Message-ID on the wire: the deal's own, sealed (``TokenSigner``) so that it
+        names no deal and shows no sequence; the same for every retry and resend."""
+        if self.links is None:
+            return request.message_id
+        return self.links.signer.seal_message_id(request.message_id)
 
     async def _settled_earlier(
         self, request: EmailRequest, rendered: RenderedEmail, unsubscribe_url: str
@@ -553,10 +559,10 @@ class Mailer:
         if record.state is SendState.SENT:
             recipients = [_address(party) for party in request.to]
             message = self._message(request, recipients, rendered, unsubscribe_url)
-            return _receipt(request, message)
+            return _receipt(self.wire_id(request), message)
         if request.resend:
             return None  # ops checked the held email: the claim below takes it over
-        raise _maybe_sent(record)
+        raise _maybe_sent(record, self.wire_id(request))
 
     async def _record(self, request: EmailRequest, reply: str, sent: bool) -> None:
         if self.ledger is None:

@@ -7,18 +7,26 @@ Two kinds, both signed with the one signing secret (``DEALFLOW_SIGNING_SECRET``)
 - the **unsubscribe token** in the List-Unsubscribe links: opaque to the buyer,
   it names the deal and the addresses, and cannot be forged to unsubscribe someone else.
 
-Neither token ever enters a workflow's history: the send activity adds them.
+and it seals our **Message-IDs**: the local part the deal gives an email (deal id and
+step) is encrypted and authenticated (AES-SIV), so the header names no deal, shows no
+guessable sequence, and a reply or bounce can only match a deal through an id we made.
+
+None of these ever enters a workflow's history: the send activity adds them.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 # Hex, lowercase: some mail systems lower-case the local part of an address.
 _REPLY_SIGNATURE_LENGTH = 10
@@ -44,9 +52,15 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+_SEALED = re.compile(r"^<(?P<local>[a-z2-7]{32,200})@(?P<domain>[^<>@\s]+)>$")
+
+
 class TokenSigner:
     def __init__(self, secret: str) -> None:
         self._key = secret.encode()
+        # AES-256-SIV: deterministic (every retry and resend of an email gets the same
+        # id) and authenticated (a 128-bit tag over the deal and the step).
+        self._sealer = AESSIV(hmac.new(self._key, b"message-id", hashlib.sha512).digest())
 
     def _mac(self, purpose: str, payload: str) -> bytes:
         return hmac.new(self._key, f"{purpose}:{payload}".encode(), hashlib.sha256).digest()
@@ -97,3 +111,26 @@ class TokenSigner:
             return Unsubscribe(deal_id=str(deal_id), addresses=tuple(str(a) for a in addresses))
         except (ValueError, TypeError):
             raise BadToken("the unsubscribe link is damaged") from None
+
+    # --- Message-IDs ---
+
+    def seal_message_id(self, message_id: str) -> str:
+        """``<D-100.001-proposal@example.com>`` -> ``<(72 base32 characters)@example.com>``."""
+        local, at, domain = message_id.strip().strip("<>").rpartition("@")
+        if not at or not local:
+            raise ValueError(f"{message_id!r} is not a Message-ID")
+        sealed = self._sealer.encrypt(local.encode(), None)
+        return f"<{base64.b32encode(sealed).decode().rstrip('=').lower()}@{domain}>"
+
+    def open_message_id(self, message_id: str) -> str | None:
+        """The Message-ID we sealed as ``message_id``, else None (forged, altered, not ours)."""
+        found = _SEALED.match(message_id.strip())
+        if found is None:
+            return None
+        text = found["local"].upper()
+        try:
+            sealed = base64.b32decode(text + "=" * (-len(text) % 8))
+            local = self._sealer.decrypt(sealed, None).decode()
+        except (binascii.Error, ValueError, InvalidTag, UnicodeDecodeError):
+            return None
+        return f"<{local}@{found['domain']}>"

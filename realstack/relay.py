@@ -18,8 +18,12 @@ from email import message_from_bytes, policy
 from aiosmtpd.smtp import SMTP as SmtpServer
 from aiosmtpd.smtp import Envelope, Session
 
+from activities.signed_tokens import TokenSigner
 from devstack import OutboxSink
+from realstack.deployment import COMMON_SETTINGS
 from realstack.waiting import WITHIN, wait_for
+
+OPENER = TokenSigner(COMMON_SETTINGS["signing_secret"])
 
 
 class StampingSink(OutboxSink):
@@ -58,8 +62,11 @@ class Arrival:
     @staticmethod
     def of(data: bytes, rcpt_tos: list[str]) -> Arrival:
         message = message_from_bytes(data, policy=policy.default)
+        wire = str(message.get("Message-ID", ""))
         return Arrival(
-            message_id=str(message.get("Message-ID", "")),
+            # The deal's own id (what its status and the ledger show), opened from the
+            # sealed one on the wire with the deployment's secret.
+            message_id=OPENER.open_message_id(wire) or wire,
             deal=str(message.get("X-Dealflow-Deal", "")),
             step=str(message.get("X-Dealflow-Step", "")),
             to=tuple(rcpt_tos),

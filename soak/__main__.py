@@ -36,7 +36,7 @@ from connection import data_converter
 from ledger import schema
 from ledger.database import LedgerDatabase
 from ledger.suppression_list import SuppressionList
-from realstack.deployment import environment
+from realstack.deployment import COMMON_SETTINGS, environment
 from realstack.relay_process import RelayProcess
 from realstack.temporal import TemporalDevServer
 from realstack.worker import WorkerProcess
@@ -121,7 +121,8 @@ def worker_values(
         "database_url": ledger_url,
         "data_dir": str(folder / "data"),
         # Made per run, as a deployment makes its own: the worker and the driver share them.
-        "signing_secret": secrets.token_urlsafe(32),
+        # The relay log's reader opens sealed Message-IDs with it (soak/deals.py).
+        "signing_secret": COMMON_SETTINGS["signing_secret"],
         "codec_keys": f"soak-1={base64.b64encode(secrets.token_bytes(32)).decode()}",
         "send_window": "always",
         "cadence_profile": "demo",

@@ -42,8 +42,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
+from activities.signed_tokens import TokenSigner
 from deal_intake import build_deal
 from ledger.suppression_list import SuppressionList, SuppressionReason, SuppressionSource
+from realstack.deployment import COMMON_SETTINGS
 from settings import Settings
 from starter import DealClosed, DealUnreachable, NoSuchDeal, Refused, record, start_deal
 from workflows.models import (
@@ -201,6 +203,9 @@ class Arrival:
     to: tuple[str, ...]
 
 
+OPENER = TokenSigner(COMMON_SETTINGS["signing_secret"])
+
+
 class ArrivalLog:
     """The relay's log (``realstack.relay_process``), read as it grows."""
 
@@ -226,6 +231,9 @@ class ArrivalLog:
             if len(fields) != 6:
                 continue
             to = tuple(address for address in fields[5].split(",") if address)
+            # The relay logs the sealed id on the wire; the deals and the ledger know the
+            # deal's own id: open it with the deployment's secret to compare them.
+            fields[2] = OPENER.open_message_id(fields[2]) or fields[2]
             arrival = Arrival(float(fields[0]), float(fields[1]), *fields[2:5], to)
             self.arrivals.append(arrival)
             self.by_message.setdefault(arrival.message_id, []).append(arrival)

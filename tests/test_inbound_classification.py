@@ -105,10 +105,14 @@ def test_no_match_says_why(name: str, reason: str) -> None:
 def test_bounce_names_recipient_and_original_message() -> None:
     mail = _fixture("bounce_qmail.eml")
     assert mail.failed_recipient == "h.schmidt@globex.example"
-    assert mail.original_message_id == "<GLOBEX-7.003-offer_follow_up@example.com>"
+    assert SIGNER.open_message_id(mail.original_message_id or "") == (
+        "<GLOBEX-7.003-offer_follow_up@example.com>"
+    )
     full = _fixture("dsn_mailbox_full_422.eml")
     assert (full.failed_recipient, full.permanent) == ("p.mueller@globex.example", False)
-    assert full.original_message_id == "<GLOBEX-7.004-offer_follow_up@example.com>"
+    assert SIGNER.open_message_id(full.original_message_id or "") == (
+        "<GLOBEX-7.004-offer_follow_up@example.com>"
+    )
 
 
 def test_missing_message_id_falls_back_to_a_stable_hash() -> None:
@@ -271,3 +275,23 @@ def test_unsubscribe_needs_our_address_and_subject() -> None:
     mail = _read(to_unsub.encode())
     assert (mail.kind, mail.unsubscribe_token) == (InboundKind.UNSUBSCRIBE, token)
     assert match_deal(mail, DOMAINS, SIGNER).deal_id == "ACME-1"
+
+
+def test_only_a_sealed_message_id_names_a_deal() -> None:
+    plain = "<ACME-1.001-proposal@example.com>"
+    sealed = SIGNER.seal_message_id(plain)
+    assert "ACME" not in sealed and "proposal" not in sealed and "001" not in sealed
+    assert sealed == SIGNER.seal_message_id(plain)  # retries and resends keep their id
+    assert SIGNER.open_message_id(sealed) == plain
+
+    def reply(in_reply_to: str) -> bytes:
+        return (
+            f"From: mallory@evil.example\nTo: sales@example.com\nSubject: Re: x\n"
+            f"In-Reply-To: {in_reply_to}\n\nPay to this account instead.\n"
+        ).encode()
+
+    # The guessable form, an id sealed with another secret, or one altered by a character.
+    altered = sealed[:5] + ("a" if sealed[5] != "a" else "b") + sealed[6:]
+    for forged in (plain, TokenSigner("another-secret").seal_message_id(plain), altered):
+        assert match_deal(_read(reply(forged)), DOMAINS, SIGNER).deal_id is None, forged
+    assert match_deal(_read(reply(sealed)), DOMAINS, SIGNER).deal_id == "ACME-1"

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
+from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.client import WorkflowHandle
 
+from activities.signed_tokens import TokenSigner
 from starter import Refused, record
 from tests.conftest import MAIL_WITHIN, Deals, body, only, sent_at, steps
 from workflows.deal import STATUS
@@ -93,6 +95,13 @@ def near(actual: Any, expected: Any, slack: timedelta = MINUTE) -> bool:
 
 def deal_id(handle: WorkflowHandle) -> str:
     return handle.id.removeprefix("deal-")
+
+
+def own_id(deals: Deals, message: EmailMessage) -> str:
+    """The deal's own Message-ID of an email we sent (the ledger's and the status's),
+    opened from the sealed one it carries."""
+    wire = str(message["Message-ID"])
+    return TokenSigner(deals.settings.signing_key()).open_message_id(wire) or wire
 
 
 async def test_rfp_to_won_sends_every_email_on_time(deals: Deals) -> None:
@@ -444,7 +453,9 @@ async def test_follow_ups_are_threaded_with_the_proposal(deals: Deals) -> None:
     assert second["In-Reply-To"] == first["Message-ID"]
     assert second["References"].split() == [proposal["Message-ID"], first["Message-ID"]]
     assert first["Subject"] == second["Subject"] == f"Re: {proposal['Subject']}"
-    assert proposal["Message-ID"] == f"<{deal_id(handle)}.001-proposal@seller.example.com>"
+    # The id names no deal and no sequence; only our secret opens it.
+    assert deal_id(handle) not in proposal["Message-ID"]
+    assert own_id(deals, proposal) == f"<{deal_id(handle)}.001-proposal@seller.example.com>"
     assert "Buyer & Sons" in proposal["Subject"]  # a subject is never HTML-escaped
     await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="test done"))
 

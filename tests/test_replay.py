@@ -36,7 +36,7 @@ from ledger.database import LedgerDatabase
 from ledger.send_ledger import ClaimOutcome, SendLedger
 from starter import record, start_deal
 from tests.conftest import Deals, codec_data_converter, steps
-from tests.test_lifecycle import ANSWERS, deal_id, eventually, stage_is, status
+from tests.test_lifecycle import ANSWERS, deal_id, eventually, own_id, stage_is, status
 from worker import workflow_runner
 from workflows.deal import (
     INBOUND_MESSAGE,
@@ -325,7 +325,7 @@ async def resend_held_email(deals: Deals) -> WorkflowHistory:
     assert await record(deals.client, deal.deal_id, RESEND_FAILED, SignalPayload()) == 1
     messages = await deals.settle(2)
     assert steps(messages) == ["task_check_maybe_sent", "proposal"]
-    assert messages[1]["Message-ID"] == message_id
+    assert own_id(deals, messages[1]) == message_id
     await stage_is(handle, Stage.PROPOSAL_RECEIVED)
     history = await handle.fetch_history()
     assert RESEND_SAME_MESSAGE_ID in patches(history)

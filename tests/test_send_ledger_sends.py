@@ -17,7 +17,7 @@ from ledger.send_ledger import ClaimOutcome, SendLedger, SendState
 from ledger.suppression_list import SuppressionList, SuppressionReason, SuppressionSource
 from starter import record, start_deal
 from tests.conftest import Deals, body, on_both_databases, steps
-from tests.test_lifecycle import deal_id, eventually, stage_is, status
+from tests.test_lifecycle import deal_id, eventually, own_id, stage_is, status
 from workflows.deal import RESEND_FAILED
 from workflows.models import Closed, SignalPayload
 from workflows.stages import BuyerSignal, Stage
@@ -58,7 +58,7 @@ async def test_every_send_is_recorded_with_the_relays_reply(
 ) -> None:
     handle = await deals.start(kind="rfp")
     proposal = (await deals.settle(1))[0]
-    row = await ledger.find(str(proposal["Message-ID"]))
+    row = await ledger.find(own_id(deals, proposal))
     assert row is not None and row.state is SendState.SENT
     assert row.deal_id == deal_id(handle) and row.template == "proposal" and row.attempt == 1
     assert row.smtp_reply is not None and row.smtp_reply.startswith("250")
@@ -98,7 +98,7 @@ async def test_a_send_claimed_by_a_dead_attempt_is_held_shown_and_resent_by_ops(
     assert await record(deals.client, deal, RESEND_FAILED, SignalPayload()) == 1
     messages = await deals.settle(2)
     assert steps(messages) == ["task_check_maybe_sent", "proposal"]
-    assert messages[1]["Message-ID"] == first_message_id(deal)
+    assert own_id(deals, messages[1]) == first_message_id(deal)
     await stage_is(handle, Stage.PROPOSAL_RECEIVED)
     resent = await ledger.find(first_message_id(deal))
     assert resent is not None and resent.state is SendState.SENT
@@ -116,7 +116,7 @@ async def test_a_data_refused_with_4xx_is_recorded_failed_and_sent_once_on_retry
     proposal = (await deals.settle(1))[0]
 
     async def recorded() -> None:
-        row = await ledger.find(str(proposal["Message-ID"]))
+        row = await ledger.find(own_id(deals, proposal))
         assert row is not None and row.state is SendState.SENT and row.attempt == 2
 
     await eventually(recorded)
