@@ -835,8 +835,9 @@ async def resend(
         [],
         "--delivered",
         metavar="MESSAGE-ID",
-        help="A held (maybe sent) email the relay's log shows delivered: marked sent, "
-        "not sent again. Repeat for several.",
+        help="A held (maybe sent) email the relay's log shows delivered (its Message-ID "
+        "as the log or the deal's status shows it): marked sent, not sent again. Repeat for "
+        "several.",
     ),
     note: str = Note,
 ) -> None:
@@ -845,12 +846,16 @@ async def resend(
     An email held as maybe sent goes out again under its own Message-ID, unless
     --delivered names it: then the deal counts it sent and moves on.
     """
+    from activities.signed_tokens import TokenSigner
     from ledger.send_ledger import NotHeld, SendLedger
 
     deal = await status(client, deal_id)
     held = {_bare(m.message_id): m.message_id for m in _held_emails(deal)}
+    signer = TokenSigner(settings.signing_key())
     chosen = []
-    for wanted in delivered:
+    for given in delivered:
+        # The relay's log shows the sealed id on the wire; the deal knows its own.
+        wanted = signer.open_message_id(f"<{given.strip().strip('<>')}>") or given
         if _bare(wanted) not in held:
             holding = ", ".join(held.values()) or "none"
             raise Refused(

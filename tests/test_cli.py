@@ -891,10 +891,14 @@ async def test_resend_delivered_marks_a_held_email_sent_and_the_deal_moves_on(
     )  # fmt: skip
     args = ["--company", "Buyer & Sons", "--kind", "rfp", "--item", "Widget:1:100"]
     await stack.ok("start", "--id", deal_id, "--contact", unique_buyer()[0], *args)
-    await stack.wait_for(
+    holding = await stack.wait_for(
         deal_id, lambda d: any(m.outcome == "failed" for m in d.messages), "holding"
     )
     assert await stack.wait_for_mail(deal_id, 1) == ["task_check_maybe_sent"]
+    # The problem names the id to look for in the relay's log: the sealed one on the wire.
+    held = next(m for m in holding.messages if m.outcome == "failed")
+    wire = held.error.split("look for ", 1)[1].split(" ", 1)[0]
+    assert wire.startswith("<") and deal_id not in wire
 
     # A Message-ID the deal does not hold is refused in one line, and nothing changes.
     wrong = await stack.cli("resend", deal_id, "--delivered", f"<{deal_id}.009-offer@x>")
@@ -903,7 +907,7 @@ async def test_resend_delivered_marks_a_held_email_sent_and_the_deal_moves_on(
     assert proposal in wrong.one_line_error()
 
     # Ops found it in the relay's log: the deal counts it sent; the buyer gets no copy.
-    done = await stack.ok("resend", deal_id, "--delivered", proposal.strip("<>"))
+    done = await stack.ok("resend", deal_id, "--delivered", wire.strip("<>"))
     assert f"{proposal}: marked delivered" in done.stdout
     assert f"{deal_id}: 1 email(s) queued again" in done.stdout
     deal = await stack.wait_for_stage(deal_id, "Proposal Received")
