@@ -13,11 +13,13 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
 from activities.mailbox import LIMITS, MAX_FETCH
+from activities.signed_tokens import TokenSigner
 from devstack import LocalMailbox
+from ledger.suppression_list import SuppressionList
 from settings import ImapTls, Settings
 from tests.conftest import Deals
-from tests.test_lifecycle import deal_id, stage_is
-from tests.test_mailbox_poller import mailbox, poll, reply_to, started_poller
+from tests.test_lifecycle import deal_id, stage_is, status
+from tests.test_mailbox_poller import hard_bounce, mailbox, poll, reply_to, started_poller
 from worker import check_mailbox
 from workflows.stages import Stage
 
@@ -96,6 +98,15 @@ async def test_poison_messages_are_bounded_or_quarantined_and_the_reply_after_th
         b"Subject: nul \0 and \xff\x1b[31m bytes\r\nMessage-ID: <nul@evil.example>\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\n\r\n\xff\xfe\0 broken\r\n",
         b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\nno headers at all",
+        headers("headers only", "<bare@evil.example>"),
+        plain("one endless line", "<line@evil.example>", b"x" * 200_000),
+        headers("bad base64", "<b64@evil.example>")
+        + b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!*\r\n",
+        headers("unknown charset", "<cs@evil.example>")
+        + b"Content-Type: text/plain; charset=x-no-such-charset\r\n\r\n\xe9t\xe9\r\n",
+        plain("many recipients", "<rcpt@evil.example>").replace(
+            b"To: ", b"To: " + b", ".join(b"u%d@evil.example" % i for i in range(2000)) + b", "
+        ),
     ]
     for raw in poison:
         mailbox.deliver(raw)
@@ -157,3 +168,115 @@ async def test_the_worker_checks_the_mailbox_login_at_start(
     # A production worker says the same and starts; the poller keeps retrying.
     await check_mailbox(settings, dev=False)
     assert "cannot be read" in capsys.readouterr().err
+
+
+# --- forged and misleading mail: only evidence we issued, from a contact, steers a deal ---
+
+
+def letter(sender: str, to: str, subject: str, text: str, **headers: str) -> bytes:
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = sender, to, subject
+    mail["Message-ID"] = make_msgid(domain="mail.example.net")
+    for name, value in headers.items():
+        mail[name.replace("_", "-")] = value
+    mail.set_content(text)
+    return bytes(mail)
+
+
+async def test_forged_and_misleading_mail_steers_no_deal(
+    deals: Deals, mailbox: LocalMailbox, suppressions: SuppressionList
+) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    proposal = (await deals.mail(1))[0]
+    deal, sealed = deal_id(handle), str(proposal["Message-ID"])
+    guessable = f"<{deal}.001-proposal@seller.example.com>"
+    before = await status(handle)
+    buyer, reply_box = "bea@buyer.example.org", str(proposal["Reply-To"])
+    token = reply_box.split("+", 1)[1].split("@", 1)[0]
+    forged_token = f"sales+{token.rsplit('.', 1)[0]}.0000000000@seller.example.com"
+    other = TokenSigner("a-different-secret-of-32-bytes-or-more!").seal_message_id(guessable)
+    corpus = {
+        # The guessable form of our Message-ID, from a stranger and "from" the buyer.
+        "forged in-reply-to": letter(
+            "mallory@evil.example",
+            REPLY_BOX,
+            "Re: proposal",
+            "Pay to our new IBAN.",
+            In_Reply_To=guessable,
+        ),
+        "forged in-reply-to as buyer": letter(
+            buyer,
+            REPLY_BOX,
+            "Re: proposal",
+            "Cancel it.",
+            In_Reply_To=guessable,
+            References=guessable,
+        ),
+        "sealed with another secret": letter(
+            "mallory@evil.example", REPLY_BOX, "Re: x", "New bank details.", In_Reply_To=other
+        ),
+        "forged reply token": letter("mallory@evil.example", forged_token, "Re: x", "Hello"),
+        "forged dsn": hard_bounce_of(guessable, buyer),
+        "colleague at the buyer": letter(
+            "carl@buyer.example.org",
+            reply_box,
+            "Re: proposal",
+            "Please send the invoice to me.",
+            In_Reply_To=sealed,
+        ),
+        "back in 2099": letter(
+            buyer,
+            REPLY_BOX,
+            "Automatic reply: proposal",
+            "I am out of the office until 31 December 2099.",
+            In_Reply_To=sealed,
+            Auto_Submitted="auto-replied",
+        ),
+        "ticket acknowledgement": letter(
+            "desk@buyer.example.org",
+            REPLY_BOX,
+            "[Ticket #1] Re: proposal",
+            "Your request has been received.",
+            In_Reply_To=sealed,
+            Auto_Submitted="auto-replied",
+        ),
+        "tampered unsubscribe": letter(
+            buyer,
+            "sales+unsubscribe@seller.example.com",
+            "unsubscribe eyJ0YW1wZXJlZCI6dHJ1ZX0.AAAAAAAAAAAAAAAAAAAAAA",
+            "",
+        ),
+    }
+    for raw in corpus.values():
+        mailbox.deliver(raw)
+    poller = await started_poller(deals)
+    report = await poll(deals.client, poller, lambda r: len(r.recent) == len(corpus))
+    entries = dict(zip(corpus, report.recent, strict=True))
+
+    for name in ("forged in-reply-to", "forged in-reply-to as buyer", "sealed with another secret",
+                 "forged reply token", "forged dsn", "tampered unsubscribe"):  # fmt: skip
+        assert entries[name].deal_id is None, (name, entries[name])
+    assert "not a message we sent" in entries["forged dsn"].outcome
+    assert entries["ticket acknowledgement"].kind == "auto_acknowledgement"
+    assert entries["colleague at the buyer"].outcome == f"signalled reply to deal {deal}"
+    assert entries["back in 2099"].outcome == f"signalled out_of_office to deal {deal}"
+
+    # The buyer is on no list; the deal took no reply; the colleague's mail is a marked task.
+    assert await suppressions.find([buyer]) == {}
+    task = (await deals.mail(2))[-1]
+    assert task["X-Dealflow-Step"] == "task_unverified_reply"
+    current = await status(handle)
+    assert current.stage is Stage.PROPOSAL_RECEIVED and not current.replied
+    away = next(h for h in current.history if h.signal == "out_of_office")
+    assert current.held_until == away.at + deals.settings.default_cadence.out_of_office_pause
+    assert before.next_touch is not None
+    await handle_cancel(deals, handle)
+
+
+def hard_bounce_of(original_id: str, recipient: str) -> bytes:
+    """A DSN (5.1.1) that claims to return ``original_id``."""
+    returned = EmailMessage()
+    returned["Message-ID"], returned["From"] = original_id, "sales@seller.example.com"
+    returned["To"], returned["Subject"] = recipient, "Your proposal"
+    return hard_bounce(returned, recipient)
