@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -190,7 +191,18 @@ def _checked_address(name: str, email: str) -> Address:
             type=FailureType.ADDRESS,
             non_retryable=True,
         ) from None
+    if _CONTROL.search(name):
+        # Intake refuses these; one that got past it would break the header (a line feed
+        # starts a header of its own), so it fails for good rather than retry for a day.
+        raise ApplicationError(
+            f"the name {name!r} of {email} holds a control character",
+            type=FailureType.ADDRESS,
+            non_retryable=True,
+        )
     return Address(display_name=name, addr_spec=checked.normalized)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 async def _tell_the_deal(request: EmailRequest, error: BaseException) -> str:
@@ -289,11 +301,18 @@ class Mailer:
         context["sender"] = self.sender.as_context()
         context["unsubscribe_url"] = unsubscribe_url
         try:
-            return self.templates.render(request.template, context)
+            rendered = self.templates.render(request.template, context)
         except TemplateProblem as error:
             raise ApplicationError(
                 str(error), type=FailureType.TEMPLATE, non_retryable=True
             ) from None
+        if _CONTROL.search(rendered.subject):
+            raise ApplicationError(
+                f"the subject {rendered.subject!r} holds a control character",
+                type=FailureType.TEMPLATE,
+                non_retryable=True,
+            )
+        return rendered
 
     def _buyer_links(self, request: EmailRequest) -> BuyerLinks | None:
         return self.links if request.buyer_facing else None

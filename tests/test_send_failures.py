@@ -15,13 +15,13 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
 from activities.rendering import TemplateLibrary
-from starter import record, start_deal
+from starter import record, start_deal, start_options
 from tests.conftest import Deals, steps
 from tests.test_inbound_signals import eventually as status_when
 from tests.test_lifecycle import deal_id, eventually, own_id, stage_is, status
 from worker import build_mailer, build_worker
-from workflows.deal import RESEND_FAILED
-from workflows.models import Closed, SignalPayload
+from workflows.deal import RESEND_FAILED, DealWorkflow
+from workflows.models import Closed, DealInput, SignalPayload
 from workflows.stages import BuyerSignal, Stage
 
 
@@ -146,3 +146,24 @@ async def test_smtp_5xx_is_recorded_as_a_bounce_and_the_address_is_not_mailed_ag
     assert len(deals.sink.received) == 2
     assert await send_attempts(handle) == [1, 1, 1]
     await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+async def test_a_name_with_a_line_feed_past_intake_fails_once_and_sends_nothing(
+    deals: Deals,
+) -> None:
+    """Intake refuses it; should one reach the send activity, it must not retry for a day
+    nor inject a header (``Bcc:``): it fails for good on its first attempt."""
+    fields = deals.input(kind="rfp").model_dump()
+    fields["contacts"][0]["name"] = "Bea\r\nBcc: mallory@evil.example"
+    deal = DealInput.model_validate(fields)
+    deals.started.add(deal.deal_id)
+    handle = await deals.client.start_workflow(
+        DealWorkflow.run, deal, **start_options(deals.settings, deal)
+    )
+    current = await status_when(handle, lambda d: d.messages[0].outcome == "failed")
+    assert current.messages[0].error.startswith("InvalidAddress: the name")
+    assert "control character" in current.messages[0].error
+    assert await send_attempts(handle) == [1]
+    await deals.quiet()
+    assert all("mallory" not in " ".join(m.rcpt_tos) for m in deals.sink.received)
+    await record(deals.client, deal.deal_id, BuyerSignal.CANCELLED, Closed(reason="done"))
