@@ -64,7 +64,10 @@ def _fold(name: str, value: str) -> str:
 
 def _text_header(name: str, value: str, utf8: bool) -> str:
     value = _clean(value)
-    if value.isascii() or utf8:
+    # A word too long for a line (no space to fold at) goes out as encoded words, which
+    # may be split anywhere: no header line then exceeds 78 characters, let alone 998.
+    room = MAX_LINE - len(name) - 2
+    if (value.isascii() or utf8) and all(len(word) <= room for word in value.split(" ")):
         return _fold(name, value)
     encoded = Header(value, "utf-8", maxlinelen=MAX_LINE, header_name=name).encode(linesep=CRLF)
     return f"{name}: {encoded}"
