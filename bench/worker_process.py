@@ -23,12 +23,12 @@ import signal
 import sys
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import MetricBuffer, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from bench import noop, skeletons
+from connection import data_converter
 from settings import SmtpTls, load_settings
 from worker import build_mailer, build_worker, workflow_runner
 
@@ -86,7 +86,7 @@ async def main(args: argparse.Namespace) -> None:
     buffer = MetricBuffer(100_000)
     runtime = Runtime(telemetry=TelemetryConfig(metrics=buffer))
     client = await Client.connect(
-        settings.temporal_address, data_converter=pydantic_data_converter, runtime=runtime
+        settings.temporal_address, data_converter=data_converter(settings), runtime=runtime
     )
     mailer = None
     if args.kind == "deals":

@@ -90,7 +90,7 @@ def test_well_formed_mail_with_hostile_text_always_validates(
     for name, value in (("Subject", subject), ("From", f"{sender} <x@buyer.example.org>")):
         try:
             mail[name] = value
-        except (ValueError, TypeError):
+        except Exception:  # the stdlib's own parser fails on some (AttributeError on ".")
             mail[name] = "?"
     mail["To"] = "sales@example.com"
     mail["Message-ID"] = "<m1@buyer.example.org>"

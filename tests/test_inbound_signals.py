@@ -25,8 +25,6 @@ from workflows.models import (
 )
 from workflows.stages import BuyerSignal, Stage
 
-SIGNER = TokenSigner("test-signing-secret")
-
 
 async def eventually(
     handle: WorkflowHandle, holds: Callable[[DealStatus], bool], within: float = MAIL_WITHIN
@@ -51,14 +49,15 @@ async def test_buyer_emails_carry_the_deal_reply_token_and_one_click_unsubscribe
     proposal = (await deals.mail(1))[0]
     deal = deal_id(handle)
     reply_to = str(proposal["Reply-To"])
-    assert SIGNER.deal_of_reply_address(reply_to) == deal
+    signer = TokenSigner(deals.settings.signing_key())
+    assert signer.deal_of_reply_address(reply_to) == deal
     assert reply_to.startswith("sales+") and reply_to.endswith("@seller.example.com")
     assert proposal["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     links = [part.strip(" <>") for part in str(proposal["List-Unsubscribe"]).split(",")]
     https, mailto = links
     assert https.startswith("http") and "/unsubscribe/" in https
     token = https.rsplit("/", 1)[1]
-    named = SIGNER.unsubscribe(token)
+    named = signer.unsubscribe(token)
     assert named.deal_id == deal and named.addresses == ("bea@buyer.example.org",)
     assert mailto == f"mailto:sales+unsubscribe@seller.example.com?subject=unsubscribe%20{token}"
 
@@ -150,6 +149,7 @@ async def test_a_transient_bounce_changes_nothing_but_is_kept_in_the_history(
     deals: Deals,
 ) -> None:
     handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)  # the proposal's own stage change first
     await deals.mail(1)
     full = reply(
         "<dsn-2@mx.buyer.example.org>",
