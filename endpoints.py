@@ -37,7 +37,7 @@ from starlette.routing import Route
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.signed_tokens import BadToken, TokenSigner, Unsubscribe
+from activities.signed_tokens import BadToken, Unsubscribe
 from codec_server import codec_routes
 from connection import TemporalUnreachable, connect
 from deal_intake import explain
@@ -170,7 +170,7 @@ class Endpoints:
         self.client = client
         # Unix seconds now; the webhook's replay window is measured on it.
         self.clock = clock
-        self.signer = TokenSigner(settings.signing_key())
+        self.signer = settings.token_signer()
         self.database = LedgerDatabase(settings.ledger_url)
         self.suppressions = SuppressionList(self.database)
 

@@ -19,6 +19,7 @@ from decimal import Decimal
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pydantic import EmailStr, Field, SecretStr, ValidationError, model_validator
@@ -26,6 +27,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workflows.business_calendar import SendWindow
 from workflows.models import Cadence, ShiftPolicy
+
+if TYPE_CHECKING:
+    from activities.signed_tokens import TokenSigner
 
 ENV_PREFIX = "DEALFLOW_"
 TASK_QUEUE = "dealflow"
@@ -244,6 +248,9 @@ class Settings(BaseSettings):
     # Signed tokens in emails (Reply-To address, unsubscribe links). Every worker and the
     # HTTP endpoints need the same secret; unset, one is made and kept in the data directory.
     signing_secret: SecretStr | None = None
+    # Secrets used before the current one, comma-separated: what they signed (the links,
+    # reply addresses and Message-IDs of emails already sent) is still accepted.
+    signing_secret_previous: SecretStr | None = None
     # Payload encryption (AES-256-GCM) of everything Dealflow hands Temporal: "id=base64key"
     # entries, comma-separated, the first encrypts, the others only decrypt (rotation).
     # Unset, one key is made and kept in the data directory (dev, one host).
@@ -360,6 +367,8 @@ class Settings(BaseSettings):
             "WEBHOOK_SECRET": self.webhook_secret,
             "CODEC_SERVER_TOKEN": self.codec_server_token,
         }
+        for number, old in enumerate(self.previous_signing_keys(), 1):
+            named[f"SIGNING_SECRET_PREVIOUS (entry {number})"] = SecretStr(old or " ")
         for name, secret in named.items():
             if secret is None:
                 continue
@@ -422,6 +431,17 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_urlsafe(32))
             path.chmod(0o600)
         return path.read_text().strip()
+
+    def previous_signing_keys(self) -> list[str]:
+        if self.signing_secret_previous is None:
+            return []
+        return [old.strip() for old in self.signing_secret_previous.get_secret_value().split(",")]
+
+    def token_signer(self) -> TokenSigner:
+        """What signs (and checks) the tokens and Message-IDs in emails."""
+        from activities.signed_tokens import TokenSigner
+
+        return TokenSigner(self.signing_key(), previous=self.previous_signing_keys())
 
     def codec_key_ring(self) -> list[tuple[str, bytes]]:
         """The payload codec's keys (id, key), the first encrypts; unset, one made once and

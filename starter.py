@@ -846,12 +846,11 @@ async def resend(
     An email held as maybe sent goes out again under its own Message-ID, unless
     --delivered names it: then the deal counts it sent and moves on.
     """
-    from activities.signed_tokens import TokenSigner
     from ledger.send_ledger import NotHeld, SendLedger
 
     deal = await status(client, deal_id)
     held = {_bare(m.message_id): m.message_id for m in _held_emails(deal)}
-    signer = TokenSigner(settings.signing_key())
+    signer = settings.token_signer()
     chosen = []
     for given in delivered:
         # The relay's log shows the sealed id on the wire; the deal knows its own.

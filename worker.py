@@ -25,7 +25,6 @@ from activities.mailbox import ImapEndpoint, MailboxProblem, MailboxReader
 from activities.mailbox_quota import MailboxQuota
 from activities.mailer import BuyerLinks, Mailer, Sender, unsubscribe_mailbox
 from activities.rendering import TemplateLibrary
-from activities.signed_tokens import TokenSigner
 from activities.smtp_pool import SmtpEndpoint, SmtpPool
 from activities.suppression import SuppressionWriter
 from connection import TemporalUnreachable, connect
@@ -63,7 +62,7 @@ def build_mailer(settings: Settings) -> Mailer:
         reply_to=str(settings.reply_to) if settings.reply_to else None,
     )
     links = BuyerLinks(
-        signer=TokenSigner(settings.signing_key()),
+        signer=settings.token_signer(),
         reply_base=settings.reply_base,
         public_url=settings.public_url,
     )
@@ -94,7 +93,7 @@ def build_mailbox_reader(
         password=password,
         folder=settings.imap_folder,
     )
-    signer = TokenSigner(settings.signing_key())
+    signer = settings.token_signer()
     own = {str(settings.sender_address), settings.reply_base}
     return MailboxReader(
         endpoint,

@@ -56,14 +56,29 @@ _SEALED = re.compile(r"^<(?P<local>[a-z2-7]{32,200})@(?P<domain>[^<>@\s]+)>$")
 
 
 class TokenSigner:
-    def __init__(self, secret: str) -> None:
+    """Signs with ``secret``; also accepts what ``previous`` secrets signed (rotation: the
+    links and ids in emails sent before the change keep working)."""
+
+    def __init__(self, secret: str, previous: Sequence[str] = ()) -> None:
         self._key = secret.encode()
+        self._keys = [self._key, *(old.encode() for old in previous if old)]
         # AES-256-SIV: deterministic (every retry and resend of an email gets the same
         # id) and authenticated (a 128-bit tag over the deal and the step).
-        self._sealer = AESSIV(hmac.new(self._key, b"message-id", hashlib.sha512).digest())
+        self._sealers = [
+            AESSIV(hmac.new(key, b"message-id", hashlib.sha512).digest()) for key in self._keys
+        ]
+        self._sealer = self._sealers[0]
 
-    def _mac(self, purpose: str, payload: str) -> bytes:
-        return hmac.new(self._key, f"{purpose}:{payload}".encode(), hashlib.sha256).digest()
+    def _mac(self, purpose: str, payload: str, key: bytes | None = None) -> bytes:
+        message = f"{purpose}:{payload}".encode()
+        return hmac.new(key or self._key, message, hashlib.sha256).digest()
+
+    def _signed(self, purpose: str, payload: str, given: bytes, length: int) -> bool:
+        """Whether any of our secrets, current or previous, made ``given``."""
+        return any(
+            hmac.compare_digest(given, self._mac(purpose, payload, key)[:length])
+            for key in self._keys
+        )
 
     # --- reply tokens ---
 
@@ -84,8 +99,15 @@ class TokenSigner:
         if found is None:
             return None
         deal_id = found["deal"]
-        expected = self._mac("reply", deal_id).hex()[:_REPLY_SIGNATURE_LENGTH]
-        return deal_id if hmac.compare_digest(expected, found["sig"]) else None
+        given = found["sig"]
+        return (
+            deal_id
+            if any(
+                hmac.compare_digest(given, self._mac("reply", deal_id, key).hex()[: len(given)])
+                for key in self._keys
+            )
+            else None
+        )
 
     # --- unsubscribe tokens ---
 
@@ -104,7 +126,7 @@ class TokenSigner:
             given = _unb64(signature)
         except ValueError:
             raise BadToken("the unsubscribe link is damaged") from None
-        if not hmac.compare_digest(given, self._mac("unsubscribe", payload)[:16]):
+        if not self._signed("unsubscribe", payload, given, 16):
             raise BadToken("the unsubscribe link was not issued by us or was altered")
         try:
             deal_id, addresses = json.loads(_unb64(payload))
@@ -130,7 +152,12 @@ class TokenSigner:
         text = found["local"].upper()
         try:
             sealed = base64.b32decode(text + "=" * (-len(text) % 8))
-            local = self._sealer.decrypt(sealed, None).decode()
-        except (binascii.Error, ValueError, InvalidTag, UnicodeDecodeError):
+        except (binascii.Error, ValueError):
             return None
-        return f"<{local}@{found['domain']}>"
+        for sealer in self._sealers:
+            try:
+                local = sealer.decrypt(sealed, None).decode()
+            except (InvalidTag, UnicodeDecodeError, ValueError):
+                continue
+            return f"<{local}@{found['domain']}>"
+        return None
