@@ -62,12 +62,16 @@ def _fold(name: str, value: str) -> str:
     return CRLF.join(lines)
 
 
-def _text_header(name: str, value: str, utf8: bool) -> str:
+def _text_header(name: str, value: str, utf8: bool, *, free_text: bool = False) -> str:
     value = _clean(value)
-    # A word too long for a line (no space to fold at) goes out as encoded words, which
-    # may be split anywhere: no header line then exceeds 78 characters, let alone 998.
+    # Free text (the subject): a word too long for a line (no space to fold at) goes out
+    # as encoded words, which may be split anywhere: no header line then exceeds 78
+    # characters, let alone 998. Not the other headers: Message-IDs (In-Reply-To,
+    # References) and List-Unsubscribe's links are read as they are, never decoded (and
+    # they are ours, far shorter than 998).
     room = MAX_LINE - len(name) - 2
-    if (value.isascii() or utf8) and all(len(word) <= room for word in value.split(" ")):
+    long_word = free_text and any(len(word) > room for word in value.split(" "))
+    if (value.isascii() or utf8) and not long_word:
         return _fold(name, value)
     encoded = Header(value, "utf-8", maxlinelen=MAX_LINE, header_name=name).encode(linesep=CRLF)
     return f"{name}: {encoded}"
@@ -110,7 +114,7 @@ def compose(
         _fold("From", _mailbox(sender, utf8)),
         _fold("To", ", ".join(_mailbox(mailbox, utf8) for mailbox in to)),
         *([_fold("Reply-To", _mailbox(reply_to, utf8))] if reply_to else []),
-        _text_header("Subject", subject, utf8),
+        _text_header("Subject", subject, utf8, free_text=True),
         _fold("Message-ID", _clean(message_id)),
         *(_text_header(name, value, utf8) for name, value in headers),
         "MIME-Version: 1.0",
