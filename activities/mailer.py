@@ -338,8 +338,10 @@ class Mailer:
             headers.append(("In-Reply-To", request.thread.message_ids[-1]))
             headers.append(("References", " ".join(request.thread.message_ids)))
         headers.append(("Date", format_datetime(request.date)))
-        headers.append(("X-Dealflow-Deal", request.context.deal.deal_id))
-        headers.append(("X-Dealflow-Step", request.template))
+        if not request.buyer_facing:
+            # For the rep's own mail tools; a buyer's email names no internal id at all.
+            headers.append(("X-Dealflow-Deal", request.context.deal.deal_id))
+            headers.append(("X-Dealflow-Step", request.template))
         reply_to = self.sender.reply_to
         links = self._buyer_links(request)
         if links is not None:

@@ -10,6 +10,7 @@ when). ``StampingSink``, its base, notes when each transaction's MAIL FROM came.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ from realstack.deployment import COMMON_SETTINGS
 from realstack.waiting import WITHIN, wait_for
 
 OPENER = TokenSigner(COMMON_SETTINGS["signing_secret"])
+_OWN_ID = re.compile(r"^<(?P<deal>.+)\.\d{3,}-(?P<step>[A-Za-z0-9_]+)@[^@]+>$")
+
+
+def own_parts(message_id: str) -> tuple[str, str]:
+    """(deal, template) of a deal's own Message-ID (``<D-1.003-proposal@…>``), or ("", "")."""
+    found = _OWN_ID.match(message_id)
+    return (found["deal"], found["step"]) if found else ("", "")
 
 
 class StampingSink(OutboxSink):
@@ -63,12 +71,15 @@ class Arrival:
     def of(data: bytes, rcpt_tos: list[str]) -> Arrival:
         message = message_from_bytes(data, policy=policy.default)
         wire = str(message.get("Message-ID", ""))
+        # The deal's own id (what its status and the ledger show), opened from the sealed
+        # one on the wire with the deployment's secret; a buyer email names its deal and
+        # step nowhere else.
+        own = OPENER.open_message_id(wire) or wire
+        deal, step = own_parts(own)
         return Arrival(
-            # The deal's own id (what its status and the ledger show), opened from the
-            # sealed one on the wire with the deployment's secret.
-            message_id=OPENER.open_message_id(wire) or wire,
-            deal=str(message.get("X-Dealflow-Deal", "")),
-            step=str(message.get("X-Dealflow-Step", "")),
+            message_id=own,
+            deal=str(message.get("X-Dealflow-Deal", deal)),
+            step=str(message.get("X-Dealflow-Step", step)),
             to=tuple(rcpt_tos),
             at=time.time(),
         )

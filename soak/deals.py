@@ -46,6 +46,7 @@ from activities.signed_tokens import TokenSigner
 from deal_intake import build_deal
 from ledger.suppression_list import SuppressionList, SuppressionReason, SuppressionSource
 from realstack.deployment import COMMON_SETTINGS
+from realstack.relay import own_parts
 from settings import Settings
 from starter import DealClosed, DealUnreachable, NoSuchDeal, Refused, record, start_deal
 from workflows.models import (
@@ -234,6 +235,8 @@ class ArrivalLog:
             # The relay logs the sealed id on the wire; the deals and the ledger know the
             # deal's own id: open it with the deployment's secret to compare them.
             fields[2] = OPENER.open_message_id(fields[2]) or fields[2]
+            if fields[3] == "-":  # a buyer email: no X-Dealflow-* headers
+                fields[3], fields[4] = own_parts(fields[2])
             arrival = Arrival(float(fields[0]), float(fields[1]), *fields[2:5], to)
             self.arrivals.append(arrival)
             self.by_message.setdefault(arrival.message_id, []).append(arrival)

@@ -31,12 +31,15 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.converter import DataConverter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.signed_tokens import TokenSigner
 from deal_intake import build_deal
 from devstack import OutboxSink, installed_binary, register_search_attributes
 from ledger import schema
 from ledger.database import LedgerDatabase
 from ledger.suppression_list import SuppressionList
 from payload_codec import encrypted_data_converter
+from realstack.deployment import COMMON_SETTINGS
+from realstack.relay import own_parts
 from settings import Settings, load_settings, parse_codec_keys
 from starter import start_deal, start_options
 from tests.clock import QUIET_TUESDAY_MORNING, BuyerCalendar, StartInstant
@@ -119,6 +122,34 @@ async def suppressions(ledger_url: str) -> AsyncIterator[SuppressionList]:
     await database.dispose()
 
 
+TEST_SIGNING_SECRET = "test-signing-secret"
+# Buyer emails carry no X-Dealflow-* headers: the tests read deal and step from the sealed
+# Message-ID, with the secrets the tests' workers sign with.
+_OPENERS = [TokenSigner(TEST_SIGNING_SECRET), TokenSigner(COMMON_SETTINGS["signing_secret"])]
+
+
+def _own_parts(message: EmailMessage) -> tuple[str, str]:
+    wire = str(message.get("Message-ID", ""))
+    for opener in _OPENERS:
+        if (opened := opener.open_message_id(wire)) is not None:
+            return own_parts(opened)
+    return "", ""
+
+
+def step_of(message: EmailMessage) -> str:
+    """The email's template: its X-Dealflow-Step (rep mail), else from its sealed id."""
+    if message.get("X-Dealflow-Step") is not None:
+        return str(message["X-Dealflow-Step"])
+    return _own_parts(message)[1] or "?"
+
+
+def deal_of(message: EmailMessage) -> str | None:
+    """The email's deal: its X-Dealflow-Deal (rep mail), else from its sealed id."""
+    if message.get("X-Dealflow-Deal") is not None:
+        return str(message["X-Dealflow-Deal"])
+    return _own_parts(message)[0] or None
+
+
 @pytest.fixture
 def settings(sink: OutboxSink, ledger_url: str) -> Settings:
     return load_settings(
@@ -134,7 +165,7 @@ def settings(sink: OutboxSink, ledger_url: str) -> Settings:
         send_window="always",
         # A short, published secret: accepted because the tests run as a dev stack.
         dev=True,
-        signing_secret="test-signing-secret",
+        signing_secret=TEST_SIGNING_SECRET,
         codec_keys=TEST_CODEC_KEYS,
         _env_file=None,
     )
@@ -222,7 +253,7 @@ class Deals:
         deadline = loop.time() + within
         while len(self.sink.received) < count:
             if loop.time() > deadline:
-                got = [m.message["X-Dealflow-Step"] for m in self.sink.received]
+                got = [step_of(m.message) for m in self.sink.received]
                 raise AssertionError(f"expected {count} emails, the server has {got}")
             await asyncio.sleep(0.05)
         return [m.message for m in self.sink.received]
@@ -242,7 +273,7 @@ class Deals:
 
     def handles(self) -> list[WorkflowHandle]:
         """The deals of this test: those it started here and those that have sent mail."""
-        headers = (m.message["X-Dealflow-Deal"] for m in self.sink.received)
+        headers = (deal_of(m.message) for m in self.sink.received)
         ids = {str(deal_id) for deal_id in headers if deal_id is not None} | self.started
         return [self.client.get_workflow_handle(f"deal-{deal_id}") for deal_id in sorted(ids)]
 
@@ -325,7 +356,7 @@ def sent_at(message: EmailMessage) -> datetime:
 
 
 def steps(messages: list[EmailMessage]) -> list[str]:
-    return [str(m["X-Dealflow-Step"]) for m in messages]
+    return [step_of(m) for m in messages]
 
 
 def body(message: EmailMessage, subtype: str = "plain") -> str:
@@ -342,6 +373,6 @@ Finder = Callable[[list[EmailMessage], str], EmailMessage]
 
 
 def only(messages: list[EmailMessage], step: str) -> EmailMessage:
-    found = [m for m in messages if m["X-Dealflow-Step"] == step]
+    found = [m for m in messages if step_of(m) == step]
     assert len(found) == 1, f"expected one {step}, got {len(found)} in {steps(messages)}"
     return found[0]

@@ -19,7 +19,7 @@ from temporalio.client import WorkflowHandle
 
 from starter import record
 from tests.clock import SWEEP, BuyerCalendar, StartInstant
-from tests.conftest import Deals, only, sent_at, steps
+from tests.conftest import Deals, only, sent_at, step_of, steps
 from tests.test_inbound_signals import inbound, reply
 from tests.test_lifecycle import deal_id, stage_is, status
 from workflows.deal import PLAN
@@ -53,7 +53,7 @@ async def start(deals: Deals, calendar: BuyerCalendar, **fields: Any) -> Workflo
 def assert_sent_when_open(calendar: BuyerCalendar, due: datetime, message: EmailMessage) -> None:
     """A buyer email went out at the first opening of the window at or after ``due``."""
     at = sent_at(message)
-    step = message["X-Dealflow-Step"]
+    step = step_of(message)
     assert calendar.is_open(at), f"{step} sent at {calendar.local(at)}, outside the window"
     opening = calendar.first_opening(due)
     assert abs(at - opening) <= MINUTE, f"{step} sent {calendar.local(at)}, opening {opening}"
@@ -193,5 +193,5 @@ async def test_an_out_of_office_holds_follow_ups_until_the_buyer_is_back(
 
     await deals.skip(touch.at - await deals.now() + timedelta(seconds=1))
     follow_up = (await deals.mail(2))[1]
-    assert follow_up["X-Dealflow-Step"] == "proposal_follow_up"
+    assert step_of(follow_up) == "proposal_follow_up"
     assert_sent_when_open(calendar, current.held_until, follow_up)

@@ -38,7 +38,7 @@ from ledger.suppression_list import SuppressionList, SuppressionReason, Suppress
 from payload_codec import encrypted_data_converter
 from settings import load_settings, parse_codec_keys
 from starter import LEGACY_SUPPRESSION_WORKFLOW, workflow_id
-from tests.conftest import MAIL_WITHIN
+from tests.conftest import MAIL_WITHIN, TEST_SIGNING_SECRET, deal_of, step_of
 from worker import build_mailer, build_worker
 from workflows.deal import STATUS
 from workflows.models import DealStatus
@@ -95,6 +95,9 @@ class Stack:
             "DEALFLOW_CADENCE_PROFILE": "demo",
             "DEALFLOW_REP_ADDRESS": "rep@seller.example.com",
             "DEALFLOW_CODEC_KEYS": CODEC_KEYS,
+            # The worker's secret: the CLI opens sealed Message-IDs with it (resend).
+            "DEALFLOW_SIGNING_SECRET": TEST_SIGNING_SECRET,
+            "DEALFLOW_DEV": "true",
             "COLUMNS": WIDE,
             **overrides,
         }
@@ -159,7 +162,7 @@ class Stack:
 
     def mail(self, deal_id: str) -> list[EmailMessage]:
         messages = [mail.message for mail in list(self.sink.received)]
-        return [m for m in messages if m["X-Dealflow-Deal"] == deal_id]
+        return [m for m in messages if deal_of(m) == deal_id]
 
     async def wait_for_mail(
         self, deal_id: str, count: int, within: float = MAIL_WITHIN
@@ -169,10 +172,10 @@ class Stack:
         deadline = loop.time() + within
         while len(self.mail(deal_id)) < count:
             if loop.time() > deadline:
-                got = [m["X-Dealflow-Step"] for m in self.mail(deal_id)]
+                got = [step_of(m) for m in self.mail(deal_id)]
                 raise AssertionError(f"{deal_id}: expected {count} emails, the sink has {got}")
             await asyncio.sleep(0.1)
-        return [str(m["X-Dealflow-Step"]) for m in self.mail(deal_id)]
+        return [str(step_of(m)) for m in self.mail(deal_id)]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -187,6 +190,8 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         client = await Client.connect(server.address, data_converter=converter)
         settings = load_settings(
             codec_keys=CODEC_KEYS,
+            signing_secret=TEST_SIGNING_SECRET,
+            dev=True,
             database_url=ledger_url,
             temporal_address=server.address,
             temporal_task_queue=f"cli-{uuid.uuid4().hex[:8]}",
@@ -329,7 +334,7 @@ async def test_signal_out_of_stage_is_refused_naming_the_stage_and_changes_nothi
     assert after == before
     # The validator refused it before anything reached the workflow's history.
     assert len((await handle.fetch_history()).events) == events_before
-    assert [m["X-Dealflow-Step"] for m in stack.mail(deal_id)] == ["proposal"]
+    assert [step_of(m) for m in stack.mail(deal_id)] == ["proposal"]
 
 
 async def test_malformed_email_and_unknown_time_zone_are_refused_and_start_nothing(
@@ -916,4 +921,4 @@ async def test_resend_delivered_marks_a_held_email_sent_and_the_deal_moves_on(
     assert row is not None and row.state is SendState.SENT
     assert row.smtp_reply == "marked delivered by ops: found in the relay's log"
     await stack.ok("cancel", deal_id, "--reason", "test done")
-    assert [m["X-Dealflow-Step"] for m in stack.mail(deal_id)] == ["task_check_maybe_sent"]
+    assert [step_of(m) for m in stack.mail(deal_id)] == ["task_check_maybe_sent"]

@@ -13,7 +13,7 @@ from temporalio.client import WorkflowHandle
 from activities.signed_tokens import TokenSigner
 from ledger.suppression_list import SuppressionList, SuppressionReason
 from starter import Refused, record
-from tests.conftest import MAIL_WITHIN, Deals, body, steps
+from tests.conftest import MAIL_WITHIN, Deals, body, step_of, steps
 from tests.test_lifecycle import deal_id, stage_is, status
 from workflows.deal import INBOUND_MESSAGE
 from workflows.models import (
@@ -60,11 +60,14 @@ async def test_buyer_emails_carry_the_deal_reply_token_and_one_click_unsubscribe
     named = signer.unsubscribe(token)
     assert named.deal_id == deal and named.addresses == ("bea@buyer.example.org",)
     assert mailto == f"mailto:sales+unsubscribe@seller.example.com?subject=unsubscribe%20{token}"
+    # No internal id in a buyer's headers: no X-Dealflow-*, a Message-ID that names nothing.
+    assert proposal["X-Dealflow-Deal"] is None and proposal["X-Dealflow-Step"] is None
+    assert deal not in str(proposal["Message-ID"]) and "proposal" not in str(proposal["Message-ID"])
 
     # A rep task is not a marketing email: no unsubscribe, no deal token to reply to.
     await inbound(deals, deal, reply("<r1@buyer.example.org>"))
     task = (await deals.mail(2))[-1]
-    assert task["X-Dealflow-Step"] == "task_buyer_replied"
+    assert step_of(task) == "task_buyer_replied"
     assert task["List-Unsubscribe"] is None and task["Reply-To"] is None
 
 
@@ -134,7 +137,7 @@ async def test_a_hard_bounce_suppresses_the_address_flags_the_deal_and_tells_the
     await inbound(deals, deal_id(handle), bounce)
     await inbound(deals, deal_id(handle), bounce)
     task = (await deals.settle(2))[-1]
-    assert task["X-Dealflow-Step"] == "task_fix_address"
+    assert step_of(task) == "task_fix_address"
     assert "5.1.1" in body(task)
     current = await status(handle)
     assert len(current.problems) == 1 and "bea@buyer.example.org" in current.problems[0]
@@ -201,7 +204,7 @@ async def test_rep_tasks_are_never_held_back_by_the_suppression_list(
     await suppressions.add(rep, SuppressionReason.BOUNCED, "test", now=await deals.now())
     handle = await deals.start(kind="rfi")
     task = (await deals.mail(1))[0]
-    assert task["X-Dealflow-Step"] == "task_clarify_requirements"
+    assert step_of(task) == "task_clarify_requirements"
     assert rep in str(task["To"])
     await deals.quiet()  # the email arrives before the deal records its outcome
     assert (await status(handle)).messages[0].outcome == "sent"
@@ -222,7 +225,7 @@ async def test_a_reply_from_someone_not_a_contact_changes_nothing_and_tells_the_
     )
     await inbound(deals, deal_id(handle), lure)
     task = (await deals.mail(2))[-1]
-    assert task["X-Dealflow-Step"] == "task_unverified_reply"
+    assert step_of(task) == "task_unverified_reply"
     assert "unverified sender" in body(task) and "mallory@evil.example" in body(task)
     assert "Unverified sender" in str(task["Subject"])
     current = await status(handle)

@@ -21,7 +21,7 @@ from temporalio.client import WorkflowHandle
 
 from activities.signed_tokens import TokenSigner
 from starter import Refused, record
-from tests.conftest import MAIL_WITHIN, Deals, body, only, sent_at, steps
+from tests.conftest import MAIL_WITHIN, Deals, body, only, sent_at, step_of, steps
 from workflows.deal import STATUS
 from workflows.models import (
     Closed,
@@ -193,7 +193,7 @@ async def test_rfp_to_won_sends_every_email_on_time(deals: Deals) -> None:
 async def test_rfi_buyer_declines_call_and_gets_general_offer(deals: Deals) -> None:
     handle = await deals.start(kind="rfi", items=[])
     task = (await deals.mail(1))[0]
-    assert task["X-Dealflow-Step"] == "task_clarify_requirements"
+    assert step_of(task) == "task_clarify_requirements"
     assert "rep@seller.example.com" in str(task["To"])
     await stage_is(handle, Stage.INQUIRY_RECEIVED)
 
@@ -255,13 +255,13 @@ async def test_rfq_discount_below_floor_is_rejected_and_above_floor_accepted(dea
         DiscountRequested(percent=Decimal(5)),
     )
     revised = (await deals.mail(3))[-1]
-    assert revised["X-Dealflow-Step"] == "quotation"
+    assert step_of(revised) == "quotation"
     assert "EUR 950.00" in body(revised)
     assert (await status(handle)).value == Decimal("950.00")
 
     await record(deals.client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
     final_offer = (await deals.settle(4))[-1]
-    assert final_offer["X-Dealflow-Step"] == "final_offer"
+    assert step_of(final_offer) == "final_offer"
     assert "EUR 950.00" in body(final_offer)
     await stage_is(handle, Stage.OFFER_RECEIVED)
 
@@ -287,7 +287,7 @@ async def test_silent_buyer_gets_every_follow_up_then_deal_ends_no_response(deal
     ]
     for previous, message, days in zip(messages[:-1], messages[1:], delays, strict=True):
         silence = sent_at(message) - sent_at(previous)
-        assert near(silence, timedelta(days=days)), (message["X-Dealflow-Step"], silence)
+        assert near(silence, timedelta(days=days)), (step_of(message), silence)
     assert "no reply after 3 follow-ups" in final.outcome_reason
     assert "rep@seller.example.com" in str(messages[-1]["To"])
 
@@ -364,7 +364,7 @@ async def test_check_in_follows_delivery_and_replans_when_the_date_moves(deals: 
     moved = DeliveryDateChanged(delivery_date=today + timedelta(days=7), reason="supplier delay")
     await record(deals.client, deal_id(handle), BuyerSignal.DELIVERY_DATE_CHANGED, moved)
     notice = (await deals.mail(4))[-1]
-    assert notice["X-Dealflow-Step"] == "delivery_date_changed"
+    assert step_of(notice) == "delivery_date_changed"
     assert "supplier delay" in body(notice)
     replanned = (await status(handle)).next_touch
     assert replanned is not None and replanned.at - first.at == timedelta(days=2)
@@ -437,7 +437,7 @@ async def test_agreed_next_step_date_replaces_the_default_delay(deals: Deals) ->
     assert len(deals.sink.received) == 2
     await deals.skip(timedelta(days=2, hours=1))
     follow_up = (await deals.settle(3))[-1]
-    assert follow_up["X-Dealflow-Step"] == "offer_follow_up"
+    assert step_of(follow_up) == "offer_follow_up"
     assert near(sent_at(follow_up), agreed)
     await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="test done"))
 

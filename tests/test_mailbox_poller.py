@@ -19,7 +19,7 @@ from devstack import LocalMailbox
 from ledger.suppression_list import SuppressionList
 from settings import ImapTls, Settings
 from starter import inbox, record
-from tests.conftest import MAIL_WITHIN, Deals, steps
+from tests.conftest import MAIL_WITHIN, Deals, deal_of, step_of, steps
 from tests.test_lifecycle import deal_id, stage_is, status
 from worker import start_mailbox_poller
 from workflows.mailbox_poller import POLL_NOW, MailboxPollerReport
@@ -120,7 +120,7 @@ async def test_a_reply_in_the_mailbox_stops_the_cadence_once_even_when_read_agai
     assert answer.outcome == f"signalled reply to deal {deal}"
     assert answer.snippet.startswith("Looks good. Can you deliver in March?")
     task = (await deals.mail(2))[-1]
-    assert task["X-Dealflow-Step"] == "task_buyer_replied"
+    assert step_of(task) == "task_buyer_replied"
     assert "Can you deliver in March?" in str(task.get_body(("plain",)).get_content())
     assert (await status(handle)).replied
 
@@ -238,7 +238,7 @@ async def test_mailto_opt_outs_and_hard_bounces_go_on_the_list_even_for_closed_d
         kind="rfp",
         contacts=[{"name": "Carl", "email": "carl@buyer.example.org", "time_zone": "UTC"}],
     )
-    proposals = {str(m["X-Dealflow-Deal"]): m for m in await deals.mail(2)}
+    proposals = {str(deal_of(m)): m for m in await deals.mail(2)}
     for handle in (opting, bouncing):
         await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="test"))
         await stage_is(handle, Stage.CANCELLED)

@@ -17,7 +17,7 @@ from activities.signed_tokens import TokenSigner
 from devstack import LocalMailbox
 from ledger.suppression_list import SuppressionList
 from settings import ImapTls, Settings
-from tests.conftest import Deals
+from tests.conftest import Deals, step_of
 from tests.test_lifecycle import deal_id, stage_is, status
 from tests.test_mailbox_poller import hard_bounce, mailbox, poll, reply_to, started_poller
 from worker import check_mailbox
@@ -265,7 +265,7 @@ async def test_forged_and_misleading_mail_steers_no_deal(
     # The buyer is on no list; the deal took no reply; the colleague's mail is a marked task.
     assert await suppressions.find([buyer]) == {}
     task = (await deals.mail(2))[-1]
-    assert task["X-Dealflow-Step"] == "task_unverified_reply"
+    assert step_of(task) == "task_unverified_reply"
     current = await status(handle)
     assert current.stage is Stage.PROPOSAL_RECEIVED and not current.replied
     away = next(h for h in current.history if h.signal == "out_of_office")

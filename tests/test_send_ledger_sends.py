@@ -16,7 +16,7 @@ from ledger.database import LedgerDatabase
 from ledger.send_ledger import ClaimOutcome, SendLedger, SendState
 from ledger.suppression_list import SuppressionList, SuppressionReason, SuppressionSource
 from starter import record, start_deal
-from tests.conftest import Deals, body, on_both_databases, steps
+from tests.conftest import Deals, body, on_both_databases, step_of, steps
 from tests.test_lifecycle import deal_id, eventually, own_id, stage_is, status
 from workflows.deal import RESEND_FAILED
 from workflows.models import Closed, SignalPayload
@@ -85,7 +85,7 @@ async def test_a_send_claimed_by_a_dead_attempt_is_held_shown_and_resent_by_ops(
 
     # The buyer gets nothing; the rep is asked to check.
     task = (await deals.settle(1))[0]
-    assert task["X-Dealflow-Step"] == "task_check_maybe_sent"
+    assert step_of(task) == "task_check_maybe_sent"
     assert "worker-that-died:4242" in body(task)
     current = await status(handle)
     assert current.messages[0].outcome == "failed"

@@ -9,7 +9,7 @@ import pytest
 
 from ledger.suppression_list import SuppressionList
 from starter import Refused, record
-from tests.conftest import Deals, sent_at, steps
+from tests.conftest import Deals, sent_at, step_of, steps
 from tests.test_lifecycle import deal_id, eventually, near, stage_is, status
 from workflows.models import (
     BuyerReplied,
@@ -47,7 +47,7 @@ async def test_a_reply_from_any_contact_stops_follow_ups_until_the_next_stage(
     reply = BuyerReplied(contact="tom@buyer.example.org", source="mailbox")
     await record(deals.client, deal_id(handle), BuyerSignal.BUYER_REPLIED, reply)
     task = (await deals.mail(2))[-1]
-    assert task["X-Dealflow-Step"] == "task_buyer_replied"
+    assert step_of(task) == "task_buyer_replied"
     assert "tom@buyer.example.org" in str(task.get_body(("plain",)).get_content())
     current = await status(handle)
     assert current.replied and current.next_touch is None
@@ -75,7 +75,7 @@ async def test_out_of_office_holds_follow_ups_until_the_return_date_and_is_no_re
     await quiet(deals, 1)
     await deals.skip(timedelta(days=2, hours=1))
     first = (await deals.mail(2))[-1]
-    assert first["X-Dealflow-Step"] == "proposal_follow_up"
+    assert step_of(first) == "proposal_follow_up"
     assert near(sent_at(first), back)
     assert not (await status(handle)).replied
     # The cadence goes on from the follow-up that went out on return.
@@ -104,7 +104,7 @@ async def test_a_paused_deal_sends_nothing_and_an_overdue_touch_fires_once_on_re
     assert near(sent_at(messages[1]), resumed_at)
     await deals.skip(timedelta(days=2, hours=1))
     follow_up = (await deals.settle(3))[-1]
-    assert follow_up["X-Dealflow-Step"] == "offer_follow_up"
+    assert step_of(follow_up) == "offer_follow_up"
     await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
 
 
