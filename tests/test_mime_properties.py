@@ -50,6 +50,8 @@ def test_composed_headers_round_trip_exactly(
     parsed = message_from_bytes(composed.data, policy=policy.default)
     assert str(parsed["Subject"]) == subject
     assert str(parsed["Message-ID"]) == message_id
+    # Threading headers are matched as written: never encoded, whatever else is.
+    assert f"In-Reply-To: {message_id}".encode() in head
     assert composed.recipients == [mailbox.address for mailbox in to]
     assert composed.sender == sender.address
     read_to: tuple[Address, ...] = parsed["To"].addresses
