@@ -63,6 +63,7 @@ from deal_intake import (
 )
 from ledger import LedgerProblem
 from settings import Settings, demo_cadence, load_settings
+from workflows import pricing
 from workflows.deal import PLAN, RESEND_FAILED, STATUS, DealWorkflow
 from workflows.mailbox_poller import (
     INBOX_QUERY,
@@ -92,7 +93,7 @@ from workflows.models import (
     SignalPayload,
 )
 from workflows.search_attributes import DEAL_OWNER, DEAL_STAGE, DEAL_VALUE
-from workflows.stages import BuyerSignal, InquiryKind, Stage
+from workflows.stages import BuyerSignal, InquiryKind, Stage, opening_stage
 
 # Earlier versions kept each suppressed address as one open workflow of this type.
 LEGACY_SUPPRESSION_WORKFLOW = "SuppressedAddress"
@@ -142,9 +143,11 @@ def start_options(settings: Settings, deal: DealInput) -> dict[str, Any]:
         "id_conflict_policy": WorkflowIDConflictPolicy.FAIL,
         "search_attributes": TypedSearchAttributes(
             [
+                # The deal's first stage and its list value at once: a deal started
+                # outside the send window is in the pipeline before its first email.
                 SearchAttributePair(DEAL_OWNER, str(deal.owner)),
-                SearchAttributePair(DEAL_STAGE, "Starting"),
-                SearchAttributePair(DEAL_VALUE, 0.0),
+                SearchAttributePair(DEAL_STAGE, opening_stage(deal.kind).value),
+                SearchAttributePair(DEAL_VALUE, float(pricing.list_total(deal.items))),
             ]
         ),
     }

@@ -4,8 +4,8 @@ Two kinds, both signed with the one signing secret (``DEALFLOW_SIGNING_SECRET``)
 
 - the **reply token** in the Reply-To address (``sales+D-100.3f9a1c2b7e@example.com``):
   a reply that lost its In-Reply-To and References headers still names its deal;
-- the **unsubscribe token** in the List-Unsubscribe links: opaque to the buyer,
-  it names the deal and the addresses, and cannot be forged to unsubscribe someone else.
+- the **unsubscribe token** in the List-Unsubscribe links: opaque (encrypted), it names
+  the deal and the addresses, and cannot be forged to unsubscribe someone else.
 
 and it seals our **Message-IDs**: the local part the deal gives an email (deal id and
 step) is encrypted and authenticated (AES-SIV), so the header names no deal, shows no
@@ -31,6 +31,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 # Hex, lowercase: some mail systems lower-case the local part of an address.
 _REPLY_SIGNATURE_LENGTH = 10
 _REPLY_TOKEN = re.compile(r"^(?P<deal>[A-Za-z0-9][A-Za-z0-9._-]{0,63})\.(?P<sig>[0-9a-f]{10})$")
+
+
+# Marks the opaque unsubscribe token (the readable one it replaced has no prefix).
+_OPAQUE = "u1."
 
 
 class BadToken(ValueError):
@@ -68,6 +72,10 @@ class TokenSigner:
             AESSIV(hmac.new(key, b"message-id", hashlib.sha512).digest()) for key in self._keys
         ]
         self._sealer = self._sealers[0]
+        self._unsubscribers = [
+            AESSIV(hmac.new(key, b"unsubscribe-token", hashlib.sha512).digest())
+            for key in self._keys
+        ]
 
     def _mac(self, purpose: str, payload: str, key: bytes | None = None) -> bytes:
         message = f"{purpose}:{payload}".encode()
@@ -112,14 +120,19 @@ class TokenSigner:
     # --- unsubscribe tokens ---
 
     def unsubscribe_token(self, deal_id: str, addresses: str | Sequence[str]) -> str:
+        """Opaque: the deal and the addresses encrypted and authenticated (AES-SIV, a
+        128-bit tag), so a link names no address in readable form."""
         named = [addresses] if isinstance(addresses, str) else list(addresses)
         text = json.dumps([deal_id, [a.lower() for a in named]], separators=(",", ":"))
-        payload = _b64(text.encode())
-        return f"{payload}.{_b64(self._mac('unsubscribe', payload)[:16])}"
+        return _OPAQUE + _b64(self._unsubscribers[0].encrypt(text.encode(), None))
 
     def unsubscribe(self, token: str) -> Unsubscribe:
         """The deal and address a token names; ``BadToken`` when we did not sign it."""
-        payload, dot, signature = token.strip().partition(".")
+        token = token.strip()
+        if token.startswith(_OPAQUE):
+            return self._opaque_unsubscribe(token.removeprefix(_OPAQUE))
+        # The readable, HMAC-signed form of links in emails sent before the opaque one.
+        payload, dot, signature = token.partition(".")
         if not dot:
             raise BadToken("the unsubscribe link is incomplete")
         try:
@@ -133,6 +146,19 @@ class TokenSigner:
             return Unsubscribe(deal_id=str(deal_id), addresses=tuple(str(a) for a in addresses))
         except (ValueError, TypeError):
             raise BadToken("the unsubscribe link is damaged") from None
+
+    def _opaque_unsubscribe(self, sealed_text: str) -> Unsubscribe:
+        try:
+            sealed = _unb64(sealed_text)
+        except ValueError:
+            raise BadToken("the unsubscribe link is damaged") from None
+        for unsubscriber in self._unsubscribers:
+            try:
+                deal_id, addresses = json.loads(unsubscriber.decrypt(sealed, None))
+            except (InvalidTag, ValueError, TypeError):
+                continue
+            return Unsubscribe(deal_id=str(deal_id), addresses=tuple(str(a) for a in addresses))
+        raise BadToken("the unsubscribe link was not issued by us or was altered")
 
     # --- Message-IDs ---
 

@@ -470,6 +470,35 @@ async def test_pipeline_counts_and_sums_an_owners_deals_from_visibility(stack: S
     assert set(rows) == {"Proposal Received", "total"}, result.stdout
 
 
+async def test_a_deal_is_in_the_pipeline_with_its_stage_and_value_before_any_email(
+    stack: Stack,
+) -> None:
+    """No worker polls the queue these deals start on, so nothing of theirs runs: what the
+    pipeline shows was set when they started (an evening import shows up at once)."""
+    owner = f"rep-{uuid.uuid4().hex[:8]}@seller.example.com"
+    rfp, rfq = new_id(), new_id()
+    idle = {"DEALFLOW_TEMPORAL_TASK_QUEUE": f"idle-{uuid.uuid4().hex[:8]}"}
+    started = await stack.cli(*rfp_args(rfp, "Widget:3:100", owner=owner), **idle)
+    assert started.code == 0, started
+    quote = ["start", "--id", rfq, "--company", "Q Ltd", "--contact", BUYER, "--kind", "rfq",
+             "--item", "Gadget:2:250", "--owner", owner]  # fmt: skip
+    assert (await stack.cli(*quote, **idle)).code == 0
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + MAIL_WITHIN
+    while True:
+        rows = pipeline_rows((await stack.ok("pipeline", "--owner", owner)).stdout)
+        if rows.get("total") == ("2", "800.00"):
+            break
+        assert loop.time() < deadline, f"pipeline never showed both deals: {rows}"
+        await asyncio.sleep(0.5)
+    assert rows["Requirements Clarified"] == ("1", "300.00")
+    assert rows["Quote Requested"] == ("1", "500.00")
+    assert stack.mail(rfp) == [] and stack.mail(rfq) == []
+    for deal_id in (rfp, rfq):
+        await stack.client.get_workflow_handle(workflow_id(deal_id)).terminate("test done")
+
+
 async def test_pause_and_resume_all_deals_of_a_rep(stack: Stack) -> None:
     owner = f"rep-{uuid.uuid4().hex[:8]}@seller.example.com"
     mine, theirs = [new_id(), new_id()], new_id()

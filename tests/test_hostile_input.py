@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import WorkflowHandle
 
 from starter import Refused, record, start_options
@@ -39,6 +39,7 @@ from workflows.models import (
     Paused,
     PlannedSend,
     RequirementsClarified,
+    SignalPayload,
 )
 from workflows.schedule import HORIZON
 from workflows.stages import BuyerSignal, Stage
@@ -48,11 +49,15 @@ HUGE_ITEMS = [LineItem(name="Widget", quantity=Decimal("1e30"), list_price=Decim
 
 
 async def failed_tasks(handle: WorkflowHandle) -> list[str]:
-    """The WorkflowTaskFailed events of the deal's history, with their causes."""
+    """The WorkflowTaskFailed events of the deal's history, with their causes. Not counted:
+    the server's own "unhandled command" (an update came in as the deal completed; the
+    server had the worker look again), which no code of ours raised."""
     return [
-        event.workflow_task_failed_event_attributes.failure.message
+        f"{failed.cause}: {failed.failure.message}"
         async for event in handle.fetch_history_events()
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+        and (failed := event.workflow_task_failed_event_attributes).cause
+        != WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND
     ]
 
 
@@ -299,5 +304,72 @@ async def test_no_inbound_message_fails_a_workflow_task(
     await status(handle)
     await handle.query(PLAN, result_type=list[PlannedSend])
     await deals.skip(timedelta(days=70))
+    await deals.quiet(handle)
+    assert await failed_tasks(handle) == []
+
+
+# --- hostile update payloads: each is refused with a reason or applied, never raised ---
+
+hostile_dates = st.dates(min_value=date(1, 1, 2), max_value=date(9999, 12, 30))
+hostile_moments = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
+)
+notes = st.text(max_size=3000)
+hostile_updates = st.one_of(
+    st.builds(lambda d, n: (BuyerSignal.ORDER_PLACED, {"delivery_date": d, "note": n}),
+              hostile_dates, notes),
+    st.builds(lambda p: (BuyerSignal.DISCOUNT_REQUESTED, {"percent": p}),
+              st.decimals(min_value=Decimal("0.0001"), max_value=Decimal("99.9999"),
+                          allow_nan=False, places=None)),
+    st.builds(lambda at: (BuyerSignal.NEXT_STEP_AGREED, {"at": at}), hostile_moments),
+    st.builds(lambda until: (BuyerSignal.PAUSED, {"until": until}), st.none() | hostile_moments),
+    st.just((BuyerSignal.RESUMED, {})),
+    st.builds(lambda until: (BuyerSignal.OUT_OF_OFFICE, {"until": until}),
+              st.none() | hostile_moments),
+    st.builds(lambda reason, note: (BuyerSignal.LOST, {"reason": reason, "note": note}),
+              st.text(min_size=1, max_size=300), notes),
+    st.builds(lambda d, r: (BuyerSignal.DELIVERY_DATE_CHANGED, {"delivery_date": d, "reason": r}),
+              hostile_dates, st.text(max_size=300)),
+    st.builds(lambda at: (BuyerSignal.DELIVERED, {"delivered_at": at}), hostile_moments),
+)  # fmt: skip
+UPDATE_MODELS: dict[str, type[BaseModel]] = {
+    BuyerSignal.ORDER_PLACED: OrderPlaced,
+    BuyerSignal.DISCOUNT_REQUESTED: DiscountRequested,
+    BuyerSignal.NEXT_STEP_AGREED: NextStepAgreed,
+    BuyerSignal.PAUSED: Paused,
+    BuyerSignal.RESUMED: SignalPayload,
+    BuyerSignal.OUT_OF_OFFICE: OutOfOffice,
+    BuyerSignal.LOST: Closed,
+    BuyerSignal.DELIVERY_DATE_CHANGED: DeliveryDateChanged,
+    BuyerSignal.DELIVERED: Delivered,
+}
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(updates=st.lists(hostile_updates, min_size=1, max_size=6))
+async def test_no_update_payload_fails_a_workflow_task(
+    deals: Deals, updates: list[tuple[str, dict[str, Any]]]
+) -> None:
+    handle = await start_unchecked(deals, kind="rfq", items=[LINE])
+    for signal, fields in updates:
+        if (await status(handle)).stage.is_terminal:
+            break  # closed: an update would only be told so (another test shows that)
+        try:
+            payload = UPDATE_MODELS[signal].model_validate(fields)
+        except ValueError:
+            continue  # the model itself refuses it: it never leaves the caller
+        try:
+            await record(deals.client, deal_id(handle), signal, payload)
+        except Refused as refusal:
+            assert "\n" not in str(refusal)  # one line, with the reason
+    await deals.quiet(handle)
+    await status(handle)
+    await handle.query(PLAN, result_type=list[PlannedSend])
+    await deals.skip(timedelta(days=40))
     await deals.quiet(handle)
     assert await failed_tasks(handle) == []

@@ -7,8 +7,10 @@ each one is, which deal it belongs to, and the detail that matters (return date,
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
+import hmac
 from datetime import date
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from activities.inbound_mail import (
     match_deal,
     read_inbound,
 )
-from activities.signed_tokens import TokenSigner
+from activities.signed_tokens import BadToken, TokenSigner
 
 CORPUS = Path(__file__).parent / "inbound_corpus"
 OWN = ["sales@example.com"]
@@ -295,3 +297,19 @@ def test_only_a_sealed_message_id_names_a_deal() -> None:
     for forged in (plain, TokenSigner("another-secret").seal_message_id(plain), altered):
         assert match_deal(_read(reply(forged)), DOMAINS, SIGNER).deal_id is None, forged
     assert match_deal(_read(reply(sealed)), DOMAINS, SIGNER).deal_id == "ACME-1"
+
+
+def test_an_unsubscribe_token_names_no_address_and_old_links_still_work() -> None:
+    token = SIGNER.unsubscribe_token("ACME-1", ["j.doe@acme.example"])
+    readable = token + base64.urlsafe_b64decode(token[3:] + "==").decode("latin-1")
+    assert "j.doe" not in readable and "acme" not in readable.lower()
+    assert SIGNER.unsubscribe(token).addresses == ("j.doe@acme.example",)
+    altered = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    with pytest.raises(BadToken):
+        SIGNER.unsubscribe(altered)
+
+    # The readable, HMAC-signed form in emails sent before: still honoured.
+    payload = base64.urlsafe_b64encode(b'["ACME-1",["j.doe@acme.example"]]').rstrip(b"=").decode()
+    mac = hmac.new(b"corpus-secret", f"unsubscribe:{payload}".encode(), hashlib.sha256).digest()
+    old = f"{payload}.{base64.urlsafe_b64encode(mac[:16]).rstrip(b'=').decode()}"
+    assert SIGNER.unsubscribe(old).deal_id == "ACME-1"

@@ -464,13 +464,18 @@ async def test_status_and_search_attributes_follow_each_stage(deals: Deals) -> N
     handle = await deals.start(
         kind="rfq", items=[{"name": "Widget", "quantity": 10, "list_price": "100"}]
     )
-    await stage_is(handle, Stage.QUOTE_REQUESTED)
+    await stage_is(handle, Stage.QUOTE_REQUESTED)  # published when the deal started
     attributes = (await handle.describe()).typed_search_attributes
     assert attributes.get(DEAL_OWNER) == "rep@seller.example.com"
     assert attributes.get(DEAL_VALUE) == 1000.0
-    current = await status(handle)
-    assert current.next_touch is not None
-    assert attributes.get(DEAL_NEXT_TOUCH) == current.next_touch.at
+
+    async def next_touch_published() -> None:
+        current = await status(handle)
+        assert current.next_touch is not None
+        published = (await handle.describe()).typed_search_attributes.get(DEAL_NEXT_TOUCH)
+        assert published == current.next_touch.at
+
+    await eventually(next_touch_published)
 
     await record(
         deals.client,

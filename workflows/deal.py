@@ -83,7 +83,7 @@ with workflow.unsafe.imports_passed_through():
         DEAL_STAGE,
         DEAL_VALUE,
     )
-    from workflows.stages import BuyerSignal, InquiryKind, Stage, refusal
+    from workflows.stages import BuyerSignal, InquiryKind, Stage, opening_stage, refusal
 
 
 SEND_RETRY_POLICY = RetryPolicy(
@@ -217,14 +217,12 @@ class DealWorkflow:
 
     def _open(self) -> None:
         kind = self.deal.kind
+        self._move(opening_stage(kind), "inquiry", SignalPayload(source="start"))
         if kind is InquiryKind.RFI:
-            self._move(Stage.INQUIRY_RECEIVED, "inquiry", SignalPayload(source="start"))
             self._queue(task("task_clarify_requirements"))
         elif kind is InquiryKind.RFP:
-            self._move(Stage.REQUIREMENTS_CLARIFIED, "inquiry", SignalPayload(source="start"))
             self._send_proposal()
         else:
-            self._move(Stage.QUOTE_REQUESTED, "inquiry", SignalPayload(source="start"))
             self._queue(to_buyer("quotation", Thread.QUOTE))
             self._queue(task("task_negotiate_quote"))
 

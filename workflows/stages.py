@@ -141,3 +141,13 @@ def refusal(signal: BuyerSignal, stage: Stage) -> str | None:
         return None
     where = ", ".join(sorted(s.value for s in accepted)) or "no stage"
     return f"{signal.value} is not accepted while the deal is '{stage.value}' (only in: {where})"
+
+
+def opening_stage(kind: InquiryKind) -> Stage:
+    """Where a deal starts: an RFI needs its requirements clarified, an RFP has them (its
+    proposal goes out at once), an RFQ asks for a price."""
+    if kind is InquiryKind.RFI:
+        return Stage.INQUIRY_RECEIVED
+    if kind is InquiryKind.RFP:
+        return Stage.REQUIREMENTS_CLARIFIED
+    return Stage.QUOTE_REQUESTED
