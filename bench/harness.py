@@ -29,6 +29,7 @@ from temporalio.client import Client
 from devstack import DEV_SERVER_TUNING, free_port
 from ledger import schema
 from payload_codec import encrypted_data_converter
+from realstack.relay import own_parts
 from realstack.temporal import TunedDevServer
 from realstack.waiting import wait_for
 from settings import Settings, SmtpTls, load_settings, parse_codec_keys
@@ -121,10 +122,16 @@ class SinkProcess(Child):
         super().__init__("the SMTP sink", argv)
         self.arrivals: list[Arrival] = []
         self.steps: Counter[str] = Counter()
+        # The workers' signing secret (the same settings and data folder): a buyer email
+        # names its deal and step only inside its sealed Message-ID.
+        self.opener = load_settings().token_signer()
 
     def handle(self, fields: list[str]) -> None:
         # DATA at, MAIL FROM at, Message-ID, deal, step, recipients
         if len(fields) == 6:
+            if fields[3] == "-":
+                opened = self.opener.open_message_id(fields[2])
+                fields[3], fields[4] = own_parts(opened) if opened else ("-", "-")
             self.arrivals.append(Arrival(float(fields[0]), fields[3], fields[4]))
             self.steps[fields[4]] += 1
 
