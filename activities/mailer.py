@@ -205,6 +205,12 @@ def _checked_address(name: str, email: str) -> Address:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+@functools.lru_cache(maxsize=ADDRESSES_REMEMBERED)
+def _sealed(signer: TokenSigner, message_id: str) -> str:
+    # A send seals its id for the message, the receipt and maybe a refusal: once will do.
+    return signer.seal_message_id(message_id)
+
+
 async def _tell_the_deal(request: EmailRequest, error: BaseException) -> str:
     """A failure Temporal will retry: one line in the log, and a signal to the deal so that
     ``status`` shows why the email is late. Neither may hide the failure itself."""
@@ -556,7 +562,7 @@ class Mailer:
         names no deal and shows no sequence; the same for every retry and resend."""
         if self.links is None:
             return request.message_id
-        return self.links.signer.seal_message_id(request.message_id)
+        return _sealed(self.links.signer, request.message_id)
 
     async def _settled_earlier(
         self, request: EmailRequest, rendered: RenderedEmail, unsubscribe_url: str

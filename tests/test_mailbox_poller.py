@@ -39,7 +39,13 @@ def mailbox() -> Iterator[LocalMailbox]:
 
 
 @pytest.fixture
-def settings(settings: Settings, mailbox: LocalMailbox) -> Settings:
+def mailbox_password() -> str:
+    """The password the worker logs in with (a test may give a wrong one)."""
+    return "s3cret"
+
+
+@pytest.fixture
+def settings(settings: Settings, mailbox: LocalMailbox, mailbox_password: str) -> Settings:
     """The shared test settings, reading replies from the local Dovecot."""
     return settings.model_copy(
         update={
@@ -47,7 +53,7 @@ def settings(settings: Settings, mailbox: LocalMailbox) -> Settings:
             "imap_port": mailbox.port,
             "imap_tls": ImapTls.NONE,
             "imap_username": "sales",
-            "imap_password": SecretStr("s3cret"),
+            "imap_password": SecretStr(mailbox_password),
         }
     )
 

@@ -8,7 +8,6 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 
 import pytest
-from pydantic import SecretStr
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
@@ -16,34 +15,24 @@ from activities.mailbox import LIMITS, MAX_FETCH
 from activities.signed_tokens import TokenSigner
 from devstack import LocalMailbox
 from ledger.suppression_list import SuppressionList
-from settings import ImapTls, Settings
+from settings import Settings
 from tests.conftest import Deals, step_of
 from tests.test_lifecycle import deal_id, stage_is, status
-from tests.test_mailbox_poller import hard_bounce, mailbox, poll, reply_to, started_poller
+from tests.test_mailbox_poller import (
+    hard_bounce,
+    mailbox,
+    mailbox_password,
+    poll,
+    reply_to,
+    settings,
+    started_poller,
+)
 from worker import check_mailbox
 from workflows.stages import Stage
 
-__all__ = ["mailbox"]  # the fixture, used by name
+__all__ = ["mailbox", "mailbox_password", "settings"]  # fixtures, used by name
 
 REPLY_BOX = "sales@seller.example.com"
-
-
-@pytest.fixture
-def mailbox_password() -> str:
-    return "s3cret"
-
-
-@pytest.fixture
-def settings(settings: Settings, mailbox: LocalMailbox, mailbox_password: str) -> Settings:
-    return settings.model_copy(
-        update={
-            "imap_host": "127.0.0.1",
-            "imap_port": mailbox.port,
-            "imap_tls": ImapTls.NONE,
-            "imap_username": "sales",
-            "imap_password": SecretStr(mailbox_password),
-        }
-    )
 
 
 def headers(subject: str, message_id: str, sender: str = "Mallory <m@evil.example>") -> bytes:
