@@ -29,6 +29,7 @@ import pytest
 import pytest_asyncio
 from temporalio.client import Client, WorkflowExecutionStatus
 
+import deal_intake
 from deal_intake import CSV_COLUMNS
 from devstack import DevServer, OutboxSink, free_port
 from ledger import schema
@@ -218,6 +219,8 @@ def new_id(prefix: str = "CLI") -> str:
 
 
 BUYER = "Bea Buyer <bea@buyer.example.org>"
+# When ledger rows a test writes itself were written: only shown, never compared to now.
+LEDGER_INSTANT = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
 def rfp_args(deal_id: str, *items: str, owner: str | None = None) -> list[str]:
@@ -508,8 +511,9 @@ async def test_pause_and_resume_all_deals_of_a_rep(stack: Stack) -> None:
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + MAIL_WITHIN
-    # A winter date within the ten years a date may lie ahead.
-    year = datetime.now(UTC).year + 5
+    # A winter date within the ten years a date may lie ahead (by the CLI's own clock,
+    # which is what it checks dates against).
+    year = deal_intake.today().year + 5
     while True:  # the visibility store catches up with new deals
         paused = await stack.ok("pause", "--owner", owner, "--until", f"{year}-01-04")
         if "paused: 2 deal(s)" in paused.stdout or loop.time() > deadline:
@@ -632,7 +636,7 @@ async def test_signal_to_a_closed_deal_says_it_is_closed(stack: Stack) -> None:
 async def test_user_text_with_markup_brackets_is_printed_as_is(stack: Stack) -> None:
     deal_id = new_id()
     await start_rfp(stack, deal_id)
-    next_year = f"{datetime.now(UTC).year + 1}-01-05"
+    next_year = f"{deal_intake.today().year + 1}-01-05"
     await stack.ok("next-step", deal_id, next_year, "--note", "buyer said [/b] ok [bold]")
     shown = await stack.ok("status", deal_id)
     assert "buyer said [/b] ok [bold]" in shown.stdout
@@ -727,7 +731,7 @@ async def test_ops_list_show_and_lift_suppressed_addresses(stack: Stack) -> None
     deal_id = new_id()
     await stack.suppressions.add(
         address, SuppressionReason.BOUNCED, SuppressionSource.SMTP_BOUNCE,
-        now=datetime.now(UTC), detail="550 5.1.1 no such user", deal_id=deal_id,
+        now=LEDGER_INSTANT, detail="550 5.1.1 no such user", deal_id=deal_id,
     )  # fmt: skip
     listed = await stack.ok("suppression", "list")
     row = next(line for line in listed.stdout.splitlines() if address in line)
@@ -921,7 +925,7 @@ async def test_resend_delivered_marks_a_held_email_sent_and_the_deal_moves_on(
     ledger = SendLedger(stack.suppressions.database)
     await ledger.claim(
         message_id=proposal, deal_id=deal_id, template="proposal", attempt=1,
-        worker="worker-that-died:4242", now=datetime.now(UTC),
+        worker="worker-that-died:4242", now=LEDGER_INSTANT,
     )  # fmt: skip
     args = ["--company", "Buyer & Sons", "--kind", "rfp", "--item", "Widget:1:100"]
     await stack.ok("start", "--id", deal_id, "--contact", unique_buyer()[0], *args)
