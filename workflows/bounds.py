@@ -50,6 +50,8 @@ MAX_SEND_RETRY = timedelta(days=30)
 MAX_RESEND_WINDOW = timedelta(days=90)
 # The latest return date an out-of-office notice may set (later: the cadence's pause).
 MAX_AWAY = timedelta(days=60)
+# A mailed return date may be a day behind UTC (the buyer's "today" in their time zone).
+RETURN_DATE_SLACK = timedelta(days=1)
 
 
 def latest(today: date) -> date:

@@ -949,7 +949,7 @@ class DealWorkflow:
         elif mail.kind is InboundKind.OUT_OF_OFFICE:
             until, now = None, workflow.now()
             # Only a date in the window is converted: year 1 or 9999 could overflow.
-            window = (now - timedelta(days=1)).date(), (now + bounds.MAX_AWAY).date()
+            window = (now - bounds.RETURN_DATE_SLACK).date(), (now + bounds.MAX_AWAY).date()
             if mail.returns_on is not None and window[0] <= mail.returns_on <= window[1]:
                 until = day_starts(mail.returns_on, self.deal.buyer.time_zone).astimezone(UTC)
             # A return date from the mail itself counts up to MAX_AWAY: "back in 2099"
