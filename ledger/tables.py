@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+)
 
 METADATA = MetaData()
 
@@ -47,4 +58,118 @@ LEDGER_SECRETS = Table(
     METADATA,
     Column("name", String(64), primary_key=True),
     Column("value", String(128), nullable=False),
+)
+
+
+# --- Deal records: what the ledger keeps of every deal after Temporal forgets it ---
+# Written by the deal's recording activity, each row idempotent by its key, so that a
+# retried activity or a replayed history writes nothing twice. Reports read only these.
+
+# One row per deal, updated as it moves: its latest stage, value and outcome.
+DEALS = Table(
+    "deals",
+    METADATA,
+    Column("deal_id", String(64), primary_key=True),
+    Column("company", String(200), nullable=False),
+    Column("owner", String(320), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("value", Numeric(18, 2), nullable=False),
+    Column("stage", String(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("closed_at", DateTime(timezone=True)),
+    # The terminal stage (Won, Lost, No Response...); None while open.
+    Column("outcome", String(32)),
+    # A lost deal's reason code (settings' list) and the rep's note.
+    Column("lost_reason", String(32)),
+    Column("outcome_note", String(1000), nullable=False, server_default=""),
+    # When the deal plans its next touch; None when nothing is planned (a stale sign).
+    Column("next_touch_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_deals_created_at", "created_at"),
+    Index("ix_deals_closed_at", "closed_at"),
+    Index("ix_deals_owner", "owner"),
+    Index("ix_deals_kind_created_at", "kind", "created_at"),
+)
+
+# The deal's contacts, main one first; ``forget`` blanks name and address and keeps the
+# keyed hash (the suppression list's key), so the person can be found again only by
+# someone who already knows the address.
+DEAL_CONTACTS = Table(
+    "deal_contacts",
+    METADATA,
+    Column("deal_id", String(64), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("address_key", String(64), nullable=False, index=True),
+    Column("name", String(200)),
+    Column("address", String(320)),
+    Column("role", String(64), nullable=False),
+)
+
+# Every stage change and every buyer signal, refused ones too (with the reason): the
+# audit trail that outlives the deal. ``event_key`` is the deal's own, deterministic.
+STAGE_EVENTS = Table(
+    "stage_events",
+    METADATA,
+    Column("event_key", String(128), primary_key=True),
+    Column("deal_id", String(64), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("signal", String(32), nullable=False),
+    Column("from_stage", String(32)),
+    Column("to_stage", String(32)),
+    Column("accepted", Boolean, nullable=False),
+    Column("refusal", String(1000)),
+    Column("source", String(64), nullable=False),
+    Column("note", String(1000), nullable=False),
+    # The id the source gave the event (an inbound Message-ID, a webhook event id).
+    Column("source_event_id", String(998)),
+    Index("ix_stage_events_deal_id_at", "deal_id", "at"),
+    Index("ix_stage_events_to_stage_at", "to_stage", "at"),
+)
+
+# Every email a deal sent or tried: no bodies, no addresses, only how many it went to.
+DEAL_EMAILS = Table(
+    "deal_emails",
+    METADATA,
+    Column("message_id", String(998), primary_key=True),
+    Column("deal_id", String(64), nullable=False, index=True),
+    Column("step", String(64), nullable=False),
+    Column("template", String(64), nullable=False),
+    Column("recipients", Integer, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("outcome", String(16), nullable=False),
+)
+
+# Every task the deal gave its rep (or fulfilment, or the interviewer).
+REP_TASKS = Table(
+    "rep_tasks",
+    METADATA,
+    Column("task_key", String(128), primary_key=True),
+    Column("deal_id", String(64), nullable=False, index=True),
+    Column("template", String(64), nullable=False),
+    Column("assignee", String(320), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+# The win-loss interview, structured; one a deal.
+INTERVIEWS = Table(
+    "interviews",
+    METADATA,
+    Column("deal_id", String(64), primary_key=True),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("participants", String(1000), nullable=False),
+    Column("rep_rating", Integer),
+    Column("cooperation_rating", Integer),
+    Column("why_decided", Text, nullable=False),
+    Column("decision_process", Text, nullable=False),
+    Column("free_text", Text, nullable=False),
+)
+
+# The interview's decision reasons as codes (price, timing, competitor...), for counting.
+INTERVIEW_REASONS = Table(
+    "interview_reasons",
+    METADATA,
+    Column("deal_id", String(64), primary_key=True),
+    Column("code", String(32), primary_key=True),
 )
