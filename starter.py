@@ -1178,5 +1178,42 @@ async def suppression_import(client: Client, settings: Settings) -> None:
     out.print(f"{moved} suppressed address(es) moved into the ledger")
 
 
+def _confirmed(question: str) -> bool:
+    try:
+        return typer.confirm(question)
+    except typer.Abort:  # no terminal, or end of input: not a yes
+        return False
+
+
+@app.command("forget")
+@_ledger_command
+async def forget_command(
+    suppressions: SuppressionList,
+    address: str = Address,
+    yes: bool = typer.Option(False, "--yes", help="Erase without asking (it cannot be undone)."),
+) -> None:
+    """Erase a person (GDPR): their name and address leave every deal record; the address
+    stays suppressed by its keyed hash, so it is never mailed again."""
+    from ledger.erasure import forget
+
+    normal = _normalized(address)
+    if not yes and not _confirmed(f"erase {normal} from every deal record for good?"):
+        raise Refused("nothing erased (confirm, or pass --yes)")
+    forgotten = await forget(suppressions, normal, datetime.now(UTC))
+    deals = ", ".join(forgotten.deals) or "none"
+    out.print(
+        f"{normal}: forgotten in {len(forgotten.deals)} deal(s) ({deals}): "
+        f"{forgotten.contacts} contact record(s), {forgotten.texts} text(s) scrubbed; "
+        "still suppressed (by keyed hash), never mailed again",
+        soft_wrap=True,
+    )
+    for deal_id in forgotten.open_deals:
+        out.print(
+            f"{deal_id}: still open; Temporal keeps this person in the deal's history until it "
+            f"ends and the namespace retention passes ('starter.py cancel {deal_id}' ends it)",
+            soft_wrap=True,
+        )
+
+
 if __name__ == "__main__":
     main()

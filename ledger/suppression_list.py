@@ -64,6 +64,7 @@ class SuppressionSource(StrEnum):
     DSN = "dsn"
     DEAL = "deal"  # the deal's own write: a repeat of one of the above
     IMPORTED = "imported"  # from a SuppressedAddress workflow of an earlier version
+    ERASURE = "erasure"  # ``forget``: erasure includes objecting to any further mail
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,10 @@ class SuppressionList:
             )
             self._key = binascii.unhexlify(value)
         return self._key
+
+    async def key_of(self, address: str) -> str:
+        """The keyed hash the list (and every deal record) knows ``address`` by."""
+        return address_key(address, await self._hash_key())
 
     async def add(
         self,
