@@ -166,6 +166,8 @@ class OutboxSink:
         self.received: list[ReceivedMail] = []
         self.refusals: list[str] = []
         self.refused_recipients: dict[str, str] = {}
+        # Refuse DATA once for a message to this recipient, e.g. "451 4.3.0 try later".
+        self.refusals_for: dict[str, str] = {}
         self._lock = threading.Lock()
         self._controller: Controller | None = None
 
@@ -210,6 +212,9 @@ class OutboxSink:
         with self._lock:
             if self.refusals:
                 return self.refusals.pop(0)
+            for recipient in envelope.rcpt_tos:
+                if refusal := self.refusals_for.pop(recipient.lower(), None):
+                    return refusal
             data = envelope.original_content or b""
             mail = ReceivedMail(str(envelope.mail_from), list(envelope.rcpt_tos), data)
             self.received.append(mail)

@@ -14,9 +14,9 @@ import os
 import re
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address
 from email.utils import format_datetime
@@ -155,9 +155,10 @@ class BuyerLinks:
     def unsubscribe_mailbox(self) -> str:
         return unsubscribe_mailbox(self.reply_base)
 
-    def unsubscribe_url(self, request: EmailRequest) -> str:
+    def unsubscribe_url(self, request: EmailRequest, parties: Sequence[Party]) -> str:
+        """The link for the copy that goes to ``parties`` (one recipient, for a buyer)."""
         token = self.signer.unsubscribe_token(
-            request.context.deal.deal_id, [party.email for party in request.to]
+            request.context.deal.deal_id, [party.email for party in parties]
         )
         return f"{self.public_url.rstrip('/')}/unsubscribe/{token}"
 
@@ -232,9 +233,27 @@ async def _tell_the_deal(request: EmailRequest, error: BaseException) -> str:
     return problem
 
 
-def _receipt(wire_id: str, message: OutgoingMessage) -> EmailReceipt:
-    """``wire_id``: the Message-ID the email carries (the deal threads its replies on it)."""
-    return EmailReceipt(message_id=wire_id, subject=message.subject, accepted=message.recipients)
+@dataclass
+class _Sending:
+    """Where one attempt's copies stand."""
+
+    claimed: bool = False  # this attempt holds the send's ledger row
+    delivered: frozenset[int] = frozenset()  # places (in the To list) of copies sent
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+    reply: str | None = None  # the relay's last final reply
+
+
+def _subject(request: EmailRequest, rendered: str) -> str:
+    """A follow-up answers the thread it follows: its subject is the thread's, with Re:."""
+    if request.thread is None:
+        return rendered
+    subject = request.thread.subject
+    return subject if subject.lower().startswith("re:") else f"Re: {subject}"
+
+
+def _places(request: EmailRequest, parties: Sequence[Party]) -> frozenset[int]:
+    """Where ``parties`` stand in the email's To list, which every retry sends alike."""
+    return frozenset(request.to.index(party) for party in parties)
 
 
 def _expected(message: str, kind: str) -> ApplicationError:
@@ -296,11 +315,28 @@ class Mailer:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def build(self, request: EmailRequest) -> OutgoingMessage:
-        """The exact message for ``request``: the same bytes on every retry."""
+        """The exact message of ``request``'s first copy: the same bytes on every retry."""
+        return self.build_copies(request)[0]
+
+    def build_copies(self, request: EmailRequest) -> list[OutgoingMessage]:
+        """Every copy of ``request`` (``copies``), exactly as each goes out."""
         recipients = [_address(party) for party in request.to]
-        unsubscribe_url = self._unsubscribe_url(request)
-        rendered = self._render(request, unsubscribe_url)
-        return self._message(request, recipients, rendered, unsubscribe_url)
+        built = []
+        for parties in self.copies(request):
+            unsubscribe_url = self._unsubscribe_url(request, parties)
+            rendered = self._render(request, unsubscribe_url)
+            message = self._message(request, recipients, rendered, unsubscribe_url)
+            built.append(replace(message, recipients=[_address(p).addr_spec for p in parties]))
+        return built
+
+    def copies(self, request: EmailRequest) -> list[list[Party]]:
+        """Who gets which copy. A buyer email goes as one copy per recipient, each with
+        its own unsubscribe link, so one click opts out exactly the person who clicked it
+        and a forwarded email cannot opt out the rest of the committee; the To line still
+        names everyone. Anything else (our own people) is one copy for all."""
+        if self._buyer_links(request) is None or len(request.to) < 2:
+            return [list(request.to)]
+        return [[party] for party in request.to]
 
     def _render(self, request: EmailRequest, unsubscribe_url: str) -> RenderedEmail:
         context: dict[str, Any] = request.context.model_dump()
@@ -323,24 +359,21 @@ class Mailer:
     def _buyer_links(self, request: EmailRequest) -> BuyerLinks | None:
         return self.links if request.buyer_facing else None
 
-    def _unsubscribe_url(self, request: EmailRequest) -> str:
+    def _unsubscribe_url(self, request: EmailRequest, parties: Sequence[Party]) -> str:
         links = self._buyer_links(request)
-        return links.unsubscribe_url(request) if links else ""
+        return links.unsubscribe_url(request, parties) if links else ""
 
     def _message(
         self,
         request: EmailRequest,
         recipients: list[Address],
         rendered: RenderedEmail,
-        unsubscribe_url: str | None = None,
+        unsubscribe_url: str,
     ) -> OutgoingMessage:
-        """``unsubscribe_url``: the one made for ``request`` already (it is signed), if any."""
+        """``unsubscribe_url``: the copy's own link, made with its rendering."""
         headers = []
-        subject = rendered.subject
+        subject = _subject(request, rendered.subject)
         if request.thread is not None:
-            subject = request.thread.subject
-            if not subject.lower().startswith("re:"):
-                subject = f"Re: {subject}"
             headers.append(("In-Reply-To", request.thread.message_ids[-1]))
             headers.append(("References", " ".join(request.thread.message_ids)))
         headers.append(("Date", format_datetime(request.date)))
@@ -351,8 +384,6 @@ class Mailer:
         reply_to = self.sender.reply_to
         links = self._buyer_links(request)
         if links is not None:
-            if unsubscribe_url is None:
-                unsubscribe_url = self._unsubscribe_url(request)
             extra = links.headers(request, unsubscribe_url)
             reply_to = extra.pop("Reply-To")
             headers.extend(extra.items())
@@ -438,8 +469,13 @@ class Mailer:
     async def _send_email(self, request: EmailRequest) -> EmailReceipt:
         for party in request.to:
             _address(party)  # a malformed address fails before anything else is done
-        unsubscribe_url = self._unsubscribe_url(request)
-        rendered = self._render(request, unsubscribe_url)
+        # Each copy rendered before a connection is taken, keyed by its recipients'
+        # places in the To list: a copy's bytes depend on nothing else, so every retry
+        # sends the same ones, whoever the suppression list leaves in.
+        renderings = {
+            _places(request, parties): self._rendering(request, parties)
+            for parties in self.copies(request)
+        }
         if self.quota is not None:
             slot = await self.quota.slot(request.message_id)
             # The server's clock, as the quota's slots are (it also skips time in tests).
@@ -451,30 +487,39 @@ class Mailer:
                     type="MailboxCapReached",
                     next_retry_delay=wait,
                 )
-        earlier = await self._settled_earlier(request, rendered, unsubscribe_url)
+        first_url, first = next(iter(renderings.values()))
+        earlier = await self._settled_earlier(request, first, first_url)
         if earlier is not None:
             return earlier
-        message: OutgoingMessage | None = None
+        sending = _Sending()
         try:
             async with self.pool.connection() as smtp:
                 # The suppression list is read last, holding the connection, right before
                 # MAIL FROM: an opt-out committed a moment ago by any path stops this email.
                 allowed = await self._unsuppressed(request)
                 recipients = [_address(party) for party in allowed.to]
-                # The rendered link names everyone asked for; the header, those still mailed.
-                same = allowed is request
-                message = self._message(
-                    allowed, recipients, rendered, unsubscribe_url if same else None
-                )
-                request = allowed
-                refused, reply = await self._transmit(smtp, request, message)
+                for parties in self.copies(allowed):
+                    places = _places(request, parties)
+                    if places <= sending.delivered:
+                        continue  # an earlier attempt sent this copy
+                    url, rendered = renderings[places]
+                    message = replace(
+                        self._message(allowed, recipients, rendered, url),
+                        recipients=[_address(party).addr_spec for party in parties],
+                    )
+                    await self._transmit(smtp, request, message, places, sending)
+            if sending.reply is None and not sending.claimed:
+                # Every copy's recipient refused: nothing was claimed, nothing went out.
+                raise aiosmtplib.SMTPRecipientsRefused(
+                    [aiosmtplib.SMTPRecipientRefused(code, text, address)
+                     for address, (code, text) in sending.refused.items()]
+                )  # fmt: skip
             # The connection is back in the pool (it is what the sends wait for): the relay
             # said 250, now the ledger records it as sent.
-            await self._record(request, reply, sent=True)
+            await self._record(request, sending.reply or "every copy sent earlier", sent=True)
             _die_here_for_a_test("after-record")
         except _AlreadySent:
-            assert message is not None
-            return _receipt(self.wire_id(request), message)
+            return self._receipt(request, first.subject, request.to)
         except aiosmtplib.SMTPRecipientsRefused as error:
             code, detail = _first_code(error)
             if code >= 500:
@@ -491,18 +536,38 @@ class Mailer:
                     non_retryable=True,
                 ) from None
             raise
-        accepted = [address for address in message.recipients if address not in refused]
-        return _receipt(self.wire_id(request), message).model_copy(update={"accepted": accepted})
+        kept = [party for party in allowed.to if party.email not in sending.refused]
+        return self._receipt(request, first.subject, kept)
+
+    def _rendering(
+        self, request: EmailRequest, parties: Sequence[Party]
+    ) -> tuple[str, RenderedEmail]:
+        unsubscribe_url = self._unsubscribe_url(request, parties)
+        return unsubscribe_url, self._render(request, unsubscribe_url)
+
+    def _receipt(
+        self, request: EmailRequest, subject: str, parties: Sequence[Party]
+    ) -> EmailReceipt:
+        """``message_id``: the one the email carries (the deal threads its replies on it)."""
+        subject = _subject(request, subject)
+        accepted = [_address(party).addr_spec for party in parties]
+        return EmailReceipt(message_id=self.wire_id(request), subject=subject, accepted=accepted)
 
     async def _transmit(
-        self, smtp: aiosmtplib.SMTP, request: EmailRequest, message: OutgoingMessage
-    ) -> tuple[dict[str, tuple[int, str]], str]:
-        """One SMTP transaction: MAIL, RCPT, then claim the send in the ledger, then DATA.
+        self,
+        smtp: aiosmtplib.SMTP,
+        request: EmailRequest,
+        message: OutgoingMessage,
+        places: frozenset[int],
+        sending: _Sending,
+    ) -> None:
+        """One copy's SMTP transaction: MAIL, RCPT, then (for the first copy that gets
+        that far) claim the send in the ledger, then DATA.
 
         The claim comes after the relay accepted the envelope and right before DATA, so
         an attempt that dies earlier leaves nothing behind and the retry simply sends.
-        Returns the refused recipients (the rest were accepted) and the relay's final
-        reply, which the caller records as sent once it gave the connection back.
+        The claim also says which copies an earlier attempt sent: those are skipped.
+        A copy whose recipients the relay refuses is left out; the rest still go.
         """
         await smtp.mail(message.sender, options=message.mail_options)
         refused: dict[str, tuple[int, str]] = {}
@@ -511,28 +576,45 @@ class Mailer:
                 await smtp.rcpt(recipient)
             except aiosmtplib.SMTPRecipientRefused as error:
                 refused[recipient] = (error.code, error.message)
+        sending.refused.update(refused)
         if len(refused) == len(message.recipients):
             await smtp.rset()
-            raise aiosmtplib.SMTPRecipientsRefused(
-                [aiosmtplib.SMTPRecipientRefused(code, text, address)
-                 for address, (code, text) in refused.items()]
-            )  # fmt: skip
+            return
         _die_here_for_a_test("before-data")
-        await self._claim(smtp, request)
+        if not sending.claimed:
+            sending.delivered |= await self._claim(smtp, request)
+            sending.claimed = True
+            if places <= sending.delivered:
+                await smtp.rset()
+                return
         try:
             reply = await smtp.data(message.data, timeout=FINAL_REPLY_TIMEOUT)
         except aiosmtplib.SMTPResponseException as error:
-            # The relay answered: it did not take the message, so a retry may send it.
+            # The relay answered: it did not take this copy, so a retry may send it (and
+            # only it: the copies it did take are in the ledger already).
             await self._record(request, f"{error.code} {error.message}", sent=False)
             raise
         # Anything else (a dropped connection, no final reply) leaves the claim standing:
         # the relay may have the message, and the next attempt holds it as maybe sent.
         _die_here_for_a_test("after-reply")
-        return refused, f"{reply.code} {reply.message}"
+        sending.reply = f"{reply.code} {reply.message}"
+        sending.delivered |= places
+        if len(request.to) > 1:
+            await self._copy_delivered(request, sending.delivered)
 
-    async def _claim(self, smtp: aiosmtplib.SMTP, request: EmailRequest) -> None:
+    async def _copy_delivered(self, request: EmailRequest, delivered: frozenset[int]) -> None:
         if self.ledger is None:
             return
+        try:
+            await self.ledger.copy_delivered(request.message_id, delivered)
+        except Exception as error:
+            # As for the sent mark: past the relay's answer, write and say if not.
+            activity.logger.warning("send ledger not updated for %s: %s", request.message_id, error)
+
+    async def _claim(self, smtp: aiosmtplib.SMTP, request: EmailRequest) -> frozenset[int]:
+        """Claim the send; returns the copies an earlier attempt sent (their places)."""
+        if self.ledger is None:
+            return frozenset()
         from ledger.send_ledger import ClaimOutcome
 
         # Outside an activity (the send-path benchmark calls it directly) it is a first try.
@@ -551,7 +633,7 @@ class Mailer:
             await smtp.rset()
             raise _ledger_down(error, self.ledger.database.url) from None
         if claim.outcome is ClaimOutcome.CLAIMED:
-            return
+            return claim.record.delivered_copies
         await smtp.rset()
         if claim.outcome is ClaimOutcome.ALREADY_SENT:
             raise _AlreadySent()
@@ -584,9 +666,7 @@ class Mailer:
         if record is None or record.state is SendState.FAILED:
             return None
         if record.state is SendState.SENT:
-            recipients = [_address(party) for party in request.to]
-            message = self._message(request, recipients, rendered, unsubscribe_url)
-            return _receipt(self.wire_id(request), message)
+            return self._receipt(request, rendered.subject, request.to)
         if request.resend:
             return None  # ops checked the held email: the claim below takes it over
         raise _maybe_sent(record, self.wire_id(request))

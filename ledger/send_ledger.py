@@ -69,6 +69,8 @@ class SendRecord:
     finished_at: datetime | None
     smtp_reply: str | None
     error: str | None
+    # Positions in the email's To list whose copy the relay took (one copy a recipient).
+    delivered_copies: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,13 @@ def _finish_statement(**values: Any) -> Update:
 
 _MARK_SENT = _finish_statement(state=SendState.SENT.value, smtp_reply=bindparam("reply"))
 _MARK_FAILED = _finish_statement(state=SendState.FAILED.value, error=bindparam("problem"))
+# A copy of a several-recipient email went: written before the next copy is sent.
+_MARK_COPY = (
+    update(SENT_EMAILS)
+    .where(SENT_EMAILS.c.message_id == bindparam("finished"))
+    .where(SENT_EMAILS.c.state == SendState.CLAIMED.value)
+    .values(delivered_copies=bindparam("copies"))
+)
 
 
 def _marks(name: str, statement: Update) -> Batched[dict[str, Any], None]:
@@ -118,6 +127,15 @@ def _marks(name: str, statement: Update) -> Batched[dict[str, Any], None]:
 
 _SENT_MARKS = _marks("mark sent", _MARK_SENT)
 _FAILED_MARKS = _marks("mark failed", _MARK_FAILED)
+_COPY_MARKS = _marks("mark copy", _MARK_COPY)
+
+
+def copies_text(copies: frozenset[int]) -> str:
+    return ",".join(str(position) for position in sorted(copies))
+
+
+def _copies(text: str | None) -> frozenset[int]:
+    return frozenset(int(part) for part in (text or "").split(",") if part.strip().isdigit())
 
 
 class SendLedger:
@@ -194,6 +212,13 @@ class SendLedger:
         mark = {"finished": message_id, "at": now, "reply": smtp_reply[:1000]}
         await self.database.write(_SENT_MARKS, mark)
 
+    async def copy_delivered(self, message_id: str, copies: frozenset[int]) -> None:
+        """The relay took the copies at ``copies`` (positions in the To list) so far: a
+        retry or a resend after a crash sends only the others."""
+        await self.database.write(
+            _COPY_MARKS, {"finished": message_id, "copies": copies_text(copies)}
+        )
+
     async def mark_delivered(self, message_id: str, note: str, now: datetime) -> SendRecord:
         """Ops found a held (maybe sent) email in the relay's log: it was sent. A resend of
         it then completes without sending. Marking it again changes nothing."""
@@ -259,4 +284,5 @@ def _record(values: Mapping[str, Any]) -> SendRecord:
         finished_at=values["finished_at"],
         smtp_reply=values["smtp_reply"],
         error=values["error"],
+        delivered_copies=_copies(values.get("delivered_copies")),
     )

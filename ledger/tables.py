@@ -32,6 +32,9 @@ SENT_EMAILS = Table(
     Column("finished_at", DateTime(timezone=True)),
     Column("smtp_reply", String(1000)),
     Column("error", String(2000)),
+    # A buyer email goes as one copy per recipient: the positions (in the email's To
+    # list, comma-separated) whose copy the relay took, so a retry sends only the rest.
+    Column("delivered_copies", String(1000)),
 )
 
 # One row per suppressed address, keyed by a keyed hash of its normalised form

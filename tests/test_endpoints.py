@@ -94,6 +94,30 @@ async def test_one_click_unsubscribe_opts_the_deal_out_and_suppresses_the_addres
     assert steps(await deals.settle(1)) == ["proposal"]
 
 
+async def test_one_click_in_a_committee_email_opts_out_only_the_one_who_clicked(
+    site: Site,
+) -> None:
+    deals = site.deals
+    committee = [
+        {"name": "Eve Economic", "email": "eve@buyer.example.org", "role": "economic_buyer"},
+        {"name": "Tom Technical", "email": "tom@buyer.example.org", "role": "technical"},
+    ]
+    handle = await deals.start(kind="rfp", contacts=committee)
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.mail(2)
+    toms = next(m for m in deals.sink.received if m.rcpt_tos == ["tom@buyer.example.org"])
+    link = str(toms.message["List-Unsubscribe"]).split(",")[0].strip(" <>")
+    # Tom's link names him alone, and not in readable form.
+    assert "tom@" not in link and "eve@" not in link
+    answer = await site.http.post("/unsubscribe/" + link.rsplit("/", 1)[1], data=ONE_CLICK)
+    assert answer.status_code == 200, answer.text
+    assert "tom@buyer.example.org" in answer.text and "eve@" not in answer.text
+    found = await site.suppressions.find(["tom@buyer.example.org", "eve@buyer.example.org"])
+    assert set(found) == {"tom@buyer.example.org"}
+    current = await eventually(handle, lambda s: s.stage is Stage.OPTED_OUT)
+    assert current.history[-1].source == "unsubscribe link"
+
+
 async def test_opening_the_link_shows_a_confirmation_and_changes_nothing(site: Site) -> None:
     deals = site.deals
     deal, path = await unsubscribe_path(deals)

@@ -123,6 +123,32 @@ async def test_a_data_refused_with_4xx_is_recorded_failed_and_sent_once_on_retry
     await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
 
 
+@on_both_databases
+async def test_a_copy_refused_for_one_recipient_is_retried_for_that_recipient_only(
+    deals: Deals, ledger: SendLedger
+) -> None:
+    committee = [
+        {"name": "Eve Economic", "email": "eve@buyer.example.org", "role": "economic_buyer"},
+        {"name": "Tom Technical", "email": "tom@buyer.example.org", "role": "technical"},
+    ]
+    # The proposal goes as one copy each: Eve's is taken, Tom's refused once with 451.
+    deals.sink.refusals_for["tom@buyer.example.org"] = "451 4.3.0 Mailbox busy, try later"
+    handle = await deals.start(kind="rfp", contacts=committee)
+    copies = await deals.settle(2)
+    assert steps(copies) == ["proposal", "proposal"]
+    assert sorted(mail.rcpt_tos[0] for mail in deals.sink.received) == [
+        "eve@buyer.example.org", "tom@buyer.example.org"
+    ]  # fmt: skip
+
+    async def recorded() -> None:
+        row = await ledger.find(own_id(deals, copies[0]))
+        assert row is not None and row.state is SendState.SENT and row.attempt == 2
+        assert row.delivered_copies == {0, 1}
+
+    await eventually(recorded)
+    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
 async def test_a_deal_that_closes_holding_an_email_waits_for_the_resend(
     deals: Deals, ledger: SendLedger
 ) -> None:

@@ -38,7 +38,7 @@ async def test_a_reply_from_any_contact_stops_follow_ups_until_the_next_stage(
 ) -> None:
     handle = await deals.start(kind="rfp", contacts=COMMITTEE)
     await stage_is(handle, Stage.PROPOSAL_RECEIVED)
-    await deals.mail(1)
+    await deals.mail(2)  # the proposal: one copy for each of the two contacts
     with pytest.raises(Refused, match="not a contact of this deal"):
         await record(
             deals.client, deal_id(handle), BuyerSignal.BUYER_REPLIED,
@@ -46,20 +46,20 @@ async def test_a_reply_from_any_contact_stops_follow_ups_until_the_next_stage(
         )  # fmt: skip
     reply = BuyerReplied(contact="tom@buyer.example.org", source="mailbox")
     await record(deals.client, deal_id(handle), BuyerSignal.BUYER_REPLIED, reply)
-    task = (await deals.mail(2))[-1]
+    task = (await deals.mail(3))[-1]
     assert step_of(task) == "task_buyer_replied"
     assert "tom@buyer.example.org" in str(task.get_body(("plain",)).get_content())
     current = await status(handle)
     assert current.replied and current.next_touch is None
 
     await deals.skip(timedelta(days=30))
-    await quiet(deals, 2)  # no follow-up, and the deal does not end No Response
+    await quiet(deals, 3)  # no follow-up, and the deal does not end No Response
     assert (await status(handle)).stage is Stage.PROPOSAL_RECEIVED
 
     await record(deals.client, deal_id(handle), BuyerSignal.PRICE_AGREED, PriceAgreed())
-    await deals.mail(3)
+    await deals.mail(4)
     await deals.skip(timedelta(days=2, hours=1))
-    assert steps(await deals.settle(4))[-1] == "offer_follow_up"
+    assert steps(await deals.settle(5))[-1] == "offer_follow_up"
     await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
 
 
