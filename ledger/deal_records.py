@@ -1,0 +1,168 @@
+"""Writing a deal's records: the rows that outlive the deal's Temporal history.
+
+One batch (``workflows.deal_record.DealRecordBatch``) is one transaction, and every
+row in it is written by its key so that the same batch written twice (a retried
+activity, a replayed history) leaves the ledger as writing it once did:
+
+- the deal row is replaced only by a snapshot at least as new as the stored one, so a
+  late retry of an older batch cannot move a deal back;
+- contacts, stage events and rep tasks are inserted once and never changed: a contact
+  that ``forget`` erased stays erased when the still-running deal records again;
+- an email's row is inserted as the deal first saw it and updated only while it is
+  still ``sending`` (a final outcome is never overwritten);
+- the interview is replaced whole, with its reason codes.
+
+Text longer than its column is cut to fit rather than refused: a buyer's long note
+must not keep a deal's records out of the ledger.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Callable, Mapping
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import Connection, String, Table, delete, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ledger.addresses import address_key
+from ledger.database import LedgerDatabase
+from ledger.tables import (
+    DEAL_CONTACTS,
+    DEAL_EMAILS,
+    DEALS,
+    INTERVIEW_REASONS,
+    INTERVIEWS,
+    LEDGER_SECRETS,
+    REP_TASKS,
+    STAGE_EVENTS,
+)
+from workflows.deal_record import DealRecordBatch
+
+# An email row still in flight; any other outcome is final.
+_IN_FLIGHT = "sending"
+
+
+def _fitted(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` with its text cut to the column lengths (PostgreSQL refuses longer), and
+    enums as their plain values (asyncpg wants a ``str``)."""
+    fitted: dict[str, Any] = {}
+    for name, value in row.items():
+        if isinstance(value, Enum):
+            value = value.value
+        column_type = table.c[name].type
+        if isinstance(value, str) and isinstance(column_type, String) and column_type.length:
+            value = value[: column_type.length]
+        fitted[name] = value
+    return fitted
+
+
+class DealRecords:
+    """The ledger's deal records, written a batch at a time."""
+
+    def __init__(self, database: LedgerDatabase) -> None:
+        self.database = database
+        self._insert: Callable[[Table], Any] = (sqlite if database.is_sqlite else postgresql).insert
+        self._hash_key: bytes | None = None
+
+    async def record(self, batch: DealRecordBatch) -> None:
+        """Write ``batch`` in one transaction (idempotent)."""
+        hash_key = await self._key()
+        await self.database.run(lambda c: self._write(c, batch, hash_key), write=True)
+
+    async def _key(self) -> bytes:
+        if self._hash_key is None:
+            value = await self.database.run(
+                lambda c: c.execute(
+                    select(LEDGER_SECRETS.c.value).where(LEDGER_SECRETS.c.name == "address_key")
+                ).scalar_one()
+            )
+            self._hash_key = binascii.unhexlify(value)
+        return self._hash_key
+
+    def _write(self, connection: Connection, batch: DealRecordBatch, hash_key: bytes) -> None:
+        deal_id = batch.deal.deal_id
+        self._write_deal(connection, batch)
+        self._insert_once(
+            connection,
+            DEAL_CONTACTS,
+            ["deal_id", "position"],
+            [
+                {
+                    "deal_id": deal_id,
+                    "position": contact.position,
+                    "address_key": address_key(contact.address, hash_key),
+                    "name": contact.name,
+                    "address": contact.address,
+                    "role": contact.role,
+                }
+                for contact in batch.contacts
+            ],
+        )
+        self._insert_once(
+            connection,
+            STAGE_EVENTS,
+            ["event_key"],
+            [{"deal_id": deal_id, **event.model_dump(mode="python")} for event in batch.events],
+        )
+        self._insert_once(
+            connection,
+            REP_TASKS,
+            ["task_key"],
+            [{"deal_id": deal_id, **task.model_dump(mode="python")} for task in batch.tasks],
+        )
+        for email in batch.emails:
+            row = _fitted(DEAL_EMAILS, {"deal_id": deal_id, **email.model_dump(mode="python")})
+            statement = self._insert(DEAL_EMAILS).values(row)
+            connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["message_id"],
+                    set_={"outcome": statement.excluded.outcome, "at": statement.excluded.at},
+                    where=DEAL_EMAILS.c.outcome == _IN_FLIGHT,
+                )
+            )
+        if batch.interview is not None:
+            self._write_interview(connection, batch)
+
+    def _write_deal(self, connection: Connection, batch: DealRecordBatch) -> None:
+        row = _fitted(DEALS, batch.deal.model_dump(mode="python"))
+        statement = self._insert(DEALS).values(row)
+        changed = {name: statement.excluded[name] for name in row if name != "deal_id"}
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["deal_id"],
+                set_=changed,
+                where=DEALS.c.updated_at <= statement.excluded.updated_at,
+            )
+        )
+
+    def _write_interview(self, connection: Connection, batch: DealRecordBatch) -> None:
+        interview = batch.interview
+        assert interview is not None
+        deal_id = batch.deal.deal_id
+        row = _fitted(
+            INTERVIEWS,
+            {"deal_id": deal_id, **interview.model_dump(mode="python", exclude={"reasons"})},
+        )
+        statement = self._insert(INTERVIEWS).values(row)
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["deal_id"],
+                set_={name: statement.excluded[name] for name in row if name != "deal_id"},
+            )
+        )
+        connection.execute(delete(INTERVIEW_REASONS).where(INTERVIEW_REASONS.c.deal_id == deal_id))
+        codes = sorted({code[:32] for code in interview.reasons if code})
+        if codes:
+            connection.execute(
+                insert(INTERVIEW_REASONS), [{"deal_id": deal_id, "code": code} for code in codes]
+            )
+
+    def _insert_once(
+        self, connection: Connection, table: Table, key: list[str], rows: list[dict[str, Any]]
+    ) -> None:
+        if not rows:
+            return
+        statement = self._insert(table).on_conflict_do_nothing(index_elements=key)
+        connection.execute(statement, [_fitted(table, row) for row in rows])
