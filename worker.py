@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.deal_records import DealRecorder
 from activities.mailbox import ImapEndpoint, MailboxProblem, MailboxReader
 from activities.mailbox_quota import MailboxQuota
 from activities.mailer import BuyerLinks, Mailer, Sender, unsubscribe_mailbox
@@ -143,6 +144,7 @@ def build_worker(
         activities=[
             mailer.send_email,
             SuppressionWriter(mailer.suppressions).suppress,
+            DealRecorder(mailer.suppressions.database if mailer.suppressions else None).record,
             *([mailbox.read_mailbox] if mailbox else []),
         ],
         max_cached_workflows=settings.max_cached_workflows,

@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Table, func, select, update
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from activities.deal_records import DealRecorder
 from ledger.database import LedgerDatabase
 from ledger.deal_records import DealRecords
 from ledger.tables import (
@@ -182,3 +185,22 @@ async def test_text_longer_than_its_column_is_cut_not_refused(ledger: LedgerData
     assert deal["outcome_note"] == long_note[:1000]
     started = next(e for e in await rows(ledger, STAGE_EVENTS) if e["event_key"] == "ACME-1/0")
     assert started["note"] == long_note[:1000]
+
+
+async def test_the_recording_activity_writes_its_batch(ledger: LedgerDatabase) -> None:
+    await ActivityEnvironment().run(DealRecorder(ledger).record, first_batch())
+
+    assert (await counts(ledger))["stage_events"] == 2
+
+
+async def test_an_unreachable_ledger_fails_the_attempt_with_one_line_for_a_retry() -> None:
+    down = LedgerDatabase("postgresql://postgres@127.0.0.1:9/ledger")
+    try:
+        with pytest.raises(ApplicationError) as failed:
+            await ActivityEnvironment().run(DealRecorder(down).record, first_batch())
+    finally:
+        await down.dispose()
+
+    assert failed.value.type == "LedgerUnavailable" and not failed.value.non_retryable
+    assert "cannot reach the ledger database on 127.0.0.1:9/ledger" in str(failed.value)
+    assert "\n" not in str(failed.value)
