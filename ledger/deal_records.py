@@ -9,7 +9,8 @@ activity, a replayed history) leaves the ledger as writing it once did:
 - contacts, stage events and rep tasks are inserted once and never changed: a contact
   that ``forget`` erased stays erased when the still-running deal records again;
 - an email's row is inserted as the deal first saw it and updated only while it is
-  still ``sending`` (a final outcome is never overwritten);
+  still ``sending`` or ``failed`` (ops may resend it); a final outcome is never
+  overwritten;
 - the interview is replaced whole, with its reason codes.
 
 Text longer than its column is cut to fit rather than refused: a buyer's long note
@@ -40,8 +41,9 @@ from ledger.tables import (
 )
 from workflows.deal_record import DealRecordBatch
 
-# An email row still in flight; any other outcome is final.
-_IN_FLIGHT = "sending"
+# An email still in flight, or failed and perhaps resent (under the same Message-ID):
+# any other outcome is final.
+_NOT_FINAL = ("sending", "failed")
 
 
 def _fitted(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -119,7 +121,7 @@ class DealRecords:
                 statement.on_conflict_do_update(
                     index_elements=["message_id"],
                     set_={"outcome": statement.excluded.outcome, "at": statement.excluded.at},
-                    where=DEAL_EMAILS.c.outcome == _IN_FLIGHT,
+                    where=DEAL_EMAILS.c.outcome.in_(_NOT_FINAL),
                 )
             )
         if batch.interview is not None:

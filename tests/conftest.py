@@ -26,11 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflow.v1 import PendingActivityInfo
+from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.converter import DataConverter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.mailer import SEND_EMAIL
 from activities.signed_tokens import TokenSigner
 from deal_intake import build_deal
 from devstack import OutboxSink, installed_binary, register_search_attributes
@@ -349,6 +353,34 @@ async def is_idle(handle: WorkflowHandle) -> bool:
         elif kind in _ACTIVITY_CLOSED:
             activities.discard(getattr(event, _ACTIVITY_CLOSED[kind]).scheduled_event_id)
     return not task_open and not activities
+
+
+async def pending_sends(handle: WorkflowHandle) -> list[PendingActivityInfo]:
+    """The deal's send activities still open (not its ledger records or suppressions),
+    described raw: the time-skipping server keeps an unset datetime search attribute as
+    a value the SDK's describe() cannot decode."""
+    request = DescribeWorkflowExecutionRequest(
+        namespace=handle._client.namespace, execution=WorkflowExecution(workflow_id=handle.id)
+    )
+    described = await handle._client.workflow_service.describe_workflow_execution(request)
+    pending = described.pending_activities
+    return [activity for activity in pending if activity.activity_type.name == SEND_EMAIL]
+
+
+async def send_attempts(handle: WorkflowHandle) -> list[int]:
+    """The attempt of each send activity that started, in order, as the history records
+    it (the last attempt only of each)."""
+    sends, attempts = set(), []
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled = event.activity_task_scheduled_event_attributes
+            if scheduled.activity_type.name == SEND_EMAIL:
+                sends.add(event.event_id)
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            started = event.activity_task_started_event_attributes
+            if started.scheduled_event_id in sends:
+                attempts.append(started.attempt)
+    return attempts
 
 
 def sent_at(message: EmailMessage) -> datetime:

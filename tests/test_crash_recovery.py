@@ -48,7 +48,7 @@ from realstack.worker import WorkerProcess
 from settings import Settings, load_settings
 from starter import start_deal
 from starter import status as deal_status
-from tests.conftest import is_idle
+from tests.conftest import is_idle, pending_sends, send_attempts
 from workflows.deal import PLAN, SEND_HEARTBEAT_TIMEOUT
 from workflows.models import DealInput, DealStatus, PlannedSend
 from workflows.stages import Stage
@@ -173,16 +173,6 @@ async def quiet(handles: list[WorkflowHandle], what: str) -> None:
     await wait_for(all_idle, what, every=0.5)
 
 
-async def started_attempts(handle: WorkflowHandle) -> list[int]:
-    """The attempt of each activity that ran to an end, in order (the history records the
-    last attempt only)."""
-    attempts = []
-    async for event in handle.fetch_history_events():
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-            attempts.append(event.activity_task_started_event_attributes.attempt)
-    return attempts
-
-
 @dataclass
 class Timers:
     due: dict[str, datetime] = field(default_factory=dict)
@@ -262,7 +252,7 @@ async def crash_mid_send(stack: Stack, point: str) -> Crash:
         status=current,
         proposal_id=proposal_id,
         record=await stack.ledger(proposal_id),
-        attempts=await started_attempts(handle),
+        attempts=await send_attempts(handle),
     )
 
 
@@ -378,7 +368,7 @@ async def slow_relay(stack: Stack) -> SlowReply:
     return SlowReply(
         held_for=time.monotonic() - began,
         arrivals=stack.relay.of_deal(deal.deal_id),
-        attempts=await started_attempts(handle),
+        attempts=await send_attempts(handle),
         status=current,
         record=await stack.ledger(current.messages[0].message_id),
     )
@@ -438,7 +428,7 @@ async def relay_outage(stack: Stack, deals: int = 3) -> Outage:
         planned[deal_id] = templates(relay.of_deal(deal_id)) + upcoming
 
     async def failing(handle: WorkflowHandle) -> PendingActivityInfo | None:
-        pending = (await handle.describe()).raw_description.pending_activities
+        pending = await pending_sends(handle)
         return pending[0] if pending and pending[0].attempt >= 2 else None
 
     retrying, during = {}, {}

@@ -11,12 +11,11 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
 from activities.rendering import TemplateLibrary
 from starter import record, start_deal, start_options
-from tests.conftest import Deals, steps
+from tests.conftest import Deals, pending_sends, send_attempts, steps
 from tests.test_inbound_signals import eventually as status_when
 from tests.test_lifecycle import deal_id, eventually, own_id, stage_is, status
 from worker import build_mailer, build_worker
@@ -25,20 +24,11 @@ from workflows.models import Closed, DealInput, SignalPayload
 from workflows.stages import BuyerSignal, Stage
 
 
-async def send_attempts(handle: WorkflowHandle) -> list[int]:
-    """The attempt number of each send activity that started, as the history records it."""
-    attempts = []
-    async for event in handle.fetch_history_events():
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-            attempts.append(event.activity_task_started_event_attributes.attempt)
-    return attempts
-
-
 async def retrying(handle: WorkflowHandle) -> None:
     """Wait until the deal's send activity has failed once and is being retried."""
 
     async def second_attempt() -> None:
-        pending = (await handle.describe()).raw_description.pending_activities
+        pending = await pending_sends(handle)
         assert pending and pending[0].attempt >= 2, pending
 
     await eventually(second_attempt)

@@ -29,6 +29,7 @@ MAX_LINE = 200  # one-line fields: source, purchase order, role
 MAX_NOTE = 2000  # notes, reasons, interview answers (several lines allowed)
 MAX_ADDRESS = 320  # an email address named in a payload (RFC 3696)
 MAX_EVENT_ID = 998
+MAX_CODE = 32  # a reason code: lost reasons, interview decision reasons
 # Counts.
 MAX_ITEMS = 200
 MAX_CONTACTS = 50
@@ -176,6 +177,16 @@ def _text(limit: int, lines: bool = False) -> Rule:
     return lambda where, value, today: check_text(where, value, limit, lines)
 
 
+def _rating(where: str, value: int | str, today: date) -> None:
+    if isinstance(value, str):  # an older interview's words
+        check_text(where, value, MAX_NOTE, lines=True)
+
+
+def _codes(where: str, value: list[str], today: date) -> None:
+    for code in value:
+        check_text(where, code, MAX_CODE)
+
+
 def _moment(where: str, value: datetime, today: date) -> None:
     check_moment(where, value, today)
 
@@ -192,8 +203,11 @@ RULES: dict[str, Rule] = {
     "purchase_order": _text(MAX_LINE),
     "why_decided": _text(MAX_NOTE, lines=True),
     "decision_process": _text(MAX_NOTE, lines=True),
-    "rep_rating": _text(MAX_NOTE, lines=True),
-    "cooperation_rating": _text(MAX_NOTE, lines=True),
+    "rep_rating": _rating,
+    "cooperation_rating": _rating,
+    "reasons": _codes,
+    "participants": _text(MAX_NOTE, lines=True),
+    "code": _text(MAX_CODE),
     "contact": _text(MAX_ADDRESS),
     "items": lambda where, value, today: check_items(where, value),
     "percent": lambda where, value, today: check_percent(where, value),

@@ -10,6 +10,7 @@ state has a timer, so no deal waits passively (docs/sales-process.md).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Literal
@@ -40,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         day_starts,
         next_slot,
     )
+    from workflows.deal_recording import RECORD_DEAL, DealRecording
     from workflows.models import (
         BuyerReplied,
         Closed,
@@ -162,6 +164,7 @@ class DealWorkflow:
         self.delivered_at: datetime | None = None
         self.delivery_reminders = 0
         self.outcome_reason = ""
+        self.lost_reason = ""
         self.interview: InterviewRecorded | None = None
         self.interview_invited = False
         self.interview_pending = False
@@ -176,12 +179,20 @@ class DealWorkflow:
         self.published: tuple[object, ...] = ()
         # Ids of events already applied (inbound Message-IDs, webhook event ids), newest last.
         self.events: list[str] = []
+        self.recording = DealRecording(self)
 
     # --- the loop ---
 
     @workflow.run
     async def run(self, deal: DealInput) -> DealStatus:
+        recorder = None
+        if workflow.patched(RECORD_DEAL):
+            # The ledger's record runs beside the loop: the loop never waits for it.
+            recorder = asyncio.create_task(self.recording.run())
         self._open()
+        if recorder is not None:
+            # Stage and value from the first moment, not from the first email sent.
+            self._publish(self._next_due())
         while True:
             self._release_pause()
             await self._record_suppressions()
@@ -198,6 +209,9 @@ class DealWorkflow:
             self._fire(due)
         self._publish(None)
         await workflow.wait_condition(workflow.all_handlers_finished)
+        if recorder is not None:
+            self.recording.closing = True
+            await recorder
         return self.status()
 
     async def _changed_before(self, due: datetime | None) -> bool:
@@ -765,6 +779,7 @@ class DealWorkflow:
     @workflow.update(name=BuyerSignal.LOST.value)
     def lost(self, signal: Closed) -> Stage:
         self.interview_pending = self._selected()
+        self.lost_reason = signal.code
         return self._close(Stage.LOST, BuyerSignal.LOST, signal)
 
     @lost.validator

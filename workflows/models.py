@@ -198,13 +198,26 @@ class Delivered(SignalPayload):
     delivered_at: AwareDatetime | None = None
 
 
+# A rating from the buyer: 1 (poor) to 5 (excellent). Interviews recorded before ratings
+# were numbers hold the buyer's words instead; they still decode.
+Rating = Annotated[int, Field(ge=1, le=5)] | Annotated[str, Field(min_length=1)]
+
+
+def score(rating: int | str) -> int | None:
+    """The rating as a number 1-5, None for the words of an older interview."""
+    return rating if isinstance(rating, int) else None
+
+
 class InterviewRecorded(SignalPayload):
-    """The four question groups of the win-loss interview (docs/sales-process.md)."""
+    """The four question groups of the win-loss interview (docs/sales-process.md), with
+    the decision reasons as codes and the buyer's own words in ``note``."""
 
     why_decided: str = Field(min_length=1)
     decision_process: str = Field(min_length=1)
-    rep_rating: str = Field(min_length=1)
-    cooperation_rating: str = Field(min_length=1)
+    rep_rating: Rating
+    cooperation_rating: Rating
+    reasons: list[str] = Field(default_factory=list, max_length=20)
+    participants: str = ""
 
 
 class BuyerReplied(SignalPayload):
@@ -265,6 +278,8 @@ class Closed(SignalPayload):
     """Lost, disqualified or cancelled: always with the reason."""
 
     reason: str = Field(min_length=1)
+    # A lost deal's reason code (``DEALFLOW_LOST_REASONS``); ``reason`` says it in words.
+    code: str = ""
 
 
 # --- What the deal reports ---
