@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from pydantic import EmailStr, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workflows import bounds
 from workflows.business_calendar import SendWindow
 from workflows.models import Cadence, ShiftPolicy
 
@@ -235,6 +236,9 @@ class Settings(BaseSettings):
     send_cap_per_24h: int | None = Field(default=None, gt=0)
     send_cap_window: timedelta = timedelta(hours=24)
 
+    # Why deals are lost, as codes managers can count (``lost --reason CODE``), comma-separated.
+    lost_reasons: str = "price,timing,competitor,no_budget,no_decision,other"
+
     # Sends that keep failing transiently (SMTP down) are retried this long, then recorded.
     send_retry_for: timedelta = timedelta(hours=24)
     # A deal that closes holding emails that failed for good stays open this long for ops
@@ -329,6 +333,14 @@ class Settings(BaseSettings):
                     "(sqlite:///PATH) or postgresql (postgresql://USER:PASSWORD@HOST:PORT/DB)"
                 )
         self._check_secrets()
+        for code in self.lost_reason_codes:
+            if not bounds.REASON_CODE.fullmatch(code):
+                raise ValueError(
+                    f"{ENV_PREFIX}LOST_REASONS: {code!r} is not a code; use lower-case "
+                    "letters, digits and _ (at most 32), comma-separated, e.g. price,timing"
+                )
+        if not self.lost_reason_codes:
+            raise ValueError(f"{ENV_PREFIX}LOST_REASONS is empty; list at least one code")
         if self.codec_keys is not None:
             ring = parse_codec_keys(self.codec_keys.get_secret_value())
             if not self.dev:
@@ -359,6 +371,10 @@ class Settings(BaseSettings):
             field = "__".join(str(part) for part in first["loc"]).upper()
             raise ValueError(f"{ENV_PREFIX}CADENCE__{field}: {first['msg']}") from None
         return self
+
+    @property
+    def lost_reason_codes(self) -> list[str]:
+        return [code.strip() for code in self.lost_reasons.split(",") if code.strip()]
 
     def _check_secrets(self) -> None:
         """Each secret: 32 bytes at least, never a published demo value (dev: any non-empty)."""

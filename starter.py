@@ -63,7 +63,7 @@ from deal_intake import (
 )
 from ledger import LedgerProblem
 from settings import Settings, demo_cadence, load_settings
-from workflows import pricing
+from workflows import bounds, pricing
 from workflows.deal import PLAN, RESEND_FAILED, STATUS, DealWorkflow
 from workflows.mailbox_poller import (
     INBOX_QUERY,
@@ -402,11 +402,15 @@ def _signal_command(
 
     def register(build: Callable[..., Any]) -> Callable[..., Any]:
         async def run(client: Client, settings: Settings, deal_id: str, **options: Any) -> None:
+            if "settings" in inspect.signature(build).parameters:
+                options["settings"] = settings
             payload = await build(client, deal_id, **options)
             stage = await record(client, deal_id, signal, payload)
             out.print(f"{deal_id}: {signal.value} recorded; stage is now {Stage(stage).value}")
 
-        parameters = list(inspect.signature(build).parameters.values())
+        parameters = [
+            p for p in inspect.signature(build).parameters.values() if p.name != "settings"
+        ]
         settings = inspect.Parameter("settings", inspect.Parameter.POSITIONAL_OR_KEYWORD)
         run.__signature__ = inspect.Signature([parameters[0], settings, *parameters[1:]])  # type: ignore[attr-defined]
         run.__annotations__ = {**build.__annotations__}
@@ -637,21 +641,42 @@ async def _interview(
     client: Client,
     deal_id: str = DealId,
     why: str = typer.Option(..., help="Why the buyer decided as they did."),
-    process: str = typer.Option(..., help="How their decision process went, who took part."),
-    rep: str = typer.Option(..., help="How they rate the rep."),
-    cooperation: str = typer.Option(..., help="How they rate the cooperation."),
-    note: str = Note,
+    process: str = typer.Option(..., help="How their decision process went."),
+    rep: str = typer.Option(..., help="How they rate the rep, 1 (poor) to 5 (excellent)."),
+    cooperation: str = typer.Option(..., help="How they rate the cooperation, 1 to 5."),
+    reason: list[str] = typer.Option(
+        None, help="A decision reason code (price, lead_time, quality...); repeat."
+    ),
+    participants: str = typer.Option("", help="Who took part, on the buyer's side and ours."),
+    note: str = typer.Option("", "--note", help="The buyer's own words, free text."),
     source: str = Source,
 ) -> InterviewRecorded:
+    for code in reason or []:
+        _checked(bounds.check_code, "--reason", code)
     return _payload(
         InterviewRecorded,
         why_decided=why,
         decision_process=process,
-        rep_rating=rep,
-        cooperation_rating=cooperation,
+        rep_rating=_rating("--rep", rep),
+        cooperation_rating=_rating("--cooperation", cooperation),
+        reasons=sorted(set(reason or [])),
+        participants=participants,
         note=note,
         source=source,
     )
+
+
+def _rating(flag: str, text: str) -> int:
+    if text.strip() not in ("1", "2", "3", "4", "5"):
+        raise BadInput(f"{flag} {text[:40]!r}: give a whole number from 1 (poor) to 5 (excellent)")
+    return int(text)
+
+
+def _checked(check: Callable[[str, str], None], flag: str, value: str) -> None:
+    try:
+        check(flag, value)
+    except ValueError as error:
+        raise BadInput(str(error)) from None
 
 
 def _closing(name: str, signal: BuyerSignal, help_text: str) -> None:
@@ -668,7 +693,29 @@ def _closing(name: str, signal: BuyerSignal, help_text: str) -> None:
     _signal_command(name, signal, help_text)(build)
 
 
-_closing("lost", BuyerSignal.LOST, "The buyer chose not to buy; loss interview if selected.")
+@_signal_command(
+    "lost", BuyerSignal.LOST, "The buyer chose not to buy; loss interview if selected."
+)
+async def _lost(
+    client: Client,
+    deal_id: str = DealId,
+    reason: str = typer.Option(..., help="Why, as a code of DEALFLOW_LOST_REASONS."),
+    note: str = typer.Option("", "--note", help="Why, in words (needed with --reason other)."),
+    source: str = Source,
+    *,
+    settings: Settings,
+) -> Closed:
+    codes = settings.lost_reason_codes
+    if reason not in codes:
+        raise BadInput(
+            f"--reason {reason[:40]!r} is not a lost reason; use one of {', '.join(codes)} "
+            "(DEALFLOW_LOST_REASONS lists them)"
+        )
+    if reason == "other" and not note.strip():
+        raise BadInput("--reason other needs --note saying why the deal was lost")
+    return _payload(Closed, reason=note or reason, code=reason, source=source)
+
+
 _closing("disqualify", BuyerSignal.DISQUALIFIED, "The buyer does not fit; the deal ends.")
 _closing("cancel", BuyerSignal.CANCELLED, "Ops cancel: the deal ends and sends nothing more.")
 

@@ -105,8 +105,8 @@ def payloads(delivered_at: datetime | None = None) -> dict[BuyerSignal, BaseMode
         BuyerSignal.INTERVIEW_RECORDED: InterviewRecorded(
             why_decided="lead time",
             decision_process="CFO and ops lead",
-            rep_rating="responsive",
-            cooperation_rating="smooth install",
+            rep_rating=4,
+            cooperation_rating=5,
             source="bench",
         ),
     }

@@ -463,7 +463,10 @@ class Buyers:
             return
         await self.think()
         lost = Closed(
-            reason="went with a competitor", source="soak", event_id=self._event(deal, "lost")
+            reason="went with a competitor",
+            code="competitor",
+            source="soak",
+            event_id=self._event(deal, "lost"),
         )
         if not await self.signal(deal, BuyerSignal.LOST, lost):
             return
@@ -507,8 +510,8 @@ class Buyers:
         return InterviewRecorded(
             why_decided="lead time",
             decision_process="CFO and ops lead",
-            rep_rating="responsive",
-            cooperation_rating="smooth install",
+            rep_rating=4,
+            cooperation_rating=5,
             source="soak",
             event_id=f"soak-{deal}-interview",
         )

@@ -573,14 +573,25 @@ async def test_a_whole_won_deal_through_the_cli(stack: Stack, tmp_path: Path) ->
     assert "stage is now Delivered" in delivered.stdout
     await stack.wait_for_stage(deal_id, "Win-Loss Invited")
 
+    answers = ["interview", deal_id, "--why", "price and service", "--process", "CFO and ops"]
+    for flag, words in (("--rep", "excellent"), ("--cooperation", "6")):
+        rated = ["--rep", "5", "--cooperation", "4", flag, words]
+        refused = await stack.cli(*answers, *rated)
+        assert refused.code == 1, refused
+        assert refused.one_line_error().startswith(f"dealflow: {flag} '{words}': give a whole")
+    refused = await stack.cli(*answers, "--rep", "5", "--cooperation", "4", "--reason", "Cheap!")
+    assert refused.code == 1 and "'Cheap!' is not a reason code" in refused.one_line_error()
     interviewed = await stack.ok(
-        "interview", deal_id, "--why", "price and service", "--process", "CFO and ops",
-        "--rep", "excellent", "--cooperation", "good",
+        *answers, "--rep", "5", "--cooperation", "4", "--reason", "price",
+        "--reason", "lead_time", "--participants", "Bea Buyer, our rep",
     )  # fmt: skip
     assert "stage is now Won" in interviewed.stdout
     final = await stack.status_json(deal_id)
     assert final["stage"] == "Won"
     assert final["interview"]["why_decided"] == "price and service"
+    assert (final["interview"]["rep_rating"], final["interview"]["cooperation_rating"]) == (5, 4)
+    assert final["interview"]["reasons"] == ["lead_time", "price"]
+    assert final["interview"]["participants"] == "Bea Buyer, our rep"
     assert [change["stage"] for change in final["history"]] == [
         "Requirements Clarified", "Proposal Received", "Price Agreed", "Offer Received",
         "Order Placed", "Order Confirmed", "Delivered", "Checked In", "Win-Loss Invited", "Won",
@@ -619,6 +630,27 @@ async def test_cancel_ends_the_deal_and_sends_nothing_more(stack: Stack) -> None
     final = await stack.status_json(deal_id)
     assert final["stage"] == "Cancelled"
     assert [m["template"] for m in final["messages"]] == ["proposal"]
+
+
+async def test_lost_takes_a_reason_code_of_the_configured_list(stack: Stack) -> None:
+    deal_id = new_id()
+    await start_rfp(stack, deal_id)
+    unknown = await stack.cli("lost", deal_id, "--reason", "too expensive")
+    assert unknown.code == 1
+    assert unknown.one_line_error() == (
+        "dealflow: --reason 'too expensive' is not a lost reason; use one of price, timing, "
+        "competitor, no_budget, no_decision, other (DEALFLOW_LOST_REASONS lists them)"
+    )
+    bare = await stack.cli("lost", deal_id, "--reason", "other")
+    assert bare.code == 1 and "--reason other needs --note" in bare.one_line_error()
+    custom = await stack.cli("lost", deal_id, "--reason", "x", DEALFLOW_LOST_REASONS="x,y-z")
+    assert custom.code == 2 and "DEALFLOW_LOST_REASONS: 'y-z' is not a code" in custom.stderr
+    assert (await stack.status_json(deal_id))["stage"] == "Proposal Received"
+
+    lost = await stack.ok("lost", deal_id, "--reason", "competitor", "--note", "Rival GmbH")
+    assert lost.stdout.strip() == f"{deal_id}: lost recorded; stage is now Lost"
+    final = await stack.status_json(deal_id)
+    assert final["stage"] == "Lost" and final["outcome_reason"] == "Rival GmbH"
 
 
 async def test_signal_to_a_closed_deal_says_it_is_closed(stack: Stack) -> None:

@@ -16,7 +16,7 @@ from temporalio.worker import Replayer
 
 from ledger.database import LedgerDatabase
 from ledger.tables import DEAL_EMAILS, DEALS, INTERVIEW_REASONS, INTERVIEWS, REP_TASKS, STAGE_EVENTS
-from starter import record
+from starter import Refused, record
 from tests.conftest import MAIL_WITHIN, Deals, codec_data_converter, on_both_databases, sent_at
 from workflows.deal import DealWorkflow
 from workflows.models import Closed, DealStatus, InterviewRecorded, OrderPlaced, PriceAgreed
@@ -77,6 +77,10 @@ async def test_a_closed_deal_keeps_every_record_in_the_ledger(
     await record(deals.client, deal_id(handle), BuyerSignal.LOST, lost)
     await deals.skip(timedelta(days=21, hours=1))
     await deals.mail(3)
+    # Ratings are numbers now: words, as older interviews held, are refused.
+    worded = ANSWERS.model_copy(update={"rep_rating": "responsive"})
+    with pytest.raises(Refused, match="rep_rating must be a whole number from 1"):
+        await record(deals.client, deal_id(handle), BuyerSignal.INTERVIEW_RECORDED, worded)
     await record(deals.client, deal_id(handle), BuyerSignal.INTERVIEW_RECORDED, ANSWERS)
     final: DealStatus = await handle.result()
 

@@ -154,7 +154,7 @@ async def test_huge_requirements_and_interview_answers_are_refused(deals: Deals)
     )
     assert "the list total" in line and "999,999,999,999.99" in line
     answers = InterviewRecorded(
-        why_decided="x" * 5000, decision_process="p", rep_rating="r", cooperation_rating="c"
+        why_decided="x" * 5000, decision_process="p", rep_rating=3, cooperation_rating=3
     )
     line = await refused(deals, handle, BuyerSignal.INTERVIEW_RECORDED, answers)
     assert "why_decided is 5,000 characters long" in line

@@ -43,8 +43,8 @@ MINUTE = timedelta(minutes=1)
 ANSWERS = InterviewRecorded(
     why_decided="best lead time",
     decision_process="ops lead and CFO, two calls",
-    rep_rating="responsive",
-    cooperation_rating="technical team was strong",
+    rep_rating=4,
+    cooperation_rating=5,
 )
 
 

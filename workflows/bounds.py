@@ -12,6 +12,7 @@ no I/O), so the workflow's validators run them in the sandbox.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -30,6 +31,7 @@ MAX_NOTE = 2000  # notes, reasons, interview answers (several lines allowed)
 MAX_ADDRESS = 320  # an email address named in a payload (RFC 3696)
 MAX_EVENT_ID = 998
 MAX_CODE = 32  # a reason code: lost reasons, interview decision reasons
+REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # Counts.
 MAX_ITEMS = 200
 MAX_CONTACTS = 50
@@ -182,9 +184,22 @@ def _rating(where: str, value: int | str, today: date) -> None:
         check_text(where, value, MAX_NOTE, lines=True)
 
 
+def check_code(where: str, code: str) -> None:
+    if not REASON_CODE.fullmatch(code):
+        raise ValueError(
+            f"{where}: {code[:40]!r} is not a reason code; use lower-case letters, digits "
+            "and _ (at most 32), e.g. price"
+        )
+
+
 def _codes(where: str, value: list[str], today: date) -> None:
     for code in value:
-        check_text(where, code, MAX_CODE)
+        check_code(where, code)
+
+
+def _code(where: str, value: str, today: date) -> None:
+    if value:
+        check_code(where, value)
 
 
 def _moment(where: str, value: datetime, today: date) -> None:
@@ -207,7 +222,7 @@ RULES: dict[str, Rule] = {
     "cooperation_rating": _rating,
     "reasons": _codes,
     "participants": _text(MAX_NOTE, lines=True),
-    "code": _text(MAX_CODE),
+    "code": _code,
     "contact": _text(MAX_ADDRESS),
     "items": lambda where, value, today: check_items(where, value),
     "percent": lambda where, value, today: check_percent(where, value),

@@ -775,6 +775,9 @@ class DealWorkflow:
         self._refuse(BuyerSignal.INTERVIEW_RECORDED, signal)
         if self.stage is Stage.LOST and not (self.interview_pending and self.interview_invited):
             raise ValueError("no loss interview was invited for this deal")
+        for name in ("rep_rating", "cooperation_rating"):
+            if isinstance(getattr(signal, name), str):  # words, as older interviews had
+                raise ValueError(f"{name} must be a whole number from 1 (poor) to 5 (excellent)")
 
     @workflow.update(name=BuyerSignal.LOST.value)
     def lost(self, signal: Closed) -> Stage:
