@@ -1066,6 +1066,7 @@ class DealWorkflow:
             delivery_date=self.delivery_date,
             delivered_at=self.delivered_at,
             outcome_reason=self.outcome_reason,
+            lost_reason=self.lost_reason,
             next_touch=NextTouch(what=describe(due), at=due.at) if due else waiting,
             history=list(self.history),
             messages=list(self.messages),

@@ -336,6 +336,8 @@ class DealStatus(Model):
     delivery_date: date | None = None
     delivered_at: datetime | None = None
     outcome_reason: str = ""
+    # A lost deal's reason code (``lost --reason``).
+    lost_reason: str = ""
     next_touch: NextTouch | None = None
     history: list[StageChange] = Field(default_factory=list)
     messages: list[MessageRecord] = Field(default_factory=list)
