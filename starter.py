@@ -1088,6 +1088,29 @@ def db_upgrade() -> None:
         out.print(f"ledger {where}: schema {before or 'none'} -> {now}", soft_wrap=True)
 
 
+ledger_app = typer.Typer(no_args_is_help=True, help="The deal records in the ledger.")
+app.add_typer(ledger_app, name="ledger")
+
+
+@ledger_app.command("backfill")
+@_run
+async def ledger_backfill(client: Client, settings: Settings) -> None:
+    """Write the records of every deal Temporal still holds (safe to run again)."""
+    from ledger.backfill import backfill
+    from ledger.deal_records import DealRecords
+
+    async with ledger_database(settings) as database:
+        done = await backfill(client, DealRecords(database))
+    for line in done.failed:
+        err.print(f"dealflow: warning: {line}", soft_wrap=True)
+    out.print(
+        f"backfilled {done.open + done.closed} deals ({done.open} open, {done.closed} closed)"
+        + (f"; {len(done.failed)} could not be read (above)" if done.failed else "")
+    )
+    if done.failed:
+        raise typer.Exit(1)
+
+
 suppression_app = typer.Typer(
     no_args_is_help=True, help="The global suppression list (opt-outs and hard bounces)."
 )

@@ -987,3 +987,60 @@ async def test_resend_delivered_marks_a_held_email_sent_and_the_deal_moves_on(
     assert row.smtp_reply == "marked delivered by ops: found in the relay's log"
     await stack.ok("cancel", deal_id, "--reason", "test done")
     assert [step_of(m) for m in stack.mail(deal_id)] == ["task_check_maybe_sent"]
+
+
+async def test_ledger_backfill_writes_what_the_deals_recorded_themselves(stack: Stack) -> None:
+    from sqlalchemy import delete, select
+
+    from ledger.tables import DEAL_CONTACTS, DEAL_EMAILS, DEALS, REP_TASKS, STAGE_EVENTS
+
+    tables = (DEALS, DEAL_CONTACTS, STAGE_EVENTS, DEAL_EMAILS, REP_TASKS)
+    ledger = stack.suppressions.database
+    running, closed = new_id("OPEN"), new_id("SHUT")
+    no_interview = {"DEALFLOW_CADENCE__WIN_LOSS_MIN_ORDER_VALUE": "1000000"}
+    for deal_id in (running, closed):
+        assert (await stack.cli(*rfp_args(deal_id), **no_interview)).code == 0
+        await stack.wait_for_stage(deal_id, "Proposal Received")
+    # Held still, so that what it recorded is what backfill finds.
+    await stack.ok("pause", running)
+    await stack.ok("lost", closed, "--reason", "timing", "--note", "budget moved to 2028")
+    handle = stack.client.get_workflow_handle(workflow_id(closed), result_type=DealStatus)
+    await asyncio.wait_for(handle.result(), MAIL_WITHIN)
+    paused = select(STAGE_EVENTS).where(
+        STAGE_EVENTS.c.deal_id == running, STAGE_EVENTS.c.signal == "paused"
+    )
+    deadline = asyncio.get_running_loop().time() + MAIL_WITHIN
+    while await ledger.run(lambda c: c.execute(paused).first()) is None:
+        assert asyncio.get_running_loop().time() < deadline, "the pause was never recorded"
+        await asyncio.sleep(0.1)
+
+    async def records() -> dict[str, list[dict[str, Any]]]:
+        found = {}
+        for table in tables:
+            query = select(table).where(table.c.deal_id.in_([running, closed]))
+            rows = await ledger.run(lambda c, q=query: [dict(r) for r in c.execute(q).mappings()])
+            # When the row was written differs; what it says must not.
+            found[table.name] = sorted(
+                ({k: v for k, v in row.items() if k != "updated_at"} for row in rows), key=str
+            )
+        return found
+
+    recorded = await records()
+    assert len(recorded["deals"]) == 2 and recorded["stage_events"] and recorded["deal_emails"]
+    assert {r["deal_id"]: r["lost_reason"] for r in recorded["deals"]} == {
+        running: None,
+        closed: "timing",
+    }
+
+    async def forget_all() -> None:
+        for table in tables:
+            statement = delete(table).where(table.c.deal_id.in_([running, closed]))
+            await ledger.run(lambda c, s=statement: c.execute(s), write=True)
+
+    await forget_all()
+    filled = await stack.ok("ledger", "backfill")
+    assert filled.stdout.startswith("backfilled "), filled.stdout
+    assert await records() == recorded
+    again = await stack.ok("ledger", "backfill")  # nothing written twice
+    assert again.stdout.split("(")[0] == filled.stdout.split("(")[0]
+    assert await records() == recorded
