@@ -42,6 +42,7 @@ from codec_server import codec_routes
 from connection import TemporalUnreachable, connect
 from deal_intake import explain
 from ledger.database import LedgerDatabase
+from ledger.deal_records import DealRecords
 from ledger.suppression_list import SuppressionList, SuppressionReason, SuppressionSource
 from settings import Settings, load_settings
 from starter import DealUnreachable, NoSuchDeal, Refused, record, workflow_id
@@ -173,6 +174,7 @@ class Endpoints:
         self.signer = settings.token_signer()
         self.database = LedgerDatabase(settings.ledger_url)
         self.suppressions = SuppressionList(self.database)
+        self.records = DealRecords(self.database)
 
     # --- unsubscribe (RFC 8058) ---
 
@@ -316,7 +318,7 @@ class Endpoints:
         """Run the signal's update (``starter.record``) and answer by what went wrong."""
         try:
             async with asyncio.timeout(UPDATE_TIMEOUT):
-                stage = await record(self.client, deal_id, signal, payload)
+                stage = await record(self.client, deal_id, signal, payload, self.records)
         except NoSuchDeal:
             raise Problem(404, f"no deal {deal_id!r}") from None
         except DealUnreachable as error:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -101,6 +102,7 @@ LEGACY_SUPPRESSION_WORKFLOW = "SuppressedAddress"
 if TYPE_CHECKING:
     # SQLAlchemy is imported by the commands that use the ledger, not by every command.
     from ledger.database import LedgerDatabase
+    from ledger.deal_records import DealRecords
     from ledger.suppression_list import SuppressionEntry, SuppressionList
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -218,9 +220,14 @@ async def start_deal(
 
 
 async def record(
-    client: Client, deal_id: str, signal: BuyerSignal | str, payload: BaseModel
+    client: Client,
+    deal_id: str,
+    signal: BuyerSignal | str,
+    payload: BaseModel,
+    refusals: DealRecords | None = None,
 ) -> Any:
-    """Send one buyer signal as an update; the deal's validator may refuse it with a reason."""
+    """Send one buyer signal as an update; the deal's validator may refuse it with a
+    reason, which goes in the deal's records in the ledger too (``refusals``)."""
     name = signal.value if isinstance(signal, BuyerSignal) else signal
     handle = client.get_workflow_handle(workflow_id(deal_id))
     try:
@@ -228,9 +235,22 @@ async def record(
     except WorkflowUpdateFailedError as error:
         cause = error.cause
         reason = getattr(cause, "message", None) or str(cause or error)
+        if refusals is not None and isinstance(payload, SignalPayload):
+            await _keep_refusal(refusals, deal_id, name, payload, reason)
         raise Refused(f"deal {deal_id!r} refused {name}: {reason}") from None
     except RPCError as error:
         raise await _explain_rpc(client, deal_id, error) from None
+
+
+async def _keep_refusal(
+    refusals: DealRecords, deal_id: str, name: str, payload: SignalPayload, reason: str
+) -> None:
+    try:
+        await refusals.refused(deal_id, name, payload, reason, datetime.now(UTC))
+    except Exception as error:  # the refusal is what the caller must hear, not this
+        logging.getLogger(__name__).warning(
+            "deal %s: refused %s not recorded in the ledger: %s", deal_id, name, error
+        )
 
 
 async def status(client: Client, deal_id: str) -> DealStatus:
@@ -405,7 +425,10 @@ def _signal_command(
             if "settings" in inspect.signature(build).parameters:
                 options["settings"] = settings
             payload = await build(client, deal_id, **options)
-            stage = await record(client, deal_id, signal, payload)
+            from ledger.deal_records import DealRecords
+
+            async with ledger_database(settings) as database:
+                stage = await record(client, deal_id, signal, payload, DealRecords(database))
             out.print(f"{deal_id}: {signal.value} recorded; stage is now {Stage(stage).value}")
 
         parameters = [

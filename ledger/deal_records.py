@@ -20,7 +20,9 @@ must not keep a deal's records out of the ledger.
 from __future__ import annotations
 
 import binascii
+import hashlib
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -39,7 +41,8 @@ from ledger.tables import (
     REP_TASKS,
     STAGE_EVENTS,
 )
-from workflows.deal_record import DealRecordBatch
+from workflows.deal_record import DealRecordBatch, StageEventRecord
+from workflows.models import SignalPayload
 
 # An email still in flight, or failed and perhaps resent (under the same Message-ID):
 # any other outcome is final.
@@ -72,6 +75,28 @@ class DealRecords:
         """Write ``batch`` in one transaction (idempotent)."""
         hash_key = await self._key()
         await self.database.run(lambda c: self._write(c, batch, hash_key), write=True)
+
+    async def refused(
+        self, deal_id: str, signal: str, payload: SignalPayload, refusal: str, at: datetime
+    ) -> None:
+        """A signal the deal refused (its validator said why): kept with the audit trail.
+        Keyed by the source's event id when it gave one, so a retried webhook writes once."""
+        seed = payload.event_id or f"{at.isoformat()} {payload.model_dump_json()}"
+        digest = hashlib.sha256(f"{signal} {seed}".encode()).hexdigest()[:32]
+        event = StageEventRecord(
+            event_key=f"{deal_id}/r-{digest}",
+            at=at,
+            signal=signal,
+            accepted=False,
+            refusal=refusal,
+            source=payload.source,
+            note=payload.note,
+            source_event_id=payload.event_id or None,
+        )
+        row = {"deal_id": deal_id, **event.model_dump(mode="python")}
+        await self.database.run(
+            lambda c: self._insert_once(c, STAGE_EVENTS, ["event_key"], [row]), write=True
+        )
 
     async def _key(self) -> bytes:
         if self._hash_key is None:

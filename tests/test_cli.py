@@ -388,6 +388,17 @@ async def test_rfq_discount_below_the_floor_is_refused(stack: Stack) -> None:
     assert "the most that can be conceded is 10.00%" in line
     assert await stack.status_json(deal_id) == before
     assert len(stack.mail(deal_id)) == 2
+    # The refusal stays in the deal's audit trail in the ledger, with the reason.
+    from sqlalchemy import select
+
+    from ledger.tables import STAGE_EVENTS
+
+    query = select(STAGE_EVENTS).where(
+        STAGE_EVENTS.c.deal_id == deal_id, STAGE_EVENTS.c.accepted.is_(False)
+    )
+    [kept] = await stack.suppressions.database.run(lambda c: list(c.execute(query).mappings()))
+    assert kept["signal"] == "discount_requested" and kept["source"] == "ops"
+    assert "below the floor of 900.00" in kept["refusal"]
 
     granted = await stack.cli("discount", deal_id, "5")
     assert granted.code == 0, granted
