@@ -103,6 +103,7 @@ if TYPE_CHECKING:
     # SQLAlchemy is imported by the commands that use the ledger, not by every command.
     from ledger.database import LedgerDatabase
     from ledger.deal_records import DealRecords
+    from ledger.kept_deals import KeptDeal
     from ledger.suppression_list import SuppressionEntry, SuppressionList
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -970,8 +971,19 @@ async def status_command(
     deal_id: str = DealId,
     json: bool = typer.Option(False, "--json", help="Print the full status as JSON."),
 ) -> None:
-    """Where a deal stands: stage, history, next touch, emails sent, problems."""
-    deal = await status(client, deal_id)
+    """Where a deal stands: stage, history, next touch, emails sent, problems (from the
+    ledger once Temporal has forgotten a closed deal)."""
+    try:
+        deal = await status(client, deal_id)
+    except NoSuchDeal:
+        from ledger.kept_deals import kept_deal
+
+        async with ledger_database(settings) as database:
+            kept = await kept_deal(database, deal_id)
+        if kept is None:
+            raise
+        _print_kept(kept, json)
+        return
     if json:
         out.print_json(deal.model_dump_json())
         return
@@ -1001,6 +1013,40 @@ async def status_command(
         err.print(f"problem: {problem}")
     for late in deal.sending_problems:
         err.print(f"sending: {late}", soft_wrap=True)
+
+
+def _print_kept(deal: KeptDeal, json: bool) -> None:
+    if json:
+        out.print_json(deal.model_dump_json())
+        return
+    out.print(
+        f"{deal.deal_id} {deal.company} ({deal.kind.upper()}) owner {deal.owner}\n"
+        f"stage: {deal.stage}  value: {deal.currency} {deal.value:,.2f}"
+        + (f"\noutcome: {deal.outcome_note}" if deal.outcome_note else "")
+        + (f" (reason: {deal.lost_reason})" if deal.lost_reason else "")
+    )
+    err.print(
+        "from the ledger: Temporal no longer holds this deal (a closed deal leaves it when "
+        "the namespace's retention ends); emails are shown without their addresses",
+        soft_wrap=True,
+    )
+    history = Table("time", "stage", "signal", "source", "note", title="history")
+    for event in deal.events:
+        stage = event.to_stage or f"refused: {event.refusal}"
+        history.add_row(_when(event.at), stage, event.signal, event.source, event.note)
+    out.print(history)
+    emails = Table("time", "step", "recipients", "outcome", title="emails")
+    for email in deal.emails:
+        emails.add_row(_when(email.at), email.step, str(email.recipients), email.outcome)
+    out.print(emails)
+    if deal.interview:
+        answers = deal.interview
+        out.print(
+            f"interview {_when(answers.recorded_at)}: rep {answers.rep_rating or '-'}/5, "
+            f"cooperation {answers.cooperation_rating or '-'}/5, "
+            f"reasons {', '.join(answers.reasons) or '-'}\nwhy: {answers.why_decided}",
+            soft_wrap=True,
+        )
 
 
 @app.command("plan")

@@ -1055,3 +1055,49 @@ async def test_ledger_backfill_writes_what_the_deals_recorded_themselves(stack: 
     again = await stack.ok("ledger", "backfill")  # nothing written twice
     assert again.stdout.split("(")[0] == filled.stdout.split("(")[0]
     assert await records() == recorded
+
+
+async def test_a_deal_deleted_from_temporal_still_shows_its_status_from_the_ledger(
+    stack: Stack,
+) -> None:
+    from temporalio.api.common.v1 import WorkflowExecution
+    from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
+
+    deal_id = new_id("GONE")
+    no_interview = {"DEALFLOW_CADENCE__WIN_LOSS_MIN_ORDER_VALUE": "1000000"}
+    assert (await stack.cli(*rfp_args(deal_id), **no_interview)).code == 0
+    await stack.wait_for_stage(deal_id, "Proposal Received")
+    await stack.cli("discount", deal_id, "50")  # refused: below the floor
+    await stack.ok("lost", deal_id, "--reason", "price", "--note", "Rival [b]GmbH[/b] was cheaper")
+    handle = stack.client.get_workflow_handle(workflow_id(deal_id), result_type=DealStatus)
+    final = await asyncio.wait_for(handle.result(), MAIL_WITHIN)
+
+    # What the namespace's retention does to a closed deal, at once.
+    await stack.client.workflow_service.delete_workflow_execution(
+        DeleteWorkflowExecutionRequest(
+            namespace=stack.client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=handle.id),
+        )
+    )
+    deadline = asyncio.get_running_loop().time() + MAIL_WITHIN
+    while (shown := await stack.cli("status", deal_id)).code == 0 and "from the ledger" not in (
+        shown.stderr
+    ):
+        assert asyncio.get_running_loop().time() < deadline, "Temporal kept the deal"
+        await asyncio.sleep(0.2)
+    assert shown.code == 0, shown
+    assert shown.one_line_error().startswith("from the ledger: Temporal no longer holds")
+    assert f"{deal_id} Buyer & Sons (RFP)" in shown.stdout
+    assert "stage: Lost  value: EUR 1,500.00" in shown.stdout
+    assert "outcome: Rival [b]GmbH[/b] was cheaper (reason: price)" in shown.stdout
+    assert "refused: " in shown.stdout and "below the floor" in shown.stdout
+
+    kept = json.loads((await stack.ok("status", deal_id, "--json")).stdout)
+    assert kept["stage"] == "Lost" and kept["lost_reason"] == "price"
+    assert [e["to_stage"] for e in kept["events"] if e["accepted"]] == [
+        change.stage.value for change in final.history
+    ]
+    assert [e["step"] for e in kept["emails"]] == [m.step for m in final.messages]
+
+    unknown = await stack.cli("status", new_id("NEVER"))
+    assert unknown.code == 1 and "no deal" in unknown.one_line_error()
