@@ -1,0 +1,809 @@
+"""What managers measure, computed from the ledger's deal records (never from Temporal,
+which forgets a closed deal after its retention).
+
+This module is the one place with the reports' SQL: the CLI (``starter.py report``,
+``export``) and the managers' dashboard call these functions and hold no SQL of their own.
+Counting, grouping and durations run in the database; medians and 90th percentiles are
+taken from one ordered query's durations (SQLite has no percentile function).
+
+Definitions (docs/ledger.md repeats them for BI users):
+
+- A deal *reached* a stage when one of its stage events has that stage as ``to_stage``.
+- Funnel ``to_next``: of the deals that reached a stage and are no longer in it, the share
+  that reached a later stage of the path (``FUNNEL_STAGES`` order). ``to_won``: of the
+  closed deals that reached it, the share Won. The forecast weighs open value by the
+  latter, so a stage's rate rests only on deals whose ending is known.
+- Time in a stage: from the event that moved a deal into it to the one that moved it on;
+  a deal still in the stage has no finished stay and is not counted.
+- Cycle: a Won deal's ``created_at`` (its inquiry) to its ``closed_at``.
+- Win rate: Won / (Won + Lost + No Response); Disqualified, Cancelled and Opted Out deals
+  were never winnable and count in neither.
+- A *touch* is a sent follow-up email; its number counts the follow-ups since the deal
+  last changed stage. A touch was answered when the buyer responded (``REPLY_SIGNALS``)
+  after it and before the next touch, at the latest with the next stage change.
+- Percentiles are nearest-rank: the p-th of n sorted values is the ceil(p*n)-th; the
+  median of an even count is the mean of the middle two. Durations are to the millisecond.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Integer,
+    Select,
+    and_,
+    case,
+    cast,
+    distinct,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+)
+
+from ledger.database import LedgerDatabase
+from ledger.tables import DEAL_EMAILS, DEALS, INTERVIEW_REASONS, INTERVIEWS, STAGE_EVENTS
+from workflows.outbound import FOLLOW_UPS
+from workflows.stages import TERMINAL_STAGES, BuyerSignal, Stage
+
+__all__ = [
+    "FUNNEL_STAGES",
+    "MIN_DEALS",
+    "Cycle",
+    "DealRow",
+    "FollowUps",
+    "ForecastRow",
+    "Funnel",
+    "FunnelRow",
+    "LostReasonCount",
+    "MoneyFigure",
+    "Quote",
+    "Rate",
+    "Ratings",
+    "ReasonCount",
+    "ReportFilter",
+    "StageRate",
+    "StageTime",
+    "TouchReplies",
+    "Velocity",
+    "WinLoss",
+    "average_won_size",
+    "cycle",
+    "deals",
+    "follow_up_effectiveness",
+    "forecast",
+    "funnel",
+    "stage_times",
+    "velocity",
+    "win_loss",
+    "win_rate",
+]
+
+T = TypeVar("T")
+
+# A rate resting on fewer deals than this is "not enough data" (DEALFLOW_REPORT_MIN_DEALS).
+MIN_DEALS = 10
+
+# The buyer's path in order: every open stage, then Won (the other endings leave the path).
+FUNNEL_STAGES: tuple[Stage, ...] = (
+    *(stage for stage in Stage if stage not in TERMINAL_STAGES),
+    Stage.WON,
+)
+# The endings a win rate weighs: deals that could have been won.
+DECIDED = (Stage.WON, Stage.LOST, Stage.NO_RESPONSE)
+# Signals that mean the buyer answered (an out-of-office or an opt-out is no answer).
+REPLY_SIGNALS: tuple[str, ...] = tuple(
+    signal.value
+    for signal in (
+        BuyerSignal.BUYER_REPLIED,
+        BuyerSignal.REQUIREMENTS_CLARIFIED,
+        BuyerSignal.DECLINED_TO_TALK,
+        BuyerSignal.DISCOUNT_REQUESTED,
+        BuyerSignal.PRICE_AGREED,
+        BuyerSignal.NEXT_STEP_AGREED,
+        BuyerSignal.ORDER_PLACED,
+        BuyerSignal.LOST,
+        BuyerSignal.INTERVIEW_RECORDED,
+    )
+)
+FOLLOW_UP_TEMPLATES: tuple[str, ...] = tuple(f.template for f in FOLLOW_UPS.values())
+# How many of the latest interview quotes the win-loss findings show.
+QUOTES_SHOWN = 10
+
+CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class ReportFilter:
+    """Which deals a report covers; None is no restriction."""
+
+    since: datetime | None = None  # deals created at or after (aware datetime)
+    until: datetime | None = None  # deals created before
+    owner: str | None = None
+    kind: str | None = None  # "rfi" | "rfp" | "rfq"
+
+
+class Rate(BaseModel):
+    numerator: int
+    deals: int  # what the rate rests on (its denominator)
+    value: float | None  # None when deals == 0
+    enough: bool  # deals >= the threshold
+
+
+class FunnelRow(BaseModel):
+    stage: str
+    reached: int
+    to_next: Rate
+    to_won: Rate
+
+
+class Funnel(BaseModel):
+    deals: int  # deals the filter covers
+    rows: list[FunnelRow]
+
+
+class StageTime(BaseModel):
+    stage: str
+    deals: int  # finished stays in the stage
+    median: timedelta | None
+    p90: timedelta | None
+
+
+class Cycle(BaseModel):
+    deals: int  # Won deals
+    median: timedelta | None
+    p90: timedelta | None
+
+
+class MoneyFigure(BaseModel):
+    currency: str
+    deals: int
+    average: Decimal
+
+
+class Velocity(BaseModel):
+    """Sales velocity: open deals x win rate x average won size / cycle length in days."""
+
+    currency: str
+    open_deals: int
+    win_rate: Rate
+    average_won: Decimal | None
+    cycle_days: float | None
+    per_day: Decimal | None  # None when a factor is unknown or rests on too few deals
+
+
+class ForecastRow(BaseModel):
+    currency: str
+    stage: str
+    open_deals: int
+    open_value: Decimal
+    to_won: Rate  # the stage's historical conversion to Won
+    weighted: Decimal | None  # open value x to_won; None when not enough data
+
+
+class TouchReplies(BaseModel):
+    touch: int  # 1 = the first follow-up since the stage began
+    replies: Rate  # numerator: answered touches; deals: touches sent
+
+
+class StageRate(BaseModel):
+    stage: str
+    rate: Rate
+
+
+class FollowUps(BaseModel):
+    replies: list[TouchReplies]
+    # Of the deals that left a stage, the share that left it closed as No Response.
+    no_response: list[StageRate]
+
+
+class ReasonCount(BaseModel):
+    outcome: str
+    code: str
+    deals: int
+
+
+class LostReasonCount(BaseModel):
+    code: str
+    deals: int
+
+
+class Ratings(BaseModel):
+    outcome: str
+    interviews: int
+    rep_rating: float | None
+    cooperation_rating: float | None
+
+
+class Quote(BaseModel):
+    deal_id: str
+    outcome: str
+    text: str
+    at: datetime
+
+
+class WinLoss(BaseModel):
+    reasons: list[ReasonCount]  # interview reason codes, by the interview's outcome
+    lost_reasons: list[LostReasonCount]  # the lost deals' reason codes
+    ratings: list[Ratings]
+    quotes: list[Quote]  # the latest first
+
+
+class DealRow(BaseModel):
+    deal_id: str
+    company: str
+    owner: str
+    kind: str
+    currency: str
+    value: Decimal
+    stage: str
+    created_at: datetime
+    closed_at: datetime | None
+    outcome: str | None
+    lost_reason: str | None
+    outcome_note: str
+    next_touch_at: datetime | None
+    updated_at: datetime
+
+
+# --- helpers ---
+
+
+def _utc(moment: datetime) -> datetime:
+    """``moment`` in UTC, aware (SQLite hands back naive UTC; the ledger stores UTC)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _maybe_utc(moment: datetime | None) -> datetime | None:
+    return None if moment is None else _utc(moment)
+
+
+def _where(f: ReportFilter) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if f.since is not None:
+        conditions.append(DEALS.c.created_at >= _utc(f.since))
+    if f.until is not None:
+        conditions.append(DEALS.c.created_at < _utc(f.until))
+    if f.owner is not None:
+        conditions.append(DEALS.c.owner == f.owner)
+    if f.kind is not None:
+        conditions.append(DEALS.c.kind == f.kind)
+    return conditions
+
+
+def _deal_ids(f: ReportFilter) -> Select[Any]:
+    """The filter's deals' ids, to restrict a query of another table."""
+    return select(DEALS.c.deal_id).where(*_where(f))
+
+
+def _rate(numerator: int, deals: int, min_deals: int) -> Rate:
+    return Rate(
+        numerator=numerator,
+        deals=deals,
+        value=numerator / deals if deals else None,
+        enough=deals >= min_deals,
+    )
+
+
+def _nearest_rank(ordered: Sequence[float], share: float) -> float:
+    return ordered[max(math.ceil(share * len(ordered)), 1) - 1]
+
+
+def _median(ordered: Sequence[float]) -> float:
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _spread(ordered: Sequence[float]) -> tuple[timedelta | None, timedelta | None]:
+    """Median and p90 of sorted durations in seconds."""
+    if not ordered:
+        return None, None
+    return timedelta(seconds=_median(ordered)), timedelta(seconds=_nearest_rank(ordered, 0.9))
+
+
+def _seconds(connection: Connection, start: Any, end: Any) -> ColumnElement[float]:
+    """``end - start`` in seconds, in the database's own date arithmetic."""
+    if connection.dialect.name == "sqlite":
+        # Stored as ISO text; julianday counts days as a float.
+        return (func.julianday(end) - func.julianday(start)) * 86400.0
+    return func.extract("epoch", end - start)
+
+
+def _duration(seconds: Any) -> float:
+    """A duration from the database, to the millisecond: SQLite's julianday arithmetic is
+    a few microseconds off, which would make equal stays look different."""
+    return max(round(float(seconds), 3), 0.0)
+
+
+def _cents(column: Any) -> ColumnElement[int]:
+    """A money column as whole cents: summed exactly on both databases (SQLite's NUMERIC
+    is a float)."""
+    return cast(func.round(column * 100), BigInteger)
+
+
+def _money(cents: int | None, count: int = 1) -> Decimal:
+    """``cents / count`` as money (two places, half up)."""
+    return (Decimal(cents or 0) / count / 100).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def _moves() -> ColumnElement[bool]:
+    """A stage event that changed the stage (the opening one too)."""
+    return and_(
+        STAGE_EVENTS.c.accepted.is_(True),
+        STAGE_EVENTS.c.to_stage.is_not(None),
+        or_(
+            STAGE_EVENTS.c.from_stage.is_(None),
+            STAGE_EVENTS.c.from_stage != STAGE_EVENTS.c.to_stage,
+        ),
+    )
+
+
+def _event_order() -> list[Any]:
+    """A deal's events in the order they happened: by instant, then by the deal's own
+    numbering (``<deal>/e9`` before ``<deal>/e10``: the shorter key first)."""
+    return [STAGE_EVENTS.c.at, func.length(STAGE_EVENTS.c.event_key), STAGE_EVENTS.c.event_key]
+
+
+async def _run(db: LedgerDatabase, work: Callable[[Connection], T]) -> T:
+    return await db.run(work)
+
+
+# --- the reports ---
+
+
+def _reached(f: ReportFilter) -> Select[Any]:
+    """(deal_id, stage) for every stage each filtered deal reached."""
+    return (
+        select(STAGE_EVENTS.c.deal_id, STAGE_EVENTS.c.to_stage.label("stage"))
+        .where(
+            STAGE_EVENTS.c.accepted.is_(True),
+            STAGE_EVENTS.c.to_stage.is_not(None),
+            STAGE_EVENTS.c.deal_id.in_(_deal_ids(f)),
+        )
+        .distinct()
+    )
+
+
+def _funnel_rows(connection: Connection, f: ReportFilter, min_deals: int) -> Funnel:
+    reached = _reached(f).subquery("reached")
+    later = _reached(f).subquery("later")
+    order = {stage.value: number for number, stage in enumerate(FUNNEL_STAGES)}
+    # A stage's place on the path, for "reached a later stage" (off-path endings: none).
+    place = case(order, value=later.c.stage, else_=-1)
+    here = case(order, value=reached.c.stage, else_=-1)
+    went_on = exists().where(later.c.deal_id == reached.c.deal_id, place > here)
+    closed = DEALS.c.outcome.is_not(None)
+    query = (
+        select(
+            reached.c.stage,
+            func.count().label("reached"),
+            func.count().filter(DEALS.c.stage != reached.c.stage).label("left"),
+            func.count().filter(DEALS.c.stage != reached.c.stage, went_on).label("went_on"),
+            func.count().filter(closed).label("closed"),
+            func.count().filter(DEALS.c.outcome == Stage.WON.value).label("won"),
+        )
+        .join(DEALS, DEALS.c.deal_id == reached.c.deal_id)
+        .where(reached.c.stage.in_(list(order)))
+        .group_by(reached.c.stage)
+    )
+    found = {row.stage: row for row in connection.execute(query)}
+    total = connection.execute(select(func.count()).select_from(DEALS).where(*_where(f))).scalar()
+    rows = []
+    for stage in FUNNEL_STAGES:
+        row = found.get(stage.value)
+        if row is None:
+            counts = (0, 0, 0, 0, 0)
+        else:
+            counts = (row.reached, row.left, row.went_on, row.closed, row.won)
+        reached_count, left, went, closed_count, won = counts
+        rows.append(
+            FunnelRow(
+                stage=stage.value,
+                reached=reached_count,
+                to_next=_rate(went, left, min_deals),
+                to_won=_rate(won, closed_count, min_deals),
+            )
+        )
+    return Funnel(deals=int(total or 0), rows=rows)
+
+
+async def funnel(db: LedgerDatabase, f: ReportFilter, *, min_deals: int = MIN_DEALS) -> Funnel:
+    """Deals that reached each stage of the path, and how many went on and were won."""
+    return await _run(db, lambda c: _funnel_rows(c, f, min_deals))
+
+
+def _stays(connection: Connection, f: ReportFilter) -> Select[Any]:
+    """Every finished stay in a stage: (stage, seconds), by stage and length."""
+    moves = (
+        select(
+            STAGE_EVENTS.c.to_stage.label("stage"),
+            STAGE_EVENTS.c.at.label("entered"),
+            func.lead(STAGE_EVENTS.c.at)
+            .over(partition_by=STAGE_EVENTS.c.deal_id, order_by=_event_order())
+            .label("left"),
+        )
+        .where(_moves(), STAGE_EVENTS.c.deal_id.in_(_deal_ids(f)))
+        .subquery("moves")
+    )
+    seconds = _seconds(connection, moves.c.entered, moves.c.left).label("seconds")
+    return (
+        select(moves.c.stage, seconds)
+        .where(moves.c.left.is_not(None))
+        .order_by(moves.c.stage, seconds)
+    )
+
+
+def _stage_times(connection: Connection, f: ReportFilter) -> list[StageTime]:
+    durations: dict[str, list[float]] = {}
+    for stage, seconds in connection.execute(_stays(connection, f)):
+        durations.setdefault(stage, []).append(_duration(seconds))
+    times = []
+    for stage in FUNNEL_STAGES:
+        if stage in TERMINAL_STAGES:
+            continue
+        ordered = durations.get(stage.value, [])
+        median, p90 = _spread(ordered)
+        times.append(StageTime(stage=stage.value, deals=len(ordered), median=median, p90=p90))
+    return times
+
+
+async def stage_times(db: LedgerDatabase, f: ReportFilter) -> list[StageTime]:
+    """How long deals stayed in each open stage: median and 90th percentile."""
+    return await _run(db, lambda c: _stage_times(c, f))
+
+
+def _cycle_seconds(connection: Connection, f: ReportFilter) -> list[float]:
+    seconds = _seconds(connection, DEALS.c.created_at, DEALS.c.closed_at).label("seconds")
+    query = (
+        select(seconds)
+        .where(
+            *_where(f),
+            DEALS.c.outcome == Stage.WON.value,
+            DEALS.c.closed_at.is_not(None),
+        )
+        .order_by(seconds)
+    )
+    return [_duration(value) for value in connection.execute(query).scalars()]
+
+
+def _cycle(connection: Connection, f: ReportFilter) -> Cycle:
+    ordered = _cycle_seconds(connection, f)
+    median, p90 = _spread(ordered)
+    return Cycle(deals=len(ordered), median=median, p90=p90)
+
+
+async def cycle(db: LedgerDatabase, f: ReportFilter) -> Cycle:
+    """From inquiry to Won: median and 90th percentile of the Won deals."""
+    return await _run(db, lambda c: _cycle(c, f))
+
+
+def _win_rate(connection: Connection, f: ReportFilter, min_deals: int) -> Rate:
+    query = select(
+        func.count().filter(DEALS.c.outcome == Stage.WON.value),
+        func.count(),
+    ).where(*_where(f), DEALS.c.outcome.in_([stage.value for stage in DECIDED]))
+    won, decided = connection.execute(query).one()
+    return _rate(int(won), int(decided), min_deals)
+
+
+async def win_rate(db: LedgerDatabase, f: ReportFilter, *, min_deals: int = MIN_DEALS) -> Rate:
+    """Won / (Won + Lost + No Response)."""
+    return await _run(db, lambda c: _win_rate(c, f, min_deals))
+
+
+def _average_won_size(connection: Connection, f: ReportFilter) -> list[MoneyFigure]:
+    query = (
+        select(DEALS.c.currency, func.count(), func.sum(_cents(DEALS.c.value)))
+        .where(*_where(f), DEALS.c.outcome == Stage.WON.value)
+        .group_by(DEALS.c.currency)
+        .order_by(DEALS.c.currency)
+    )
+    return [
+        MoneyFigure(currency=currency, deals=int(count), average=_money(int(cents), int(count)))
+        for currency, count, cents in connection.execute(query)
+    ]
+
+
+async def average_won_size(db: LedgerDatabase, f: ReportFilter) -> list[MoneyFigure]:
+    """The average value of a Won deal, per currency."""
+    return await _run(db, lambda c: _average_won_size(c, f))
+
+
+def _velocity(connection: Connection, f: ReportFilter, min_deals: int) -> list[Velocity]:
+    rate = _win_rate(connection, f, min_deals)
+    ordered = _cycle_seconds(connection, f)
+    cycle_seconds = Decimal(str(_median(ordered))) if ordered else None
+    averages = {figure.currency: figure for figure in _average_won_size(connection, f)}
+    open_query = (
+        select(DEALS.c.currency, func.count())
+        .where(*_where(f), DEALS.c.outcome.is_(None))
+        .group_by(DEALS.c.currency)
+    )
+    open_deals = {currency: int(count) for currency, count in connection.execute(open_query)}
+    rows = []
+    for currency in sorted(set(open_deals) | set(averages)):
+        count = open_deals.get(currency, 0)
+        average = averages[currency].average if currency in averages else None
+        per_day = None
+        if rate.enough and rate.deals and average is not None and cycle_seconds:
+            # open x (won / decided) x average / (seconds / 86400), all in Decimal.
+            per_day = (
+                Decimal(count) * rate.numerator * average * 86400 / (rate.deals * cycle_seconds)
+            ).quantize(CENT, rounding=ROUND_HALF_UP)
+        rows.append(
+            Velocity(
+                currency=currency,
+                open_deals=count,
+                win_rate=rate,
+                average_won=average,
+                cycle_days=float(cycle_seconds) / 86400 if cycle_seconds is not None else None,
+                per_day=per_day,
+            )
+        )
+    return rows
+
+
+async def velocity(
+    db: LedgerDatabase, f: ReportFilter, *, min_deals: int = MIN_DEALS
+) -> list[Velocity]:
+    """Value the pipeline makes a day, per currency: open deals x win rate x average won
+    size / median cycle in days (the win rate and cycle over every currency's deals)."""
+    return await _run(db, lambda c: _velocity(c, f, min_deals))
+
+
+def _stage_to_won(connection: Connection, f: ReportFilter, min_deals: int) -> dict[str, Rate]:
+    return {row.stage: row.to_won for row in _funnel_rows(connection, f, min_deals).rows}
+
+
+def _forecast(connection: Connection, f: ReportFilter, min_deals: int) -> list[ForecastRow]:
+    to_won = _stage_to_won(connection, f, min_deals)
+    query = (
+        select(DEALS.c.currency, DEALS.c.stage, func.count(), func.sum(_cents(DEALS.c.value)))
+        .where(*_where(f), DEALS.c.outcome.is_(None))
+        .group_by(DEALS.c.currency, DEALS.c.stage)
+    )
+    order = {stage.value: number for number, stage in enumerate(Stage)}
+    rows = []
+    for currency, stage, count, cents in connection.execute(query):
+        value = _money(int(cents or 0))
+        rate = to_won.get(stage, _rate(0, 0, min_deals))
+        weighted = None
+        if rate.enough and rate.deals:
+            weighted = (value * rate.numerator / rate.deals).quantize(CENT, rounding=ROUND_HALF_UP)
+        rows.append(
+            ForecastRow(
+                currency=currency,
+                stage=stage,
+                open_deals=int(count),
+                open_value=value,
+                to_won=rate,
+                weighted=weighted,
+            )
+        )
+    rows.sort(key=lambda row: (row.currency, order.get(row.stage, len(order))))
+    return rows
+
+
+async def forecast(
+    db: LedgerDatabase, f: ReportFilter, *, min_deals: int = MIN_DEALS
+) -> list[ForecastRow]:
+    """Open value per currency and stage, weighted by the stage's historical Won rate."""
+    return await _run(db, lambda c: _forecast(c, f, min_deals))
+
+
+def _touches(f: ReportFilter) -> Select[Any]:
+    """Every sent follow-up of the filtered deals: deal_id, at, its touch number, when
+    the next touch went and when the deal next changed stage."""
+    stint = (
+        select(func.count())
+        .where(
+            STAGE_EVENTS.c.deal_id == DEAL_EMAILS.c.deal_id,
+            STAGE_EVENTS.c.at <= DEAL_EMAILS.c.at,
+            _moves(),
+        )
+        .scalar_subquery()
+    )
+    next_move = (
+        select(func.min(STAGE_EVENTS.c.at))
+        .where(
+            STAGE_EVENTS.c.deal_id == DEAL_EMAILS.c.deal_id,
+            STAGE_EVENTS.c.at > DEAL_EMAILS.c.at,
+            _moves(),
+        )
+        .scalar_subquery()
+    )
+    sent = (
+        select(
+            DEAL_EMAILS.c.deal_id,
+            DEAL_EMAILS.c.at,
+            DEAL_EMAILS.c.message_id,
+            stint.label("stint"),
+            next_move.label("next_move"),
+        )
+        .where(
+            DEAL_EMAILS.c.template.in_(FOLLOW_UP_TEMPLATES),
+            DEAL_EMAILS.c.outcome == "sent",
+            DEAL_EMAILS.c.deal_id.in_(_deal_ids(f)),
+        )
+        .subquery("sent")
+    )
+    in_order = [sent.c.at, sent.c.message_id]
+    return select(
+        sent.c.deal_id,
+        sent.c.at,
+        sent.c.next_move,
+        func.row_number()
+        .over(partition_by=[sent.c.deal_id, sent.c.stint], order_by=in_order)
+        .label("touch"),
+        func.lead(sent.c.at)
+        .over(partition_by=sent.c.deal_id, order_by=in_order)
+        .label("next_touch"),
+    )
+
+
+def _follow_ups(connection: Connection, f: ReportFilter, min_deals: int) -> FollowUps:
+    touches = _touches(f).subquery("touches")
+    answered = (
+        exists()
+        .where(
+            STAGE_EVENTS.c.deal_id == touches.c.deal_id,
+            STAGE_EVENTS.c.accepted.is_(True),
+            STAGE_EVENTS.c.signal.in_(REPLY_SIGNALS),
+            STAGE_EVENTS.c.at > touches.c.at,
+            or_(touches.c.next_touch.is_(None), STAGE_EVENTS.c.at < touches.c.next_touch),
+            or_(touches.c.next_move.is_(None), STAGE_EVENTS.c.at <= touches.c.next_move),
+        )
+        .correlate(touches)
+    )
+    query = (
+        select(touches.c.touch, func.count(), func.count().filter(answered))
+        .group_by(touches.c.touch)
+        .order_by(touches.c.touch)
+    )
+    replies = [
+        TouchReplies(touch=int(touch), replies=_rate(int(yes), int(sent), min_deals))
+        for touch, sent, yes in connection.execute(query)
+    ]
+    left = (
+        select(
+            STAGE_EVENTS.c.from_stage.label("stage"),
+            func.count(distinct(STAGE_EVENTS.c.deal_id)).label("left"),
+            func.count(distinct(STAGE_EVENTS.c.deal_id))
+            .filter(STAGE_EVENTS.c.to_stage == Stage.NO_RESPONSE.value)
+            .label("no_response"),
+        )
+        .where(_moves(), STAGE_EVENTS.c.deal_id.in_(_deal_ids(f)))
+        .group_by(STAGE_EVENTS.c.from_stage)
+    )
+    found = {row.stage: row for row in connection.execute(left)}
+    no_response = [
+        StageRate(
+            stage=stage.value,
+            rate=_rate(
+                int(found[stage.value].no_response) if stage.value in found else 0,
+                int(found[stage.value].left) if stage.value in found else 0,
+                min_deals,
+            ),
+        )
+        for stage in FUNNEL_STAGES
+        if stage not in TERMINAL_STAGES
+    ]
+    return FollowUps(replies=replies, no_response=no_response)
+
+
+async def follow_up_effectiveness(
+    db: LedgerDatabase, f: ReportFilter, *, min_deals: int = MIN_DEALS
+) -> FollowUps:
+    """Which follow-up the buyers answer, and where deals go silent."""
+    return await _run(db, lambda c: _follow_ups(c, f, min_deals))
+
+
+def _win_loss(connection: Connection, f: ReportFilter) -> WinLoss:
+    ours = INTERVIEWS.c.deal_id.in_(_deal_ids(f))
+    reasons_query = (
+        select(INTERVIEWS.c.outcome, INTERVIEW_REASONS.c.code, func.count())
+        .join(INTERVIEW_REASONS, INTERVIEW_REASONS.c.deal_id == INTERVIEWS.c.deal_id)
+        .where(ours)
+        .group_by(INTERVIEWS.c.outcome, INTERVIEW_REASONS.c.code)
+        .order_by(INTERVIEWS.c.outcome, func.count().desc(), INTERVIEW_REASONS.c.code)
+    )
+    reasons = [
+        ReasonCount(outcome=outcome, code=code, deals=int(count))
+        for outcome, code, count in connection.execute(reasons_query)
+    ]
+    lost_query = (
+        select(DEALS.c.lost_reason, func.count())
+        .where(*_where(f), DEALS.c.outcome == Stage.LOST.value, DEALS.c.lost_reason.is_not(None))
+        .group_by(DEALS.c.lost_reason)
+        .order_by(func.count().desc(), DEALS.c.lost_reason)
+    )
+    lost_reasons = [
+        LostReasonCount(code=code, deals=int(count))
+        for code, count in connection.execute(lost_query)
+    ]
+    ratings_query = (
+        select(
+            INTERVIEWS.c.outcome,
+            func.count(),
+            func.avg(cast(INTERVIEWS.c.rep_rating, Integer) * literal(1.0)),
+            func.avg(cast(INTERVIEWS.c.cooperation_rating, Integer) * literal(1.0)),
+        )
+        .where(ours)
+        .group_by(INTERVIEWS.c.outcome)
+        .order_by(INTERVIEWS.c.outcome)
+    )
+    ratings = [
+        Ratings(
+            outcome=outcome,
+            interviews=int(count),
+            rep_rating=None if rep is None else float(rep),
+            cooperation_rating=None if cooperation is None else float(cooperation),
+        )
+        for outcome, count, rep, cooperation in connection.execute(ratings_query)
+    ]
+    said = case(
+        (INTERVIEWS.c.why_decided != "", INTERVIEWS.c.why_decided),
+        else_=INTERVIEWS.c.free_text,
+    )
+    quotes_query = (
+        select(INTERVIEWS.c.deal_id, INTERVIEWS.c.outcome, said, INTERVIEWS.c.recorded_at)
+        .where(ours, or_(INTERVIEWS.c.why_decided != "", INTERVIEWS.c.free_text != ""))
+        .order_by(INTERVIEWS.c.recorded_at.desc(), INTERVIEWS.c.deal_id)
+        .limit(QUOTES_SHOWN)
+    )
+    quotes = [
+        Quote(deal_id=deal_id, outcome=outcome, text=text, at=_utc(at))
+        for deal_id, outcome, text, at in connection.execute(quotes_query)
+    ]
+    return WinLoss(reasons=reasons, lost_reasons=lost_reasons, ratings=ratings, quotes=quotes)
+
+
+async def win_loss(db: LedgerDatabase, f: ReportFilter) -> WinLoss:
+    """What the interviews found: reason codes by outcome, average ratings, the latest quotes."""
+    return await _run(db, lambda c: _win_loss(c, f))
+
+
+def _deal_row(row: Any) -> DealRow:
+    return DealRow(
+        deal_id=row.deal_id,
+        company=row.company,
+        owner=row.owner,
+        kind=row.kind,
+        currency=row.currency,
+        value=Decimal(str(row.value)).quantize(CENT),
+        stage=row.stage,
+        created_at=_utc(row.created_at),
+        closed_at=_maybe_utc(row.closed_at),
+        outcome=row.outcome,
+        lost_reason=row.lost_reason,
+        outcome_note=row.outcome_note,
+        next_touch_at=_maybe_utc(row.next_touch_at),
+        updated_at=_utc(row.updated_at),
+    )
+
+
+def _deals(connection: Connection, f: ReportFilter, limit: int | None) -> list[DealRow]:
+    query = select(DEALS).where(*_where(f)).order_by(DEALS.c.created_at.desc(), DEALS.c.deal_id)
+    if limit is not None:
+        query = query.limit(limit)
+    return [_deal_row(row) for row in connection.execute(query)]
+
+
+async def deals(db: LedgerDatabase, f: ReportFilter, limit: int = 500) -> list[DealRow]:
+    """The filtered deals, newest first."""
+    return await _run(db, lambda c: _deals(c, f, limit))
