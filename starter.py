@@ -17,7 +17,6 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -28,7 +27,6 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import (
     Client,
     WorkflowHandle,
@@ -93,7 +91,7 @@ from workflows.models import (
     RequirementsClarified,
     SignalPayload,
 )
-from workflows.search_attributes import DEAL_OWNER, DEAL_STAGE, DEAL_VALUE
+from workflows.search_attributes import DEAL_CURRENCY, DEAL_OWNER, DEAL_STAGE, DEAL_VALUE
 from workflows.stages import BuyerSignal, InquiryKind, Stage, opening_stage
 
 # Earlier versions kept each suppressed address as one open workflow of this type.
@@ -146,6 +144,7 @@ def start_options(settings: Settings, deal: DealInput) -> dict[str, Any]:
         "id_conflict_policy": WorkflowIDConflictPolicy.FAIL,
         "search_attributes": TypedSearchAttributes(
             [
+                SearchAttributePair(DEAL_CURRENCY, deal.currency),
                 # The deal's first stage and its list value at once: a deal started
                 # outside the send window is in the pipeline before its first email.
                 SearchAttributePair(DEAL_OWNER, str(deal.owner)),
@@ -299,31 +298,6 @@ def owner_filter(owner: str) -> str:
     # A valid address may still hold a quote; the query language escapes it with a backslash.
     escaped = owner.replace("\\", "\\\\").replace("'", "\\'")
     return f"DealOwner = '{escaped}'"
-
-
-@dataclass
-class PipelineRow:
-    stage: str
-    deals: int = 0
-    value: Decimal = Decimal(0)
-
-
-async def pipeline(client: Client, owner: str | None = None) -> list[PipelineRow]:
-    """Count and value per stage, from Temporal visibility (no workflow is asked)."""
-    query = "WorkflowType = 'DealWorkflow'"
-    if owner:
-        query += f" AND {owner_filter(owner)}"
-    rows: dict[str, PipelineRow] = {}
-    async for execution in client.list_workflows(query):
-        attributes = execution.typed_search_attributes
-        stage = attributes.get(DEAL_STAGE) or "Starting"
-        if execution.status not in (ExecutionStatus.RUNNING, ExecutionStatus.COMPLETED):
-            stage = f"{stage} ({WorkflowExecutionStatus.Name(int(execution.status or 0))})"
-        row = rows.setdefault(stage, PipelineRow(stage))
-        row.deals += 1
-        row.value += Decimal(str(attributes.get(DEAL_VALUE) or 0)).quantize(Decimal("0.01"))
-    order = {stage.value: index for index, stage in enumerate(Stage)}
-    return sorted(rows.values(), key=lambda row: (order.get(row.stage, len(order)), row.stage))
 
 
 @dataclass
@@ -1107,15 +1081,39 @@ async def pipeline_command(
     client: Client,
     settings: Settings,
     owner: str = typer.Option(None, help="Only this rep's deals."),
+    json: bool = typer.Option(False, "--json", help="Print it as JSON."),
 ) -> None:
-    """Count and value of deals per stage (from Temporal visibility)."""
-    rows = await pipeline(client, owner)
-    table = Table("stage", "deals", "value", title="pipeline")
-    for row in rows:
-        table.add_row(row.stage, str(row.deals), f"{row.value:,.2f}")
-    table.add_row("total", str(sum(r.deals for r in rows)),
-                  f"{sum((r.value for r in rows), Decimal(0)):,.2f}")  # fmt: skip
-    out.print(table)
+    """Open deals per stage and currency, closed ones apart, per owner, and the stale
+    deals (from Temporal visibility: the deals Temporal still holds)."""
+    from pipeline import OVERDUE_AFTER, currency_totals, pipeline
+
+    now = datetime.now(UTC)
+    view = await pipeline(client, now, owner_filter(owner) if owner else None)
+    if json:
+        out.print_json(view.model_dump_json())
+        return
+    for title, rows in (("open deals", view.open), ("closed deals", view.closed)):
+        table = Table("stage", "currency", "deals", "value", title=title)
+        for row in [*rows, *currency_totals(rows).values()]:
+            table.add_row(row.stage, row.currency, str(row.deals), f"{row.value:,.2f}")
+        out.print(table)
+    owners = Table("owner", "currency", "open", "open value", "won", "won value", title="owners")
+    for person in view.owners:
+        owners.add_row(
+            person.owner, person.currency, str(person.open_deals), f"{person.open_value:,.2f}",
+            str(person.won_deals), f"{person.won_value:,.2f}",
+        )  # fmt: skip
+    out.print(owners)
+    hours = OVERDUE_AFTER.total_seconds() / 3600
+    stale = Table(
+        "deal", "owner", "stage", "next touch",
+        title=f"stale: nothing planned, or the next touch over {hours:g} h late",
+    )  # fmt: skip
+    for deal in view.stale:
+        touch = _when(deal.next_touch) if deal.next_touch else "nothing planned"
+        stale.add_row(deal.deal_id, deal.owner, deal.stage, touch)
+    out.print(stale)
+    out.print("closed deals leave Temporal after the namespace's retention: see 'report'")
 
 
 def main() -> None:

@@ -453,35 +453,53 @@ async def test_bulk_start_starts_good_rows_and_reports_bad_ones_by_line(
         assert "no deal" in shown.one_line_error()
 
 
-def pipeline_rows(stdout: str) -> dict[str, tuple[str, str]]:
-    """The pipeline table's rows: stage -> (deals, value)."""
-    rows = {}
-    for line in stdout.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("│┃").split("│")]
-        if len(cells) == 3 and cells[0]:
-            rows[cells[0]] = (cells[1], cells[2])
-    return rows
-
-
-async def test_pipeline_counts_and_sums_an_owners_deals_from_visibility(stack: Stack) -> None:
-    owner = f"rep-{uuid.uuid4().hex[:8]}@seller.example.com"
-    first, second = new_id(), new_id()
-    await start_rfp(stack, first, "Widget:3:100", owner=owner)
-    await start_rfp(stack, second, "Gadget:2:250", owner=owner)
-
+async def pipeline_of(stack: Stack, owner: str, done: Callable[[dict[str, Any]], bool]) -> Any:
+    """The owner's pipeline as JSON, once ``done`` holds (visibility lags the deals)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + MAIL_WITHIN
     while True:
-        result = await stack.cli("pipeline", "--owner", owner)
-        assert result.code == 0, result
-        rows = pipeline_rows(result.stdout)
-        if rows.get("Proposal Received") == ("2", "800.00"):
-            break
-        if loop.time() > deadline:
-            raise AssertionError(f"pipeline never showed both deals:\n{result.stdout}")
+        view = json.loads((await stack.ok("pipeline", "--owner", owner, "--json")).stdout)
+        if done(view):
+            return view
+        assert loop.time() < deadline, f"the pipeline never got there: {view}"
         await asyncio.sleep(0.5)
-    assert rows["total"] == ("2", "800.00")
-    assert set(rows) == {"Proposal Received", "total"}, result.stdout
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[int, Decimal]]:
+    return {(r["stage"], r["currency"]): (r["deals"], Decimal(r["value"])) for r in rows}
+
+
+async def test_pipeline_keeps_currencies_and_open_and_closed_deals_apart(stack: Stack) -> None:
+    owner = f"rep-{uuid.uuid4().hex[:8]}@seller.example.com"
+    first, second, dollars, shut, held = (new_id() for _ in range(5))
+    await start_rfp(stack, first, "Widget:3:100", owner=owner)
+    await start_rfp(stack, second, "Gadget:2:250", owner=owner)
+    for deal_id in (shut, held):
+        await start_rfp(stack, deal_id, "Widget:1:100", owner=owner)
+    usd = [*rfp_args(dollars, "Widget:1:900", owner=owner), "--currency", "USD"]
+    assert (await stack.cli(*usd)).code == 0
+    await stack.ok("cancel", shut, "--reason", "buyer went bust")
+    await stack.ok("pause", held)
+
+    view = await pipeline_of(
+        stack, owner, lambda v: len(v["closed"]) == 1 and len(v["stale"]) == 1
+        and sum(r["deals"] for r in v["open"]) == 4,
+    )  # fmt: skip
+    assert totals(view["open"]) == {
+        ("Proposal Received", "EUR"): (3, Decimal("900.00")),
+        ("Proposal Received", "USD"): (1, Decimal("900.00")),
+    }
+    assert totals(view["closed"]) == {("Cancelled", "EUR"): (1, Decimal("100.00"))}
+    assert [(o["currency"], o["open_deals"], Decimal(o["open_value"])) for o in view["owners"]] == [
+        ("EUR", 3, Decimal("900.00")),
+        ("USD", 1, Decimal("900.00")),
+    ]
+    # Paused: nothing planned, so it is named.
+    assert [(s["deal_id"], s["next_touch"]) for s in view["stale"]] == [(held, None)]
+
+    shown = await stack.ok("pipeline", "--owner", owner)
+    assert "EUR" in shown.stdout and "USD" in shown.stdout and "nothing planned" in shown.stdout
+    assert "closed deals" in shown.stdout and held in shown.stdout
 
 
 async def test_a_deal_is_in_the_pipeline_with_its_stage_and_value_before_any_email(
@@ -498,16 +516,13 @@ async def test_a_deal_is_in_the_pipeline_with_its_stage_and_value_before_any_ema
              "--item", "Gadget:2:250", "--owner", owner]  # fmt: skip
     assert (await stack.cli(*quote, **idle)).code == 0
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + MAIL_WITHIN
-    while True:
-        rows = pipeline_rows((await stack.ok("pipeline", "--owner", owner)).stdout)
-        if rows.get("total") == ("2", "800.00"):
-            break
-        assert loop.time() < deadline, f"pipeline never showed both deals: {rows}"
-        await asyncio.sleep(0.5)
-    assert rows["Requirements Clarified"] == ("1", "300.00")
-    assert rows["Quote Requested"] == ("1", "500.00")
+    view = await pipeline_of(stack, owner, lambda v: sum(r["deals"] for r in v["open"]) == 2)
+    assert totals(view["open"]) == {
+        ("Requirements Clarified", "EUR"): (1, Decimal("300.00")),
+        ("Quote Requested", "EUR"): (1, Decimal("500.00")),
+    }
+    # Nothing has run them: no touch is planned yet, and the pipeline says so.
+    assert sorted(s["deal_id"] for s in view["stale"]) == sorted([rfp, rfq])
     assert stack.mail(rfp) == [] and stack.mail(rfq) == []
     for deal_id in (rfp, rfq):
         await stack.client.get_workflow_handle(workflow_id(deal_id)).terminate("test done")

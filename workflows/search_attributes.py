@@ -11,5 +11,7 @@ DEAL_STAGE = SearchAttributeKey.for_keyword("DealStage")
 DEAL_VALUE = SearchAttributeKey.for_float("DealValue")
 DEAL_OWNER = SearchAttributeKey.for_keyword("DealOwner")
 DEAL_NEXT_TOUCH = SearchAttributeKey.for_datetime("DealNextTouch")
+# Set once, at start: pipeline totals never add two currencies.
+DEAL_CURRENCY = SearchAttributeKey.for_keyword("DealCurrency")
 
-ALL = (DEAL_STAGE, DEAL_VALUE, DEAL_OWNER, DEAL_NEXT_TOUCH)
+ALL = (DEAL_STAGE, DEAL_VALUE, DEAL_OWNER, DEAL_NEXT_TOUCH, DEAL_CURRENCY)
