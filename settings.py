@@ -286,6 +286,9 @@ class Settings(BaseSettings):
     # Production: postgresql://USER:PASSWORD@HOST:5432/dealflow
     database_url: SecretStr | None = None
 
+    # Reports: a rate resting on fewer deals than this shows as "not enough data".
+    report_min_deals: int = Field(default=10, ge=1)
+
     # Worker
     max_cached_workflows: int = Field(default=10_000, ge=0)
     max_concurrent_activities: int = Field(default=64, ge=1)

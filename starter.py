@@ -61,6 +61,7 @@ from deal_intake import (
     read_deal_file,
 )
 from ledger import LedgerProblem
+from reports_cli import export_app, report_app
 from settings import Settings, demo_cadence, load_settings
 from workflows import bounds, pricing
 from workflows.deal import PLAN, RESEND_FAILED, STATUS, DealWorkflow
@@ -1154,6 +1155,10 @@ def db_upgrade() -> None:
     else:
         out.print(f"ledger {where}: schema {before or 'none'} -> {now}", soft_wrap=True)
 
+
+# The managers' reports and exports read only the ledger: their own module.
+app.add_typer(report_app, name="report")
+app.add_typer(export_app, name="export")
 
 ledger_app = typer.Typer(no_args_is_help=True, help="The deal records in the ledger.")
 app.add_typer(ledger_app, name="ledger")

@@ -62,6 +62,7 @@ __all__ = [
     "MIN_DEALS",
     "Cycle",
     "DealRow",
+    "EventRow",
     "FollowUps",
     "ForecastRow",
     "Funnel",
@@ -84,6 +85,7 @@ __all__ = [
     "follow_up_effectiveness",
     "forecast",
     "funnel",
+    "stage_events",
     "stage_times",
     "velocity",
     "win_loss",
@@ -255,6 +257,20 @@ class DealRow(BaseModel):
     outcome_note: str
     next_touch_at: datetime | None
     updated_at: datetime
+
+
+class EventRow(BaseModel):
+    event_key: str
+    deal_id: str
+    at: datetime
+    signal: str
+    from_stage: str | None
+    to_stage: str | None
+    accepted: bool
+    refusal: str | None
+    source: str
+    note: str
+    source_event_id: str | None
 
 
 # --- helpers ---
@@ -804,6 +820,35 @@ def _deals(connection: Connection, f: ReportFilter, limit: int | None) -> list[D
     return [_deal_row(row) for row in connection.execute(query)]
 
 
-async def deals(db: LedgerDatabase, f: ReportFilter, limit: int = 500) -> list[DealRow]:
-    """The filtered deals, newest first."""
+async def deals(db: LedgerDatabase, f: ReportFilter, limit: int | None = 500) -> list[DealRow]:
+    """The filtered deals, newest first (all of them with ``limit`` None)."""
     return await _run(db, lambda c: _deals(c, f, limit))
+
+
+def _events(connection: Connection, f: ReportFilter) -> list[EventRow]:
+    query = (
+        select(STAGE_EVENTS)
+        .where(STAGE_EVENTS.c.deal_id.in_(_deal_ids(f)))
+        .order_by(STAGE_EVENTS.c.deal_id, *_event_order())
+    )
+    return [
+        EventRow(
+            event_key=row.event_key,
+            deal_id=row.deal_id,
+            at=_utc(row.at),
+            signal=row.signal,
+            from_stage=row.from_stage,
+            to_stage=row.to_stage,
+            accepted=bool(row.accepted),
+            refusal=row.refusal,
+            source=row.source,
+            note=row.note,
+            source_event_id=row.source_event_id,
+        )
+        for row in connection.execute(query)
+    ]
+
+
+async def stage_events(db: LedgerDatabase, f: ReportFilter) -> list[EventRow]:
+    """Every stage event of the filtered deals, deal by deal in the order they happened."""
+    return await _run(db, lambda c: _events(c, f))
