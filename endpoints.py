@@ -4,7 +4,10 @@
 - ``GET /unsubscribe/{token}``: a confirmation page with a button; changes nothing,
   because mail scanners prefetch every link in an email.
 - ``POST /unsubscribe/{token}`` (RFC 8058 one-click, body ``List-Unsubscribe=One-Click``):
-  puts the token's addresses on the ledger's suppression list, then tells the deal.
+  puts the token's recipient on the ledger's suppression list, then tells the deal. A
+  ``t2.`` token is an id the ledger resolves (``ledger.email_tokens``) to the recipient's
+  keyed hash and place in the email's To list; the older tokens of emails already sent
+  name the addresses themselves.
 - ``POST /webhooks/fulfilment``: the ERP reports an order, a moved delivery date or a
   delivery, signed with HMAC-SHA256 (``Dealflow-Timestamp``, ``Dealflow-Signature``).
 
@@ -37,12 +40,13 @@ from starlette.routing import Route
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.signed_tokens import BadToken, Unsubscribe
+from activities.signed_tokens import BadToken, Unsubscribe, is_ledger_token
 from codec_server import codec_routes
 from connection import TemporalUnreachable, connect
 from deal_intake import explain
 from ledger.database import LedgerDatabase
 from ledger.deal_records import DealRecords
+from ledger.email_tokens import OptOutLink, TokenBook
 from ledger.suppression_list import SuppressionList, SuppressionReason, SuppressionSource
 from settings import Settings, load_settings
 from starter import DealUnreachable, NoSuchDeal, Refused, record, workflow_id
@@ -147,6 +151,30 @@ def _page(title: str, text: str, status: int = 200, form: str = "") -> HTMLRespo
     return HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
 
 
+# No action: the form posts back to this very URL, whatever prefix a proxy adds.
+_BUTTON = (
+    f'<form method=post><input type=hidden name="{ONE_CLICK[0]}" value="{ONE_CLICK[1]}">'
+    "<button type=submit>Unsubscribe</button></form>"
+)
+
+
+def _not_valid() -> HTMLResponse:
+    return _page(
+        "This unsubscribe link is not valid",
+        "The link may have been cut or changed on its way. Please reply to the email "
+        "and ask to be unsubscribed; we will take you off the list.",
+        status=400,
+    )
+
+
+def _try_again() -> HTMLResponse:
+    return _page(
+        "Please try again",
+        "We could not record your request just now. Please try again in a few minutes.",
+        status=503,
+    )
+
+
 def _unavailable(error: Exception) -> Problem:
     reason = error.message if isinstance(error, RPCError) else str(error)
     return Problem(503, f"Temporal is unavailable ({reason}); try again")
@@ -175,39 +203,45 @@ class Endpoints:
         self.database = LedgerDatabase(settings.ledger_url)
         self.suppressions = SuppressionList(self.database)
         self.records = DealRecords(self.database)
+        self.tokens = TokenBook(self.database)
 
     # --- unsubscribe (RFC 8058) ---
 
-    def _named(self, request: Request) -> Unsubscribe | HTMLResponse:
+    async def _named(self, request: Request) -> Unsubscribe | OptOutLink | HTMLResponse:
+        token = request.path_params["token"]
         try:
-            return self.signer.unsubscribe(request.path_params["token"])
+            if not is_ledger_token(token):
+                return self.signer.unsubscribe(token)
+            token_id = self.signer.unsubscribe_token_id_of(token)
         except BadToken:
-            return _page(
-                "This unsubscribe link is not valid",
-                "The link may have been cut or changed on its way. Please reply to the email "
-                "and ask to be unsubscribed; we will take you off the list.",
-                status=400,
-            )
+            return _not_valid()
+        try:
+            link = await self.tokens.opt_out_link(token_id)
+        except Exception:
+            return _try_again()
+        # Signed by us but unknown: its email never reached the relay, or it was erased.
+        return _not_valid() if link is None else link
 
     async def confirm_unsubscribe(self, request: Request) -> Response:
-        named = self._named(request)
+        named = await self._named(request)
         if isinstance(named, Response):
             return named
+        if isinstance(named, OptOutLink):
+            return _page(
+                "Unsubscribe?",
+                f"This address will get no more emails from {self.settings.company_name}.",
+                form=_BUTTON,
+            )
         who = ", ".join(named.addresses)
-        button = (
-            # No action: the form posts back to this very URL, whatever prefix a proxy adds.
-            f'<form method=post><input type=hidden name="{ONE_CLICK[0]}" value="{ONE_CLICK[1]}">'
-            "<button type=submit>Unsubscribe</button></form>"
-        )
         return _page(
             "Unsubscribe?",
             f"{who} will get no more emails from {self.settings.company_name}, about deal "
             f"{named.deal_id} or any other.",
-            form=button,
+            form=_BUTTON,
         )
 
     async def unsubscribe(self, request: Request) -> Response:
-        named = self._named(request)
+        named = await self._named(request)
         if isinstance(named, Response):
             return named
         form = await request.form()
@@ -219,18 +253,50 @@ class Endpoints:
                 status=400,
             )
         try:
-            await self._opt_out(named, request.path_params["token"])
+            if isinstance(named, OptOutLink):
+                await self._opt_out_link(named)
+            else:
+                await self._opt_out(named, request.path_params["token"])
         except Problem:
-            return _page(
-                "Please try again",
-                "We could not record your request just now. Please try again in a few minutes.",
-                status=503,
-            )
+            return _try_again()
+        who = "This address" if isinstance(named, OptOutLink) else ", ".join(named.addresses)
         return _page(
             "You are unsubscribed",
-            f"{', '.join(named.addresses)} will get no more emails from "
-            f"{self.settings.company_name}.",
+            f"{who} will get no more emails from {self.settings.company_name}.",
         )
+
+    async def _opt_out_link(self, link: OptOutLink) -> None:
+        """The list by the recipient's keyed hash first, then the deal, by the recipient's
+        place in the email's To list (the deal knows who stood there)."""
+        try:
+            await self.suppressions.add_key(
+                link.address_key,
+                SuppressionReason.OPTED_OUT,
+                SuppressionSource.ONE_CLICK,
+                now=datetime.now(UTC),
+                detail="one-click unsubscribe",
+                deal_id=link.deal_id,
+            )
+        except Exception as error:
+            raise Problem(503, f"the suppression list is unavailable ({error})") from None
+        message = InboundMessage(
+            kind=InboundKind.UNSUBSCRIBE,
+            unsubscribed_from=link.message_id,
+            recipient_position=link.position,
+            event_id=f"unsubscribe:{link.token_id}",
+            source="unsubscribe link",
+        )
+        await self._tell_the_deal(link.deal_id, message)
+
+    async def _tell_the_deal(self, deal_id: str, message: InboundMessage) -> None:
+        with _temporal_errors():
+            try:
+                await self.client.get_workflow_handle(workflow_id(deal_id)).signal(
+                    INBOUND_MESSAGE, message
+                )
+            except RPCError as error:
+                if error.status != RPCStatusCode.NOT_FOUND:
+                    raise
 
     async def _opt_out(self, named: Unsubscribe, token: str) -> None:
         # The global list first: it holds even when the deal has closed or is gone.
@@ -248,24 +314,17 @@ class Endpoints:
                 continue  # not an address: nothing is mailed under it
             except Exception as error:
                 raise Problem(503, f"the suppression list is unavailable ({error})") from None
-        with _temporal_errors():
-            # A second click is the same event; a token for a large committee is too long
-            # for an event id, so it goes in as its digest.
-            if len(token) > 900:
-                token = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
-            message = InboundMessage(
-                kind=InboundKind.UNSUBSCRIBE,
-                addresses=list(named.addresses),
-                event_id=f"unsubscribe:{token}",
-                source="unsubscribe link",
-            )
-            try:
-                await self.client.get_workflow_handle(workflow_id(named.deal_id)).signal(
-                    INBOUND_MESSAGE, message
-                )
-            except RPCError as error:
-                if error.status != RPCStatusCode.NOT_FOUND:
-                    raise
+        # A second click is the same event; a token for a large committee is too long
+        # for an event id, so it goes in as its digest.
+        if len(token) > 900:
+            token = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+        message = InboundMessage(
+            kind=InboundKind.UNSUBSCRIBE,
+            addresses=list(named.addresses),
+            event_id=f"unsubscribe:{token}",
+            source="unsubscribe link",
+        )
+        await self._tell_the_deal(named.deal_id, message)
 
     # --- fulfilment / ERP webhook ---
 

@@ -1345,7 +1345,8 @@ async def forget_command(
     deals = ", ".join(forgotten.deals) or "none"
     out.print(
         f"{normal}: forgotten in {len(forgotten.deals)} deal(s) ({deals}): "
-        f"{forgotten.contacts} contact record(s), {forgotten.texts} text(s) scrubbed; "
+        f"{forgotten.contacts} contact record(s), {forgotten.texts} text(s) scrubbed, "
+        f"{forgotten.links} unsubscribe link(s) deleted; "
         "still suppressed (by keyed hash), never mailed again",
         soft_wrap=True,
     )

@@ -29,7 +29,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
-from activities.signed_tokens import BadToken, TokenSigner
+from activities.signed_tokens import BadToken, TokenSigner, is_ledger_token
 
 __all__ = [
     "DealMatch",
@@ -84,6 +84,10 @@ class DealMatch(BaseModel):
     deal_id: str | None
     how: str = ""
     reason: str = ""
+    # A token we signed that only the ledger resolves (``ledger.email_tokens``): the deal,
+    # and for an unsubscribe who opted out, are what its row says (the mailbox reader asks).
+    unsubscribe_token_id: str = ""
+    reply_token_id: str = ""
 
 
 # --- our own identifiers ---
@@ -799,7 +803,7 @@ def _classify(
 
 # --- matching ---
 
-_TOKEN_LIKE = re.compile(r"\+[^@]*\.[0-9a-f]{10}@", re.IGNORECASE)
+_TOKEN_LIKE = re.compile(r"\+(?:[^@]*\.[0-9a-f]{10}|r[a-z2-7]{32})@", re.IGNORECASE)
 
 
 def match_deal(mail: InboundMail, domains: Iterable[str], signer: TokenSigner) -> DealMatch:
@@ -820,6 +824,14 @@ def match_deal(mail: InboundMail, domains: Iterable[str], signer: TokenSigner) -
         if not mail.unsubscribe_token:
             return DealMatch(deal_id=None, reason="unsubscribe request without a token")
         try:
+            if is_ledger_token(mail.unsubscribe_token):
+                token_id = signer.unsubscribe_token_id_of(mail.unsubscribe_token)
+                return DealMatch(
+                    deal_id=None,
+                    how="unsubscribe token",
+                    reason="unsubscribe token for the ledger to resolve",
+                    unsubscribe_token_id=token_id,
+                )
             deal_id = signer.unsubscribe(mail.unsubscribe_token).deal_id
         except BadToken as error:
             return DealMatch(deal_id=None, reason=f"unsubscribe token is not ours: {error}")
@@ -854,6 +866,14 @@ def match_deal(mail: InboundMail, domains: Iterable[str], signer: TokenSigner) -
         deal_id = signer.deal_of_reply_address(address)
         if deal_id:
             return DealMatch(deal_id=deal_id, how="reply-to token")
+        token_id = signer.reply_token_id_of(address)
+        if token_id:
+            return DealMatch(
+                deal_id=None,
+                how="reply-to token",
+                reason="reply-to token for the ledger to resolve",
+                reply_token_id=token_id,
+            )
     if mail.references:
         newest = mail.in_reply_to or mail.references[-1]
         reasons.append(f"replies to {newest}, not a message we sent")

@@ -81,6 +81,15 @@ class InboxEntry(BaseModel):
     permanent: bool = True
     snippet: str = ""
     unsubscribe_addresses: list[str] = Field(default_factory=list)
+    # An unsubscribe by a ledger token: the email whose link it was, and the recipient's
+    # place in its To list (the deal knows who stood there).
+    unsubscribed_from: str = ""
+    recipient_position: int | None = None
+    # Tokens only the ledger resolves, and what it said: used by the reader, never
+    # handed to the poller (``exclude``: not in its history, not in ``inbox``).
+    unsubscribe_token_id: str = Field(default="", exclude=True)
+    reply_token_id: str = Field(default="", exclude=True)
+    unsubscribe_address_key: str = Field(default="", exclude=True)
 
 
 class MailboxTrouble(BaseModel):
@@ -229,6 +238,7 @@ class MailboxReader:
         finally:
             with contextlib.suppress(OSError, TimeoutError, aioimaplib.Abort):
                 await imap.logout()
+        await self._resolve(entries)
         await self._suppress(entries)
         last = chosen[-1] if chosen else after
         return MailboxBatch(
@@ -238,6 +248,39 @@ class MailboxReader:
             rescanned=rescanned and cursor.uid_validity != 0,
         )
 
+    async def _resolve(self, entries: list[InboxEntry]) -> None:
+        """The deal (and for an unsubscribe, who opted out) of each entry whose only
+        evidence is a token the ledger resolves; a failed read is retried with the batch."""
+        pending = [e for e in entries if e.unsubscribe_token_id or e.reply_token_id]
+        if not pending:
+            return
+        if self.suppressions is None:
+            for entry in pending:
+                entry.outcome = "no ledger to resolve its token"
+            return
+        from ledger.email_tokens import TokenBook
+
+        book = TokenBook(self.suppressions.database)
+        try:
+            for entry in pending:
+                if entry.unsubscribe_token_id:
+                    link = await book.opt_out_link(entry.unsubscribe_token_id)
+                    if link is None:
+                        entry.outcome = "unsubscribe token unknown to the ledger"
+                        continue
+                    entry.deal_id, entry.outcome = link.deal_id, ""
+                    entry.unsubscribed_from = link.message_id
+                    entry.recipient_position = link.position
+                    entry.unsubscribe_address_key = link.address_key
+                else:
+                    deal_id = await book.deal_of_reply(entry.reply_token_id)
+                    if deal_id is None:
+                        entry.outcome = "reply-to token unknown to the ledger"
+                        continue
+                    entry.deal_id, entry.outcome = deal_id, ""
+        except Exception as error:
+            raise MailboxProblem(f"ledger not read for the batch's tokens: {error}") from None
+
     async def _suppress(self, entries: list[InboxEntry]) -> None:
         """The batch's opt-outs and hard bounces onto the list; a failed write is retried
         with the whole batch (the cursor has not moved), so none is lost."""
@@ -246,6 +289,16 @@ class MailboxReader:
         from ledger.suppression_list import SuppressionReason, SuppressionSource
 
         for entry in entries:
+            if entry.kind is InboundKind.UNSUBSCRIBE and entry.unsubscribe_address_key:
+                try:
+                    await self.suppressions.add_key(
+                        entry.unsubscribe_address_key, SuppressionReason.OPTED_OUT,
+                        SuppressionSource.MAILTO, now=entry.read_at,
+                        detail="mailto unsubscribe", deal_id=entry.deal_id or "",
+                    )  # fmt: skip
+                except Exception as error:
+                    raise MailboxProblem(f"suppression list not written: {error}") from None
+                continue
             if entry.kind is InboundKind.UNSUBSCRIBE:
                 reason, source, detail = (
                     SuppressionReason.OPTED_OUT, SuppressionSource.MAILTO, "mailto unsubscribe"
@@ -315,7 +368,12 @@ class MailboxReader:
         mail = read_inbound(raw, self.own_addresses, self.unsubscribe_address)
         match = match_deal(mail, self.domains, self.signer)
         addresses: list[str] = []
-        if mail.kind is InboundKind.UNSUBSCRIBE and mail.unsubscribe_token and match.deal_id:
+        if (
+            mail.kind is InboundKind.UNSUBSCRIBE
+            and mail.unsubscribe_token
+            and match.deal_id
+            and not match.unsubscribe_token_id
+        ):
             try:
                 addresses = list(self.signer.unsubscribe(mail.unsubscribe_token).addresses)
             except BadToken:
@@ -325,7 +383,9 @@ class MailboxReader:
             message_id=mail.message_id,
             read_at=datetime.now(UTC),
             sender=mail.sender,
-            subject=mail.subject,
+            # An unsubscribe's subject is its token, which opts out whoever it names: it
+            # stays here, out of the poller's state and ``inbox``.
+            subject="unsubscribe" if mail.kind is InboundKind.UNSUBSCRIBE else mail.subject,
             kind=mail.kind,
             why=mail.why,
             deal_id=match.deal_id,
@@ -337,6 +397,8 @@ class MailboxReader:
             permanent=mail.permanent if mail.permanent is not None else True,
             snippet=mail.snippet,
             unsubscribe_addresses=addresses,
+            unsubscribe_token_id=match.unsubscribe_token_id,
+            reply_token_id=match.reply_token_id,
         )
 
 

@@ -37,6 +37,7 @@ from activities.smtp_pool import SmtpPool
 if TYPE_CHECKING:
     # SQLAlchemy is imported where a send needs it: the workflow imports this module for
     # the activity's name, and every CLI command imports the workflow.
+    from ledger.email_tokens import EmailTokens
     from ledger.send_ledger import SendLedger, SendRecord
     from ledger.suppression_list import SuppressionList
 
@@ -145,7 +146,8 @@ def unsubscribe_mailbox(reply_base: str) -> str:
 @dataclass(frozen=True)
 class BuyerLinks:
     """What makes a buyer email answerable by machine: the deal's own Reply-To address
-    and the one-click unsubscribe links (RFC 8058), all signed so that none can be forged."""
+    and the one-click unsubscribe links (RFC 8058), all signed so that none can be forged,
+    and none naming a deal or an address: the ledger resolves them (``email_tokens``)."""
 
     signer: TokenSigner
     reply_base: str
@@ -156,11 +158,30 @@ class BuyerLinks:
         return unsubscribe_mailbox(self.reply_base)
 
     def unsubscribe_url(self, request: EmailRequest, parties: Sequence[Party]) -> str:
-        """The link for the copy that goes to ``parties`` (one recipient, for a buyer)."""
-        token = self.signer.unsubscribe_token(
-            request.context.deal.deal_id, [party.email for party in parties]
+        """The link for the copy that goes to ``parties`` (one recipient: a buyer's copy)."""
+        (party,) = parties
+        token_id = self.signer.unsubscribe_token_id(
+            request.message_id, request.to.index(party), party.email
         )
+        token = self.signer.ledger_unsubscribe_token(token_id)
         return f"{self.public_url.rstrip('/')}/unsubscribe/{token}"
+
+    def tokens(self, request: EmailRequest, parties: Sequence[Party]) -> EmailTokens:
+        """What the links in the copies to ``parties`` and the Reply-To stand for."""
+        from ledger.email_tokens import EmailTokens, UnsubscribeLink
+
+        deal_id = request.context.deal.deal_id
+        links = []
+        for party in parties:
+            position = request.to.index(party)
+            token_id = self.signer.unsubscribe_token_id(request.message_id, position, party.email)
+            links.append(UnsubscribeLink(token_id, position, party.email))
+        return EmailTokens(
+            deal_id=deal_id,
+            message_id=request.message_id,
+            reply_token_id=self.signer.reply_token_id(deal_id),
+            links=tuple(links),
+        )
 
     def headers(self, request: EmailRequest, unsubscribe_url: str) -> dict[str, str]:
         token = unsubscribe_url.rsplit("/", 1)[1]
@@ -241,6 +262,8 @@ class _Sending:
     delivered: frozenset[int] = frozenset()  # places (in the To list) of copies sent
     refused: dict[str, tuple[int, str]] = field(default_factory=dict)
     reply: str | None = None  # the relay's last final reply
+    # What the copies' links and the Reply-To stand for: written with the claim.
+    tokens: EmailTokens | None = None
 
 
 def _subject(request: EmailRequest, rendered: str) -> str:
@@ -498,6 +521,9 @@ class Mailer:
                 # MAIL FROM: an opt-out committed a moment ago by any path stops this email.
                 allowed = await self._unsuppressed(request)
                 recipients = [_address(party) for party in allowed.to]
+                links = self._buyer_links(request)
+                if links is not None:
+                    sending.tokens = links.tokens(request, allowed.to)
                 for parties in self.copies(allowed):
                     places = _places(request, parties)
                     if places <= sending.delivered:
@@ -582,7 +608,7 @@ class Mailer:
             return
         _die_here_for_a_test("before-data")
         if not sending.claimed:
-            sending.delivered |= await self._claim(smtp, request)
+            sending.delivered |= await self._claim(smtp, request, sending.tokens)
             sending.claimed = True
             if places <= sending.delivered:
                 await smtp.rset()
@@ -611,8 +637,11 @@ class Mailer:
             # As for the sent mark: past the relay's answer, write and say if not.
             activity.logger.warning("send ledger not updated for %s: %s", request.message_id, error)
 
-    async def _claim(self, smtp: aiosmtplib.SMTP, request: EmailRequest) -> frozenset[int]:
-        """Claim the send; returns the copies an earlier attempt sent (their places)."""
+    async def _claim(
+        self, smtp: aiosmtplib.SMTP, request: EmailRequest, tokens: EmailTokens | None
+    ) -> frozenset[int]:
+        """Claim the send, writing what its tokens stand for in the same transaction;
+        returns the copies an earlier attempt sent (their places)."""
         if self.ledger is None:
             return frozenset()
         from ledger.send_ledger import ClaimOutcome
@@ -628,6 +657,7 @@ class Mailer:
                 worker=self.worker,
                 now=datetime.now(UTC),
                 resend=request.resend,
+                tokens=tokens,
             )
         except Exception as error:
             await smtp.rset()

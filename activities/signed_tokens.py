@@ -1,11 +1,18 @@
 """Tokens we hand out in emails and later get back from the world.
 
-Two kinds, both signed with the one signing secret (``DEALFLOW_SIGNING_SECRET``):
+Two kinds, both signed with the one signing secret (``DEALFLOW_SIGNING_SECRET``), and
+both an id and a MAC that the ledger resolves (``ledger.email_tokens``), so that a token
+names nothing, neither deal nor address, to whoever reads the email:
 
-- the **reply token** in the Reply-To address (``sales+D-100.3f9a1c2b7e@example.com``):
-  a reply that lost its In-Reply-To and References headers still names its deal;
-- the **unsubscribe token** in the List-Unsubscribe links: opaque (encrypted), it names
-  the deal and the addresses, and cannot be forged to unsubscribe someone else.
+- the **reply token** in the Reply-To address (``sales+r<32 base32 characters>@...``):
+  a reply that lost its In-Reply-To and References headers still finds its deal;
+- the **unsubscribe token** in the List-Unsubscribe links (``t2.`` and 43 characters):
+  one a recipient, it opts out exactly that recipient and cannot be forged to
+  unsubscribe someone else.
+
+Emails sent before these carry older forms, still accepted: the reply token
+``sales+D-100.3f9a1c2b7e`` (the deal id and a 40-bit signature), and the ``u1.``
+unsubscribe token (the deal and the address encrypted with AES-SIV).
 
 and it seals our **Message-IDs**: the local part the deal gives an email (deal id and
 step) is encrypted and authenticated (AES-SIV), so the header names no deal, shows no
@@ -33,8 +40,20 @@ _REPLY_SIGNATURE_LENGTH = 10
 _REPLY_TOKEN = re.compile(r"^(?P<deal>[A-Za-z0-9][A-Za-z0-9._-]{0,63})\.(?P<sig>[0-9a-f]{10})$")
 
 
-# Marks the opaque unsubscribe token (the readable one it replaced has no prefix).
+# Marks the encrypted unsubscribe token of emails sent before the ledger's (below); the
+# readable one before it has no prefix.
 _OPAQUE = "u1."
+# Marks the unsubscribe token the ledger resolves: base64url of its id and its MAC.
+LEDGER_TOKEN = "t2."
+# 128 bits each: ids never collide by chance, and a MAC cannot be guessed.
+UNSUBSCRIBE_ID_BYTES = 16
+UNSUBSCRIBE_MAC_BYTES = 16
+# The reply token must fit a local part (64 characters at most) after ``sales+``: 80 bits
+# of id and 80 of MAC, in lowercase base32 (mail systems may lower-case a local part).
+REPLY_ID_BYTES = 10
+REPLY_MAC_BYTES = 10
+_REPLY_MARK = "r"
+_LEDGER_REPLY_TOKEN = re.compile(r"^r(?P<token>[a-z2-7]{32})$")
 
 
 class BadToken(ValueError):
@@ -46,6 +65,11 @@ class Unsubscribe:
     deal_id: str
     # Everyone the email went to: one click cannot tell which of them clicked.
     addresses: tuple[str, ...]
+
+
+def is_ledger_token(token: str) -> bool:
+    """Whether ``token`` is of the kind the ledger resolves (else an older, self-contained one)."""
+    return token.strip().startswith(LEDGER_TOKEN)
 
 
 def _b64(data: bytes) -> str:
@@ -76,6 +100,23 @@ class TokenSigner:
             AESSIV(hmac.new(key, b"unsubscribe-token", hashlib.sha512).digest())
             for key in self._keys
         ]
+        # A key of its own for each use: an id of one kind is never a MAC of another.
+        self._derived = {
+            purpose: [
+                hmac.new(key, purpose.encode(), hashlib.sha256).digest() for key in self._keys
+            ]
+            for purpose in ("unsubscribe-id", "unsubscribe-mac", "reply-id", "reply-mac")
+        }
+
+    def _tag(self, purpose: str, data: bytes, length: int, number: int = 0) -> bytes:
+        return hmac.new(self._derived[purpose][number], data, hashlib.sha256).digest()[:length]
+
+    def _tagged_by_us(self, purpose: str, data: bytes, given: bytes) -> bool:
+        """Whether any of our secrets, current or previous, made the MAC ``given`` of ``data``."""
+        return any(
+            hmac.compare_digest(given, self._tag(purpose, data, len(given), number))
+            for number in range(len(self._keys))
+        )
 
     def _mac(self, purpose: str, payload: str, key: bytes | None = None) -> bytes:
         message = f"{purpose}:{payload}".encode()
@@ -90,17 +131,44 @@ class TokenSigner:
 
     # --- reply tokens ---
 
+    def reply_token_id(self, deal_id: str) -> str:
+        """The id the ledger knows the deal's reply token by (hex): the same for every email
+        of the deal, so the ledger holds one row a deal."""
+        return self._tag("reply-id", deal_id.encode(), REPLY_ID_BYTES).hex()
+
     def reply_token(self, deal_id: str) -> str:
-        signature = self._mac("reply", deal_id).hex()[:_REPLY_SIGNATURE_LENGTH]
-        return f"{deal_id}.{signature}"
+        """``r`` and base32 of the token's id and MAC: 33 characters, whatever the deal id."""
+        token_id = bytes.fromhex(self.reply_token_id(deal_id))
+        sealed = token_id + self._tag("reply-mac", token_id, REPLY_MAC_BYTES)
+        return _REPLY_MARK + base64.b32encode(sealed).decode().lower()
 
     def reply_address(self, base: str, deal_id: str) -> str:
         """``sales@example.com`` -> ``sales+<token>@example.com``."""
         local, _, domain = base.rpartition("@")
         return f"{local}+{self.reply_token(deal_id)}@{domain}"
 
+    def old_reply_address(self, base: str, deal_id: str) -> str:
+        """The Reply-To of emails sent before the ledger's token (``sales+D-100.3f9a1c2b7e``):
+        nothing sends it any more; it is made here for the tests of those emails' replies."""
+        local, _, domain = base.rpartition("@")
+        signature = self._mac("reply", deal_id).hex()[:_REPLY_SIGNATURE_LENGTH]
+        return f"{local}+{deal_id}.{signature}@{domain}"
+
+    def reply_token_id_of(self, address: str) -> str | None:
+        """The id (hex) in a ``local+r...@domain`` address we made, for the ledger to
+        resolve; None when the address has no such token or we did not sign it."""
+        local = address.rpartition("@")[0]
+        _, plus, token = local.partition("+")
+        found = _LEDGER_REPLY_TOKEN.match(token.lower()) if plus else None
+        if found is None:
+            return None
+        sealed = base64.b32decode(found["token"].upper())
+        token_id, given = sealed[:REPLY_ID_BYTES], sealed[REPLY_ID_BYTES:]
+        return token_id.hex() if self._tagged_by_us("reply-mac", token_id, given) else None
+
     def deal_of_reply_address(self, address: str) -> str | None:
-        """The deal named by a ``local+token@domain`` address we made, else None."""
+        """The deal named by an old-form ``local+D-100.3f9a1c2b7e@domain`` address we made
+        (emails sent before the ledger's reply token), else None."""
         local = address.rpartition("@")[0]
         _, plus, token = local.partition("+")
         found = _REPLY_TOKEN.match(token) if plus else None
@@ -119,16 +187,48 @@ class TokenSigner:
 
     # --- unsubscribe tokens ---
 
+    def unsubscribe_token_id(self, message_id: str, position: int, address: str) -> str:
+        """The id (hex) of the link in the copy of ``message_id`` that goes to ``address``,
+        ``position`` in its To list: every retry and resend of that copy gets the same one.
+        The address is in it so that a resend whose To list changed gives the person now
+        at ``position`` a link of their own, not the one of whoever stood there before."""
+        data = f"{message_id}\n{position}\n{address.strip().lower()}".encode()
+        return self._tag("unsubscribe-id", data, UNSUBSCRIBE_ID_BYTES).hex()
+
+    def ledger_unsubscribe_token(self, token_id: str) -> str:
+        """``t2.`` and base64url of the id and its 128-bit MAC."""
+        raw = bytes.fromhex(token_id)
+        return LEDGER_TOKEN + _b64(raw + self._tag("unsubscribe-mac", raw, UNSUBSCRIBE_MAC_BYTES))
+
+    def unsubscribe_token_id_of(self, token: str) -> str:
+        """The id (hex) of a ``t2.`` token, for the ledger to resolve; ``BadToken`` when we
+        did not make it (altered, cut, or signed with a secret no longer kept)."""
+        text = token.strip().removeprefix(LEDGER_TOKEN)
+        try:
+            raw = _unb64(text)
+        except (ValueError, binascii.Error):
+            raise BadToken("the unsubscribe link is damaged") from None
+        if len(raw) != UNSUBSCRIBE_ID_BYTES + UNSUBSCRIBE_MAC_BYTES:
+            raise BadToken("the unsubscribe link is incomplete")
+        token_id, given = raw[:UNSUBSCRIBE_ID_BYTES], raw[UNSUBSCRIBE_ID_BYTES:]
+        if not self._tagged_by_us("unsubscribe-mac", token_id, given):
+            raise BadToken("the unsubscribe link was not issued by us or was altered")
+        return token_id.hex()
+
     def unsubscribe_token(self, deal_id: str, addresses: str | Sequence[str]) -> str:
-        """Opaque: the deal and the addresses encrypted and authenticated (AES-SIV, a
-        128-bit tag), so a link names no address in readable form."""
+        """The ``u1.`` token of emails sent before the ledger's: the deal and the addresses
+        encrypted and authenticated (AES-SIV, a 128-bit tag). Nothing sends it any more;
+        it is made here for the tests of those emails' links."""
         named = [addresses] if isinstance(addresses, str) else list(addresses)
         text = json.dumps([deal_id, [a.lower() for a in named]], separators=(",", ":"))
         return _OPAQUE + _b64(self._unsubscribers[0].encrypt(text.encode(), None))
 
     def unsubscribe(self, token: str) -> Unsubscribe:
-        """The deal and address a token names; ``BadToken`` when we did not sign it."""
+        """The deal and addresses an older (``u1.`` or readable) token names; ``BadToken``
+        when we did not sign it. A ``t2.`` token names nothing: the ledger resolves it."""
         token = token.strip()
+        if is_ledger_token(token):
+            raise BadToken("the unsubscribe link is resolved by the ledger, not by itself")
         if token.startswith(_OPAQUE):
             return self._opaque_unsubscribe(token.removeprefix(_OPAQUE))
         # The readable, HMAC-signed form of links in emails sent before the opaque one.

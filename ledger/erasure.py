@@ -5,6 +5,9 @@ forgotten person is never mailed again (erasure comes with an objection to furth
 mail, art. 21). The hash finds the person again only for someone who already knows
 the address.
 
+Deleted: the person's unsubscribe links (``email_tokens``): they hold only the keyed
+hash, but say which emails the person got, and erasure suppresses them anyway.
+
 Scrubbed: the deal contacts' name and address, and every place free text may quote
 them: stage-event notes, interview answers, outcome notes, and the relay's replies
 and errors in the send ledger. A name is scrubbed in the deals the person was a
@@ -24,6 +27,7 @@ from datetime import datetime
 from sqlalchemy import Column, Connection, Table, func, or_, select, update
 
 from ledger.addresses import normalized_address
+from ledger.email_tokens import forget_links
 from ledger.suppression_list import SuppressionList, SuppressionReason, SuppressionSource
 from ledger.tables import (
     DEAL_CONTACTS,
@@ -57,6 +61,7 @@ class Forgotten:
     deals: list[str] = field(default_factory=list)
     contacts: int = 0
     texts: int = 0
+    links: int = 0  # unsubscribe links deleted
     # Deals still running: Temporal keeps the person until they end and retention passes.
     open_deals: list[str] = field(default_factory=list)
 
@@ -134,6 +139,7 @@ async def forget(suppressions: SuppressionList, address: str, now: datetime) -> 
         connection.execute(
             update(SUPPRESSIONS).where(SUPPRESSIONS.c.address_key == key).values(address=None)
         )
+        result.links = forget_links(connection, key)
         scrubbed: set[tuple[object, ...]] = set()
         everywhere = _pattern(addresses)
         in_their_deals = _pattern(addresses | _name_words(names))

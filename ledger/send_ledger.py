@@ -38,6 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Update
 
 from ledger.database import Batched, DriverStatement, LedgerDatabase
+from ledger.email_tokens import EmailTokens, TokenWriter
 from ledger.tables import SENT_EMAILS
 
 
@@ -84,6 +85,7 @@ class _ClaimRequest:
     message_id: str
     fields: dict[str, Any]
     resend: bool
+    tokens: EmailTokens | None = None
 
 
 # Statements built once: building one per call cost more than running it.
@@ -151,6 +153,7 @@ class SendLedger:
         self._claims: Batched[_ClaimRequest, Claim] = Batched(
             "claim", self._claim_all, key=lambda claim: claim.message_id
         )
+        self._tokens = TokenWriter(database.is_sqlite)
 
     async def find(self, message_id: str) -> SendRecord | None:
         return await self.database.run(lambda c: _find(c, message_id))
@@ -165,10 +168,13 @@ class SendLedger:
         worker: str,
         now: datetime,
         resend: bool = False,
+        tokens: EmailTokens | None = None,
     ) -> Claim:
         """Claim ``message_id`` for this attempt, unless the ledger says it must not send.
 
         ``resend``: ops checked a held (maybe sent) email and asked for it again.
+        ``tokens``: what the email's links and Reply-To stand for, written in the claim's
+        transaction (whatever its outcome: the same ids as any earlier attempt's).
         """
         fields = {
             "deal_id": deal_id,
@@ -181,7 +187,8 @@ class SendLedger:
             "smtp_reply": None,
             "error": None,
         }
-        return await self.database.write(self._claims, _ClaimRequest(message_id, fields, resend))
+        claim = _ClaimRequest(message_id, fields, resend, tokens)
+        return await self.database.write(self._claims, claim)
 
     def _claim_all(self, connection: Connection, claims: list[_ClaimRequest]) -> list[Claim]:
         """Claims of distinct Message-IDs: one insert for all, then those that found a row."""
@@ -190,6 +197,9 @@ class SendLedger:
             {"message_id": claim.message_id, **claim.fields}
             for claim in sorted(claims, key=lambda claim: claim.message_id)
         ]
+        tokens = [claim.tokens for claim in claims if claim.tokens is not None]
+        if tokens:
+            self._tokens.write(connection, tokens, claims[0].fields["claimed_at"])
         if self._claim_row.applies(connection):
             inserted = {
                 found["message_id"]: _record(found)

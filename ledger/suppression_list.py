@@ -87,7 +87,7 @@ class SuppressionEntry:
         what = self.reason.value.replace("_", " ")
         where = f" on deal {self.deal_id}" if self.deal_id else ""
         return (
-            f"{self.address or '(address erased)'} {what}{where} "
+            f"{self.address or '(address not kept)'} {what}{where} "
             f"({self.source}) on {self.suppressed_at:%Y-%m-%d}"
         )
 
@@ -129,8 +129,35 @@ class SuppressionList:
     ) -> SuppressionEntry:
         """Suppress ``address`` (idempotent); the entry that stands afterwards."""
         key = address_key(address, await self._hash_key())
+        normal = normalized_address(address)[:320]
+        return await self._add(key, normal, reason, source, now, detail, deal_id)
+
+    async def add_key(
+        self,
+        key: str,
+        reason: SuppressionReason,
+        source: SuppressionSource | str,
+        *,
+        now: datetime,
+        detail: str = "",
+        deal_id: str = "",
+    ) -> SuppressionEntry:
+        """Suppress the address whose keyed hash is ``key``, without knowing the address
+        (an unsubscribe link names none); an entry that has the address keeps it."""
+        return await self._add(key, None, reason, source, now, detail, deal_id)
+
+    async def _add(
+        self,
+        key: str,
+        address: str | None,
+        reason: SuppressionReason,
+        source: SuppressionSource | str,
+        now: datetime,
+        detail: str,
+        deal_id: str,
+    ) -> SuppressionEntry:
         fields = {
-            "address": normalized_address(address)[:320],
+            "address": address,
             "reason": SuppressionReason(reason).value,
             "source": str(source)[:32],
             "detail": detail[:1000],
@@ -143,7 +170,8 @@ class SuppressionList:
         statement = self._insert(table).values(address_key=key, **fields)
         statement = statement.on_conflict_do_update(
             index_elements=["address_key"],
-            set_=fields,
+            set_={name: value for name, value in fields.items() if value is not None}
+            | {"lifted_at": None, "lift_reason": None},
             # Only a lift older than this event gives way; a standing entry keeps its first.
             where=and_(table.c.lifted_at.is_not(None), table.c.lifted_at < now),
         )

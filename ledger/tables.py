@@ -55,6 +55,31 @@ SUPPRESSIONS = Table(
     Column("lift_reason", String(1000)),
 )
 
+# What the unsubscribe link in each copy of a buyer email stands for (``t2.`` tokens):
+# the link carries only the id (and its MAC), so it names no address and no deal. One row
+# a recipient of an email, written with the send's claim; ``address_key`` is the
+# suppression list's keyed hash, never the address.
+UNSUBSCRIBE_TOKENS = Table(
+    "unsubscribe_tokens",
+    METADATA,
+    Column("token_id", String(32), primary_key=True),
+    Column("deal_id", String(64), nullable=False),
+    Column("message_id", String(998), nullable=False),
+    # The recipient's place in the email's To list (the deal knows who stood there).
+    Column("position", Integer, nullable=False),
+    Column("address_key", String(64), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# What the token in a deal's Reply-To address stands for: one row a deal (and a secret).
+REPLY_TOKENS = Table(
+    "reply_tokens",
+    METADATA,
+    Column("token_id", String(20), primary_key=True),
+    Column("deal_id", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 # Values the ledger makes for itself once, at migration: the key of the address hashes.
 LEDGER_SECRETS = Table(
     "ledger_secrets",

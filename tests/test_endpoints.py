@@ -82,11 +82,14 @@ async def test_one_click_unsubscribe_opts_the_deal_out_and_suppresses_the_addres
     deal, path = await unsubscribe_path(deals)
     answer = await site.http.post(path, data=ONE_CLICK)
     assert answer.status_code == 200, answer.text
-    assert "You are unsubscribed" in answer.text and "bea@buyer.example.org" in answer.text
+    # Whoever holds the link learns no address from the page either.
+    assert "You are unsubscribed" in answer.text and "bea@" not in answer.text
     handle = deals.client.get_workflow_handle(f"deal-{deal}")
     # Polled through the query: the test server cannot describe a deal whose next touch was unset.
     current = await eventually(handle, lambda s: s.stage is Stage.OPTED_OUT)
     assert current.history[-1].source == "unsubscribe link"
+    # The deal knew who from the link's place in the email's To list.
+    assert current.outcome_reason == "bea@buyer.example.org opted out"
 
     # The address is on the global list: a deal started a moment before sends nothing.
     other = await deals.start_unchecked(kind="rfp")
@@ -107,15 +110,19 @@ async def test_one_click_in_a_committee_email_opts_out_only_the_one_who_clicked(
     await deals.mail(2)
     toms = next(m for m in deals.sink.received if m.rcpt_tos == ["tom@buyer.example.org"])
     link = str(toms.message["List-Unsubscribe"]).split(",")[0].strip(" <>")
-    # Tom's link names him alone, and not in readable form.
-    assert "tom@" not in link and "eve@" not in link
-    answer = await site.http.post("/unsubscribe/" + link.rsplit("/", 1)[1], data=ONE_CLICK)
+    # Tom's link is an id and a MAC: it names neither him nor the deal.
+    token = link.rsplit("/", 1)[1]
+    assert token.startswith("t2.") and "tom" not in link.lower() and deal_id(handle) not in link
+    answer = await site.http.post("/unsubscribe/" + token, data=ONE_CLICK)
     assert answer.status_code == 200, answer.text
-    assert "tom@buyer.example.org" in answer.text and "eve@" not in answer.text
+    assert "tom@" not in answer.text and "eve@" not in answer.text
     found = await site.suppressions.find(["tom@buyer.example.org", "eve@buyer.example.org"])
     assert set(found) == {"tom@buyer.example.org"}
+    # Put there by the keyed hash alone: the link's row holds no address to copy.
+    assert found["tom@buyer.example.org"].address is None
     current = await eventually(handle, lambda s: s.stage is Stage.OPTED_OUT)
     assert current.history[-1].source == "unsubscribe link"
+    assert current.outcome_reason == "tom@buyer.example.org opted out"
 
 
 async def test_opening_the_link_shows_a_confirmation_and_changes_nothing(site: Site) -> None:
@@ -123,7 +130,8 @@ async def test_opening_the_link_shows_a_confirmation_and_changes_nothing(site: S
     deal, path = await unsubscribe_path(deals)
     page = await site.http.get(path)
     assert page.status_code == 200
-    assert "bea@buyer.example.org" in page.text and deal in page.text
+    assert "Unsubscribe?" in page.text
+    assert "bea@" not in page.text and deal not in page.text
     assert '<form method=post><input type=hidden name="List-Unsubscribe"' in page.text
     handle = deals.client.get_workflow_handle(f"deal-{deal}")
     assert (await status(handle)).stage is Stage.PROPOSAL_RECEIVED
@@ -141,6 +149,34 @@ async def test_a_tampered_unsubscribe_link_is_refused_and_says_to_reply(site: Si
         assert "not valid" in answer.text and "reply to the email" in answer.text
     handle = site.deals.client.get_workflow_handle(f"deal-{deal}")
     assert (await status(handle)).stage is Stage.PROPOSAL_RECEIVED
+
+
+async def test_a_signed_link_the_ledger_does_not_know_is_refused_and_writes_nothing(
+    site: Site,
+) -> None:
+    deal, _ = await unsubscribe_path(site.deals)
+    signer = site.deals.settings.token_signer()
+    # Made with our own secret, for an email that never went out: no row, so no opt-out.
+    token_id = signer.unsubscribe_token_id("<nothing.001-x@seller.example.com>", 0, "x@y.example")
+    path = "/unsubscribe/" + signer.ledger_unsubscribe_token(token_id)
+    for answer in (await site.http.post(path, data=ONE_CLICK), await site.http.get(path)):
+        assert answer.status_code == 400 and "not valid" in answer.text
+    assert await site.suppressions.entries(lifted=True) == []
+    handle = site.deals.client.get_workflow_handle(f"deal-{deal}")
+    assert (await status(handle)).stage is Stage.PROPOSAL_RECEIVED
+
+
+async def test_an_old_u1_link_of_an_email_already_sent_still_opts_out(site: Site) -> None:
+    deals = site.deals
+    deal, _ = await unsubscribe_path(deals)
+    # What a link in an email sent before the ledger's tokens looks like.
+    old = deals.settings.token_signer().unsubscribe_token(deal, ["bea@buyer.example.org"])
+    answer = await site.http.post(f"/unsubscribe/{old}", data=ONE_CLICK)
+    assert answer.status_code == 200, answer.text
+    assert set(await site.suppressions.find(["bea@buyer.example.org"])) == {"bea@buyer.example.org"}
+    handle = deals.client.get_workflow_handle(f"deal-{deal}")
+    current = await eventually(handle, lambda s: s.stage is Stage.OPTED_OUT)
+    assert current.outcome_reason == "bea@buyer.example.org opted out"
 
 
 async def test_unsubscribing_twice_answers_ok_and_opts_out_once(site: Site) -> None:

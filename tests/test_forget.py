@@ -20,6 +20,7 @@ from ledger.tables import (
     SENT_EMAILS,
     STAGE_EVENTS,
     SUPPRESSIONS,
+    UNSUBSCRIBE_TOKENS,
 )
 from tests.conftest import on_both_databases
 
@@ -99,6 +100,14 @@ async def seed(database: LedgerDatabase, suppressions: SuppressionList) -> None:
               "state": "failed", "attempt": 1, "worker": "w", "claimed_at": AT,
               "error": "550 5.1.1 <anna.berg@buyer.example>: mailbox unknown"}],
         )  # fmt: skip
+        # The unsubscribe links of one email to both of them.
+        connection.execute(
+            insert(UNSUBSCRIBE_TOKENS),
+            [{"token_id": "a" * 32, "deal_id": "D-1", "message_id": "<m1@seller.example>",
+              "position": 0, "address_key": anna, "created_at": AT},
+             {"token_id": "b" * 32, "deal_id": "D-1", "message_id": "<m1@seller.example>",
+              "position": 1, "address_key": other, "created_at": AT}],
+        )  # fmt: skip
 
     await database.run(write, write=True)
 
@@ -116,7 +125,8 @@ async def test_forget_erases_the_person_everywhere_and_keeps_them_suppressed(
         lines = done.stdout.strip().splitlines()
         assert lines[0] == (
             "anna.berg@buyer.example: forgotten in 2 deal(s) (D-1, D-2): 2 contact record(s), "
-            "6 text(s) scrubbed; still suppressed (by keyed hash), never mailed again"
+            "6 text(s) scrubbed, 1 unsubscribe link(s) deleted; still suppressed "
+            "(by keyed hash), never mailed again"
         )
         assert lines[1].startswith("D-2: still open; Temporal keeps this person")
 
@@ -131,6 +141,10 @@ async def test_forget_erases_the_person_everywhere_and_keeps_them_suppressed(
             assert not any(word in line for line in hers), word
         assert "Olaf Lind asked for the invoice" in left  # others stay
         assert "Anna from purchasing called" in left  # a namesake on another deal stays
+        links = await database.run(
+            lambda c: c.execute(select(UNSUBSCRIBE_TOKENS.c.token_id)).scalars().all()
+        )
+        assert links == ["b" * 32]  # her link is gone (she is suppressed), Olaf's stays
         entry = (await suppressions.find([ANNA]))[ANNA]
         assert entry.address is None and entry.standing  # still never mailed
 

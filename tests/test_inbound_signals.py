@@ -11,6 +11,8 @@ import pytest
 from temporalio.client import WorkflowHandle
 
 from activities.signed_tokens import TokenSigner
+from ledger.database import LedgerDatabase
+from ledger.email_tokens import TokenBook
 from ledger.suppression_list import SuppressionList, SuppressionReason
 from starter import Refused, record
 from tests.conftest import MAIL_WITHIN, Deals, body, step_of, steps
@@ -43,22 +45,30 @@ async def inbound(deals: Deals, deal: str, mail: InboundMessage) -> None:
 
 
 async def test_buyer_emails_carry_the_deal_reply_token_and_one_click_unsubscribe(
-    deals: Deals,
+    deals: Deals, ledger_url: str
 ) -> None:
     handle = await deals.start(kind="rfp")
     proposal = (await deals.mail(1))[0]
     deal = deal_id(handle)
     reply_to = str(proposal["Reply-To"])
     signer = TokenSigner(deals.settings.signing_key())
-    assert signer.deal_of_reply_address(reply_to) == deal
-    assert reply_to.startswith("sales+") and reply_to.endswith("@seller.example.com")
+    assert reply_to.startswith("sales+r") and reply_to.endswith("@seller.example.com")
+    # Opaque: the Reply-To names no deal; the ledger knows what its id stands for.
+    assert deal not in reply_to and len(reply_to.partition("@")[0]) <= 64
+    book = TokenBook(LedgerDatabase(ledger_url))
+    reply_id = signer.reply_token_id_of(reply_to)
+    assert reply_id is not None and await book.deal_of_reply(reply_id) == deal
     assert proposal["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     links = [part.strip(" <>") for part in str(proposal["List-Unsubscribe"]).split(",")]
     https, mailto = links
     assert https.startswith("http") and "/unsubscribe/" in https
     token = https.rsplit("/", 1)[1]
-    named = signer.unsubscribe(token)
-    assert named.deal_id == deal and named.addresses == ("bea@buyer.example.org",)
+    # The link names neither the address nor the deal: an id and a MAC, resolved by the ledger.
+    assert token.startswith("t2.") and "bea" not in token.lower() and deal not in https
+    link = await book.opt_out_link(signer.unsubscribe_token_id_of(token))
+    assert link is not None and (link.deal_id, link.position) == (deal, 0)
+    assert link.address_key == await SuppressionList(book.database).key_of("bea@buyer.example.org")
+    await book.database.dispose()
     assert mailto == f"mailto:sales+unsubscribe@seller.example.com?subject=unsubscribe%20{token}"
     # No internal id in a buyer's headers: no X-Dealflow-*, a Message-ID that names nothing.
     assert proposal["X-Dealflow-Deal"] is None and proposal["X-Dealflow-Step"] is None

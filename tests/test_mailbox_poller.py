@@ -20,6 +20,7 @@ from ledger.suppression_list import SuppressionList
 from settings import ImapTls, Settings
 from starter import inbox, record
 from tests.conftest import MAIL_WITHIN, Deals, deal_of, step_of, steps
+from tests.test_inbound_signals import eventually
 from tests.test_lifecycle import deal_id, stage_is, status
 from worker import start_mailbox_poller
 from workflows.mailbox_poller import POLL_NOW, MailboxPollerReport
@@ -260,3 +261,99 @@ async def test_mailto_opt_outs_and_hard_bounces_go_on_the_list_even_for_closed_d
     assert (bea.reason, bea.source, bea.deal_id) == ("opted_out", "mailto", deal_id(opting))
     assert (carl.reason, carl.source, carl.deal_id) == ("bounced", "dsn", deal_id(bouncing))
     assert "5.1.1" in carl.detail
+
+
+async def test_a_mailto_unsubscribe_from_a_committee_copy_opts_out_only_its_recipient(
+    deals: Deals, mailbox: LocalMailbox, suppressions: SuppressionList
+) -> None:
+    """The mailto: subject carries the copy's ledger token, which names no address: the
+    ledger's row says whose copy it was, and the deal who stood at that place."""
+    committee = [
+        {"name": "Eve Economic", "email": "eve@buyer.example.org", "role": "economic_buyer"},
+        {"name": "Tom Technical", "email": "tom@buyer.example.org", "role": "technical"},
+    ]
+    handle = await deals.start(kind="rfp", contacts=committee)
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    await deals.mail(2)
+    toms = next(m for m in deals.sink.received if m.rcpt_tos == ["tom@buyer.example.org"])
+    request = mailto_unsubscribe(toms.message)
+    assert b"unsubscribe t2." in request and b"tom" not in request.split(b"Subject:")[1][:80]
+    mailbox.deliver(request)
+
+    poller = await started_poller(deals)
+    report = await poll(deals.client, poller, lambda r: len(r.recent) == 1)
+    (entry,) = report.recent
+    assert entry.kind == "unsubscribe" and entry.deal_id == deal_id(handle)
+    # The token itself stays in the reader: not in the poller's state, not in `inbox`.
+    assert "t2." not in entry.model_dump_json() and entry.recipient_position == 1
+    found = await suppressions.find(["tom@buyer.example.org", "eve@buyer.example.org"])
+    assert set(found) == {"tom@buyer.example.org"} and found["tom@buyer.example.org"].source == (
+        "mailto"
+    )
+    current = await eventually(handle, lambda s: s.stage is Stage.OPTED_OUT)
+    assert current.outcome_reason == "tom@buyer.example.org opted out"
+
+
+def as_sent_before_the_ledger_tokens(ours: EmailMessage, settings: Settings) -> EmailMessage:
+    """``ours`` as an email sent before the ledger's tokens: the old Reply-To form and an
+    ``u1.`` unsubscribe token that names the deal and the address."""
+    signer = settings.token_signer()
+    deal = deal_of(ours)
+    old = EmailMessage()
+    for name in ("From", "To", "Subject", "Message-ID"):
+        old[name] = str(ours[name])
+    old["Reply-To"] = signer.old_reply_address(settings.reply_base, str(deal))
+    token = signer.unsubscribe_token(str(deal), ["bea@buyer.example.org"])
+    old["List-Unsubscribe"] = (
+        f"<{settings.public_url}/unsubscribe/{token}>, "
+        f"<mailto:sales+unsubscribe@seller.example.com?subject=unsubscribe%20{token}>"
+    )
+    old.set_content(str(ours.get_body(("plain",)).get_content()))
+    return old
+
+
+async def test_answers_to_emails_sent_before_the_ledger_tokens_still_find_their_deal(
+    deals: Deals, mailbox: LocalMailbox, suppressions: SuppressionList
+) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    proposal = (await deals.mail(1))[0]
+    old = as_sent_before_the_ledger_tokens(proposal, deals.settings)
+    assert deal_id(handle) not in str(proposal["Reply-To"])  # the new one hides it
+    mailbox.deliver(reply_to(old, "Please call me tomorrow.", threaded=False))
+    mailbox.deliver(mailto_unsubscribe(old))
+
+    poller = await started_poller(deals)
+    report = await poll(deals.client, poller, lambda r: len(r.recent) == 2)
+    answer, opt_out = report.recent
+    assert (answer.kind, answer.deal_id, answer.how) == (
+        "human_reply",
+        deal_id(handle),
+        "reply-to token",
+    )
+    assert (opt_out.kind, opt_out.deal_id) == ("unsubscribe", deal_id(handle))
+    assert set(await suppressions.find(["bea@buyer.example.org"])) == {"bea@buyer.example.org"}
+    current = await eventually(handle, lambda s: s.stage is Stage.OPTED_OUT)
+    assert current.outcome_reason == "bea@buyer.example.org opted out"
+
+
+async def test_a_forged_reply_token_finds_no_deal(deals: Deals, mailbox: LocalMailbox) -> None:
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    proposal = (await deals.mail(1))[0]
+    real = str(proposal["Reply-To"])
+    local, _, domain = real.partition("@")
+    # One character of the MAC changed: the token is not ours, whatever the ledger holds.
+    forged = local[:-1] + ("a" if local[-1] != "a" else "b") + "@" + domain
+    answer = EmailMessage()
+    answer["From"] = "Bea Buyer <bea@buyer.example.org>"
+    answer["To"] = forged
+    answer["Subject"] = "Re: your proposal"
+    answer["Message-ID"] = make_msgid(domain="buyer.example.org")
+    answer.set_content("Cancel everything and wire the money elsewhere.")
+    mailbox.deliver(bytes(answer))
+    poller = await started_poller(deals)
+    report = await poll(deals.client, poller, lambda r: len(r.recent) == 1)
+    (entry,) = report.recent
+    assert entry.deal_id is None and "not signed by us" in entry.outcome
+    assert not (await status(handle)).replied

@@ -133,7 +133,7 @@ async def test_an_erased_address_still_stops_mail_and_is_not_readable(
     )
     found = await listed.find(["Anna@Example.com"])
     assert found["Anna@Example.com"].address is None
-    assert "(address erased)" in found["Anna@Example.com"].describe()
+    assert "(address not kept)" in found["Anna@Example.com"].describe()
 
 
 async def test_each_ledger_hashes_with_its_own_key(ledger_url: str, tmp_path: Path) -> None:

@@ -977,11 +977,27 @@ class DealWorkflow:
             self.away_until = until
             self._record(BuyerSignal.OUT_OF_OFFICE, self._noted(mail, f"back {until:%Y-%m-%d}"))
         else:
-            contacts = [a for a in mail.addresses if self._is_contact(a)]
+            named = mail.addresses or self._recipient_of(mail)
+            contacts = [a for a in named if self._is_contact(a)]
             if contacts:
                 self._opt_out(contacts, mail)
             else:
                 self._record("inbound unsubscribe", self._noted(mail, "not a contact of the deal"))
+
+    def _recipient_of(self, mail: InboundMessage) -> list[str]:
+        """Who stood at ``recipient_position`` of the email ``unsubscribed_from``: the
+        link names only the place. Nobody when the deal sent no such email, or when its
+        resends put different people there (the suppression list holds the one who
+        clicked all the same, by the keyed hash)."""
+        position = mail.recipient_position
+        if position is None or not mail.unsubscribed_from:
+            return []
+        found = {
+            record.to[position].lower()
+            for record in self.messages
+            if record.message_id == mail.unsubscribed_from and position < len(record.to)
+        }
+        return list(found) if len(found) == 1 else []
 
     def _bounced(self, mail: InboundMessage) -> None:
         address = mail.failed_recipient.lower()

@@ -86,6 +86,8 @@ def inbound_message(entry: InboxEntry, kind: InboundKind) -> InboundMessage:
         bounce_status=entry.bounce_status,
         permanent=entry.permanent,
         addresses=entry.unsubscribe_addresses,
+        unsubscribed_from=entry.unsubscribed_from,
+        recipient_position=entry.recipient_position,
     )
 
 

@@ -268,10 +268,14 @@ class InboundMessage(SignalPayload):
     failed_recipient: str = Field(default="", max_length=320)
     bounce_status: str = Field(default="", max_length=20)
     permanent: bool = True
-    # Unsubscribe (mailto: link): the addresses the signed token named.
+    # Unsubscribe by an older token of an email already sent: the addresses it named.
     addresses: list[Annotated[str, Field(max_length=320)]] = Field(
         default_factory=list, max_length=50
     )
+    # Unsubscribe by a ledger token (``t2.``), which names no address: the email whose
+    # link it was, and its recipient's place in that email's To list.
+    unsubscribed_from: str = Field(default="", max_length=998)
+    recipient_position: int | None = Field(default=None, ge=0, le=1000)
 
 
 class Closed(SignalPayload):
