@@ -125,6 +125,7 @@ def build_worker(
     settings: Settings,
     mailer: Mailer | None = None,
     mailbox: MailboxReader | None = None,
+    deal_workflow: type[DealWorkflow] = DealWorkflow,
 ) -> Worker:
     mailer = mailer or build_mailer(settings)
     mailbox = mailbox or build_mailbox_reader(settings, mailer.suppressions)
@@ -137,7 +138,7 @@ def build_worker(
         client,
         task_queue=settings.temporal_task_queue,
         workflows=[
-            DealWorkflow,
+            deal_workflow,
             MailboxQuotaWorkflow,
             MailboxPollerWorkflow,
         ],

@@ -7,7 +7,9 @@ driver (price agreed, order placed, delivered, interview recorded) and waits on
 two timers that fire (check-in, win-loss: five seconds here) and four that are
 cancelled by a signal. The skeleton (``bench.skeletons.DealSkeleton``) does the
 same with empty bodies, on the same server, right before and right after the
-deals; the baseline is the mean of its two runs.
+deals; the baseline is the mean of its two runs. Figure 1b: the same deals against
+themselves without the ledger's deal records (``bench.unrecorded``), run right after
+them: what keeping a deal's records costs.
 
 All N deals are in flight at once (started as ``bulk-start`` would), which keeps
 the server saturated for the skeleton and the worker for the deals. Figure:
@@ -29,6 +31,7 @@ from collections import Counter
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
+from activities.deal_records import RECORD_DEAL
 from bench.driver import (
     WON_PATH,
     SignalDriver,
@@ -74,7 +77,7 @@ async def run_once(stack: Stack, kind: str, n: int, label: str) -> float:
         meter = CpuMeter(stack, worker)
         driver = SignalDriver(stack.client, queue, plan(WON_PATH))
         driving = asyncio.create_task(driver.run())
-        start = start_deal if kind == "deals" else start_skeleton
+        start = start_skeleton if kind == "skeletons" else start_deal
         slots = asyncio.Semaphore(settings.bulk_start_concurrency)
 
         async def one(deal: DealInput) -> None:
@@ -109,18 +112,36 @@ async def shape(client: Client, deal_id: str) -> Counter[str]:
     return Counter({name: types[event] for name, event in SHAPE_EVENTS.items()})
 
 
+async def recordings(client: Client, deal_id: str) -> int:
+    """How many record batches the deal handed the ledger."""
+    history = await client.get_workflow_handle(workflow_id(deal_id)).fetch_history()
+    return sum(
+        1
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and event.activity_task_scheduled_event_attributes.activity_type.name == RECORD_DEAL
+    )
+
+
 async def run(args: argparse.Namespace) -> list[Row]:
     n = args.lifecycle_n
     print(f"lifecycle: {n} deals RFP -> Won vs the skeleton (before and after)")
     async with stack(args.server, args.smtp_latency) as s:
         before = await run_once(s, "skeletons", n, "S1")
         ours = await run_once(s, "deals", n, "D")
+        unrecorded = await run_once(s, "unrecorded-deals", n, "U")
         after = await run_once(s, "skeletons", n, "S2")
         sample = [n * i // SHAPE_SAMPLE for i in range(SHAPE_SAMPLE)]
-        deal_shapes = [await shape(s.client, f"D-{i:05d}") for i in sample]
+        # The skeleton has no ledger records: the deals without them are compared to it.
+        deal_shapes = [await shape(s.client, f"U-{i:05d}") for i in sample]
+        records = [await recordings(s.client, f"D-{i:05d}") for i in sample]
         skeleton_shapes = [await shape(s.client, f"S1-{i:05d}") for i in sample]
         emails = len(s.sink.arrivals)
     notes = [f"skeleton before {before:.1f}/s, after {after:.1f}/s"]
+    recording = [
+        f"{unrecorded:.1f} deals/s without the ledger's deal records; "
+        f"{min(records)}-{max(records)} record batches a deal (sampled)"
+    ]
     # The skeleton's usual history is the reference: what a deal on this path records.
     usual = Counter(tuple(sorted(found.items())) for found in skeleton_shapes).most_common(1)
     expected = Counter(dict(usual[0][0]))
@@ -142,8 +163,11 @@ async def run(args: argparse.Namespace) -> list[Row]:
         if len(skipped) < len(odd):
             notes.append(f"sampled {name} differ from the path's shape: {odd}")
             print(f"  WARNING: {notes[-1]}")
-    if emails != n * EMAILS_PER_DEAL:
-        notes.append(f"the sink accepted {emails} emails, expected {n * EMAILS_PER_DEAL}")
+    if emails != 2 * n * EMAILS_PER_DEAL:
+        notes.append(f"the sink accepted {emails} emails, expected {2 * n * EMAILS_PER_DEAL}")
         print(f"  WARNING: {notes[-1]}")
     baseline = (before + after) / 2
-    return [Row("1 lifecycle RFP->Won", ours, baseline, "deals/s", 0.7, "min", notes)]
+    return [
+        Row("1 lifecycle RFP->Won", ours, baseline, "deals/s", 0.7, "min", notes),
+        Row("1b lifecycle, ledger recording", ours, unrecorded, "deals/s", 0.9, "min", recording),
+    ]

@@ -2,6 +2,7 @@
 
 ``--kind deals`` is the product's worker (``worker.build_worker`` with the
 settings from the environment, pointed at the benchmark's server and sink);
+``--kind unrecorded-deals`` the same without the ledger's deal records;
 ``--kind skeletons`` runs the baselines of ``bench.skeletons`` with the same
 cache, activity slots and sandbox. Keeping the worker out of the driver's
 process means the driver's own work (starting deals, sending signals, watching
@@ -28,9 +29,11 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from bench import noop, skeletons
+from bench.unrecorded import UnrecordedDeal
 from connection import data_converter
 from settings import SmtpTls, load_settings
 from worker import build_mailer, build_worker, workflow_runner
+from workflows.deal import DealWorkflow
 
 CACHE_GAUGE = "temporal_sticky_cache_size"
 # The event loop's lag is sampled this often: a loop that wakes a sleeper late
@@ -89,9 +92,10 @@ async def main(args: argparse.Namespace) -> None:
         settings.temporal_address, data_converter=data_converter(settings), runtime=runtime
     )
     mailer = None
-    if args.kind == "deals":
+    if args.kind in ("deals", "unrecorded-deals"):
         mailer = build_mailer(settings)
-        worker = build_worker(client, settings, mailer)
+        deal = UnrecordedDeal if args.kind == "unrecorded-deals" else DealWorkflow
+        worker = build_worker(client, settings, mailer, deal_workflow=deal)
     else:
         skeletons.STAMP = args.stamp
         worker = Worker(
@@ -123,7 +127,7 @@ async def main(args: argparse.Namespace) -> None:
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--kind", choices=["deals", "skeletons"], required=True)
+    parser.add_argument("--kind", choices=["deals", "unrecorded-deals", "skeletons"], required=True)
     parser.add_argument("--address", required=True)
     parser.add_argument("--task-queue", required=True)
     parser.add_argument("--smtp-port", type=int, required=True)
