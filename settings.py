@@ -167,6 +167,40 @@ def format_codec_keys(ring: list[tuple[str, bytes]]) -> str:
     return ",".join(f"{key_id}={base64.b64encode(key).decode()}" for key_id, key in ring)
 
 
+DASHBOARD_USER = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
+HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+DASHBOARD_USERS_FORM = (
+    "write it as NAME:ARGON2_HASH entries separated by spaces or ';' "
+    "(make one with: python starter.py dashboard hash-password NAME)"
+)
+
+
+def parse_dashboard_users(text: str) -> dict[str, str]:
+    """``name:$argon2id$...`` entries (spaces or ``;`` between them): name -> hash.
+
+    Errors name the user, never the hash."""
+    users: dict[str, str] = {}
+    for entry in re.split(r"[\s;]+", text.strip()):
+        if not entry:
+            continue
+        name, colon, hashed = entry.partition(":")
+        if not colon or not DASHBOARD_USER.fullmatch(name):
+            raise ValueError(f"{ENV_PREFIX}DASHBOARD_USERS: {DASHBOARD_USERS_FORM}")
+        if not hashed.startswith("$argon2"):
+            raise ValueError(
+                f"{ENV_PREFIX}DASHBOARD_USERS: the hash of {name!r} is not an argon2 hash; "
+                f"{DASHBOARD_USERS_FORM}"
+            )
+        if name in users:
+            raise ValueError(f"{ENV_PREFIX}DASHBOARD_USERS: user {name!r} appears twice")
+        users[name] = hashed
+    if not users:
+        raise ValueError(
+            f"{ENV_PREFIX}DASHBOARD_USERS is empty; unset it or {DASHBOARD_USERS_FORM}"
+        )
+    return users
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -268,6 +302,17 @@ class Settings(BaseSettings):
     public_url: str = "http://localhost:8080"
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    # The managers' dashboard (read-only reports from the ledger), on its own port. Beyond
+    # loopback it needs sign-in: argon2 users ("name:$argon2id$...", separated by spaces or
+    # ";"; `starter.py dashboard hash-password NAME` makes one), or a header a trusted
+    # reverse proxy sets to the signed-in user, taken only from the proxy's addresses.
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = Field(default=8090, ge=0, le=65535)
+    dashboard_users: SecretStr | None = None
+    dashboard_proxy_header: str | None = None
+    dashboard_proxy_addresses: str = "127.0.0.1,::1"
+    # Where the dashboard links a deal (the Temporal UI; `make dev` sets its own).
+    temporal_ui_url: str = "http://localhost:8233"
     # Fulfilment / ERP webhook: HMAC-SHA256 over "<timestamp>.<body>"; unset, it is closed.
     webhook_secret: SecretStr | None = None
     webhook_tolerance: timedelta = timedelta(minutes=5)
@@ -365,6 +410,28 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}PUBLIC_URL must be https:// (the unsubscribe links carry "
                 "signed tokens); put the endpoints behind a TLS proxy"
+            )
+        if self.dashboard_users is not None:
+            parse_dashboard_users(self.dashboard_users.get_secret_value())
+        if self.dashboard_proxy_header is not None and not HEADER_NAME.fullmatch(
+            self.dashboard_proxy_header
+        ):
+            raise ValueError(
+                f"{ENV_PREFIX}DASHBOARD_PROXY_HEADER {self.dashboard_proxy_header!r} is not a "
+                "header name; write it as e.g. X-Forwarded-User"
+            )
+        for address in self.dashboard_proxies:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{ENV_PREFIX}DASHBOARD_PROXY_ADDRESSES: {address!r} is not an IP address "
+                    "or network; list the proxy's, comma-separated, e.g. 10.0.0.5,10.1.0.0/16"
+                ) from None
+        ui = urlsplit(self.temporal_ui_url)
+        if ui.scheme not in ("http", "https") or not ui.hostname:
+            raise ValueError(
+                f"{ENV_PREFIX}TEMPORAL_UI_URL should look like https://temporal.example.com"
             )
         self.window  # noqa: B018 - validates the window at start-up
         try:
@@ -484,6 +551,11 @@ class Settings(BaseSettings):
             finally:
                 scratch.unlink(missing_ok=True)
         return parse_codec_keys(path.read_text().strip())
+
+    @property
+    def dashboard_proxies(self) -> list[str]:
+        """The addresses (or networks) whose proxy header the dashboard believes."""
+        return [part.strip() for part in self.dashboard_proxy_addresses.split(",") if part.strip()]
 
     @property
     def codec_origins(self) -> list[str]:

@@ -1,0 +1,1 @@
+"""The managers' dashboard: a read-only web page of the ledger's reports, on its own port."""

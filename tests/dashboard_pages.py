@@ -1,0 +1,119 @@
+"""Helpers of the dashboard tests: seeding the ledger's deal tables with a generated
+history, and what the page should show for it, from the report functions themselves."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from typing import Any
+
+from sqlalchemy import insert
+
+from dashboard import figures
+from ledger import reports
+from ledger.database import LedgerDatabase
+from ledger.reports import ReportFilter
+from ledger.tables import DEAL_EMAILS, DEALS, INTERVIEW_REASONS, INTERVIEWS, STAGE_EVENTS
+from tests.report_history import GeneratedHistory
+
+
+async def seed(db: LedgerDatabase, history: GeneratedHistory) -> None:
+    """The history's rows, straight into the ledger's deal tables."""
+
+    def work(connection: Any) -> None:
+        connection.execute(insert(DEALS), [deal.row for deal in history.deals])
+        connection.execute(insert(STAGE_EVENTS), history.events)
+        connection.execute(insert(DEAL_EMAILS), history.emails)
+        if history.interviews:
+            connection.execute(insert(INTERVIEWS), history.interviews)
+        if history.reasons:
+            connection.execute(insert(INTERVIEW_REASONS), history.reasons)
+
+    await db.run(work, write=True)
+
+
+class _Figures(HTMLParser):
+    """Collects the text of every element with a ``data-figure``."""
+
+    TAGS = ("td", "div", "span")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: dict[str, str] = {}
+        self._open: list[tuple[str | None, list[str]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.TAGS:
+            self._open.append((dict(attrs).get("data-figure"), []))
+
+    def handle_data(self, data: str) -> None:
+        for key, parts in self._open:
+            if key is not None:
+                parts.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.TAGS and self._open:
+            key, parts = self._open.pop()
+            if key is not None:
+                self.found[key] = " ".join("".join(parts).split())
+
+
+def shown(html: str) -> dict[str, str]:
+    """Every ``data-figure`` of a page: key -> the text shown."""
+    parser = _Figures()
+    parser.feed(html)
+    return parser.found
+
+
+async def expected(
+    db: LedgerDatabase, f: ReportFilter, min_deals: int = reports.MIN_DEALS
+) -> dict[str, str]:
+    """What the page must show for ``f``: each report's figure as the page writes it."""
+    want: dict[str, str] = {}
+    funnel = await reports.funnel(db, f, min_deals=min_deals)
+    want["deals"] = figures.count(funnel.deals)
+    for row in funnel.rows:
+        want[f"funnel/{row.stage}/reached"] = figures.count(row.reached)
+        want[f"funnel/{row.stage}/to_next"] = figures.share(row.to_next)
+        want[f"funnel/{row.stage}/to_won"] = figures.share(row.to_won)
+    for time in await reports.stage_times(db, f):
+        want[f"stage_time/{time.stage}/deals"] = figures.count(time.deals)
+        want[f"stage_time/{time.stage}/median"] = figures.duration(time.median)
+        want[f"stage_time/{time.stage}/p90"] = figures.duration(time.p90)
+    cycle = await reports.cycle(db, f)
+    want["cycle/median"] = figures.duration(cycle.median)
+    want["cycle/p90"] = figures.duration(cycle.p90)
+    want["win_rate"] = figures.share(await reports.win_rate(db, f, min_deals=min_deals))
+    for size in await reports.average_won_size(db, f):
+        want[f"won_size/{size.currency}"] = figures.money(size.average, size.currency)
+    for speed in await reports.velocity(db, f, min_deals=min_deals):
+        key = f"velocity/{speed.currency}"
+        want[f"{key}/open_deals"] = figures.count(speed.open_deals)
+        want[f"{key}/average_won"] = figures.money(speed.average_won, speed.currency)
+        want[f"{key}/cycle_days"] = figures.days(speed.cycle_days)
+        want[f"{key}/per_day"] = figures.money(speed.per_day, speed.currency)
+    for row in await reports.forecast(db, f, min_deals=min_deals):
+        key = f"forecast/{row.currency}/{row.stage}"
+        want[f"{key}/open_deals"] = figures.count(row.open_deals)
+        want[f"{key}/open_value"] = figures.money(row.open_value, row.currency)
+        want[f"{key}/to_won"] = figures.share(row.to_won)
+        want[f"{key}/weighted"] = figures.money(row.weighted, row.currency)
+    follow_ups = await reports.follow_up_effectiveness(db, f, min_deals=min_deals)
+    for touch in follow_ups.replies:
+        want[f"follow_up/{touch.touch}"] = figures.share(touch.replies)
+    for stage in follow_ups.no_response:
+        want[f"no_response/{stage.stage}"] = figures.share(stage.rate)
+    win_loss = await reports.win_loss(db, f)
+    for reason in win_loss.reasons:
+        want[f"reason/{reason.outcome}/{reason.code}"] = figures.count(reason.deals)
+    for lost in win_loss.lost_reasons:
+        want[f"lost_reason/{lost.code}"] = figures.count(lost.deals)
+    for rating in win_loss.ratings:
+        key = f"ratings/{rating.outcome}"
+        want[f"{key}/interviews"] = figures.count(rating.interviews)
+        want[f"{key}/rep"] = figures.rating(rating.rep_rating)
+        want[f"{key}/cooperation"] = figures.rating(rating.cooperation_rating)
+    for deal in await reports.deals(db, f, limit=200):
+        stage = deal.stage + (f" ({deal.lost_reason})" if deal.lost_reason else "")
+        want[f"deal/{deal.deal_id}/stage"] = stage
+        want[f"deal/{deal.deal_id}/value"] = figures.money(deal.value, deal.currency)
+    return want
