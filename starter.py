@@ -1160,6 +1160,45 @@ def db_upgrade() -> None:
 app.add_typer(report_app, name="report")
 app.add_typer(export_app, name="export")
 
+
+dashboard_app = typer.Typer(no_args_is_help=True, help="The managers' dashboard.")
+app.add_typer(dashboard_app, name="dashboard")
+# A dashboard password shorter than this is refused: the page shows every deal.
+MIN_DASHBOARD_PASSWORD = 12
+
+
+@dashboard_app.command("hash-password")
+def dashboard_hash_password(
+    name: str = typer.Argument(..., help="The user's name (letters, digits, . _ @ + -)."),
+    stdin: bool = typer.Option(
+        False, "--stdin", help="Read the password from the first line of standard input."
+    ),
+) -> None:
+    """Print NAME:ARGON2_HASH, an entry of DEALFLOW_DASHBOARD_USERS."""
+    from dashboard.access import hash_password
+    from settings import DASHBOARD_USER
+
+    if not DASHBOARD_USER.fullmatch(name):
+        err.print(
+            f"dealflow: {name[:70]!r} is not a user name; use letters, digits and . _ @ + - "
+            "(at most 64)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    if stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    if len(password) < MIN_DASHBOARD_PASSWORD:
+        err.print(
+            f"dealflow: the password is {len(password)} characters, it needs at least "
+            f"{MIN_DASHBOARD_PASSWORD}; choose a longer one",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    out.print(f"{name}:{hash_password(password)}", soft_wrap=True)
+
+
 ledger_app = typer.Typer(no_args_is_help=True, help="The deal records in the ledger.")
 app.add_typer(ledger_app, name="ledger")
 

@@ -4,6 +4,9 @@ required beyond loopback; bad filters get one line."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
@@ -27,6 +30,7 @@ from tests.report_history import OWNERS, START, generate
 HISTORY = generate(150, seed=7)
 ELSEWHERE = ("203.0.113.7", 40000)
 LOOPBACK = ("127.0.0.1", 40000)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def dashboard_settings(ledger_url: str, tmp_path: Path, **more: object) -> Settings:
@@ -284,3 +288,47 @@ def test_a_bad_user_list_is_refused_in_one_line(users: str, says: str, tmp_path:
     message = refused.value.errors()[0]["msg"]
     assert says in message
     assert "plaintext" not in message
+
+
+def _hash_password(*args: str, password: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "starter.py", "dashboard", "hash-password", *args],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={key: value for key, value in os.environ.items() if not key.startswith("DEALFLOW_")},
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_hash_password_makes_an_entry_the_dashboard_signs_in_with(
+    ledger: LedgerDatabase, ledger_url: str, tmp_path: Path
+) -> None:
+    made = _hash_password("ann@seller.example", "--stdin", password="correct horse battery")
+    assert made.returncode == 0, made.stderr
+    entry = made.stdout.strip()
+    assert entry.startswith("ann@seller.example:$argon2id$")
+    assert "correct horse" not in entry
+    settings = dashboard_settings(ledger_url, tmp_path, dashboard_users=entry)
+    async with browser(build_app(settings, ledger), ELSEWHERE) as client:
+        signed = await client.get("/", auth=("ann@seller.example", "correct horse battery"))
+        wrong = await client.get("/", auth=("ann@seller.example", "correct horse"))
+    assert signed.status_code == 200
+    assert wrong.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("name", "password", "says"),
+    [
+        ("ann", "short", "needs at least 12"),
+        ("a b", "correct horse battery", "is not a user name"),
+    ],
+)
+def test_hash_password_refuses_in_one_line(name: str, password: str, says: str) -> None:
+    refused = _hash_password(name, "--stdin", password=password)
+    assert refused.returncode == 2
+    assert says in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert refused.stdout == ""
