@@ -140,13 +140,12 @@ def chart_set(found: Figures) -> dict[str, Any]:
 
 
 class Dashboard:
-    def __init__(
-        self, settings: Settings, database: LedgerDatabase, min_deals: int = reports.MIN_DEALS
-    ) -> None:
+    def __init__(self, settings: Settings, database: LedgerDatabase) -> None:
         self.settings = settings
         self.database = database
         self.access = Access(settings)
-        self.min_deals = min_deals
+        # DEALFLOW_REPORT_MIN_DEALS: the same threshold as the CLI's reports.
+        self.min_deals = min_deals = settings.report_min_deals
         self._templates = Environment(
             loader=FileSystemLoader(TEMPLATES),
             autoescape=select_autoescape(default=True),
@@ -209,10 +208,8 @@ async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
-def build_app(
-    settings: Settings, database: LedgerDatabase, min_deals: int = reports.MIN_DEALS
-) -> Starlette:
-    dashboard = Dashboard(settings, database, min_deals)
+def build_app(settings: Settings, database: LedgerDatabase) -> Starlette:
+    dashboard = Dashboard(settings, database)
     app = Starlette(
         routes=[
             Route("/", dashboard.page, methods=["GET"]),

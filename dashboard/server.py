@@ -13,7 +13,6 @@ import uvicorn
 
 from dashboard.access import Access, DashboardRefused
 from dashboard.app import build_app
-from ledger import reports
 from ledger.database import LedgerDatabase
 from settings import Settings
 
@@ -48,9 +47,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 @asynccontextmanager
-async def running_dashboard(
-    settings: Settings, min_deals: int = reports.MIN_DEALS
-) -> AsyncIterator[str]:
+async def running_dashboard(settings: Settings) -> AsyncIterator[str]:
     """Serve the dashboard while the block runs; yields the URL it listens on."""
     try:
         Access(settings).check_listening(settings.dashboard_host)
@@ -58,7 +55,7 @@ async def running_dashboard(
         raise DashboardUnavailable(str(refused)) from None
     listener = _listen(settings.dashboard_host, settings.dashboard_port)
     database = LedgerDatabase(settings.ledger_url)
-    app = build_app(settings, database, min_deals)
+    app = build_app(settings, database)
     config = uvicorn.Config(
         app,
         lifespan="off",

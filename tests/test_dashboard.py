@@ -332,3 +332,14 @@ def test_hash_password_refuses_in_one_line(name: str, password: str, says: str) 
     assert says in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert refused.stdout == ""
+
+
+async def test_the_threshold_of_enough_data_is_the_reports_setting(
+    ledger: LedgerDatabase, ledger_url: str, tmp_path: Path
+) -> None:
+    settings = dashboard_settings(ledger_url, tmp_path, report_min_deals=1000)
+    async with browser(build_app(settings, ledger)) as client:
+        page = await client.get("/")
+    got = shown(page.text)
+    assert got == await expected(ledger, ReportFilter(), min_deals=1000)
+    assert got["win_rate"].startswith("not enough data")
