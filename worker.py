@@ -29,6 +29,7 @@ from activities.rendering import TemplateLibrary
 from activities.smtp_pool import SmtpEndpoint, SmtpPool
 from activities.suppression import SuppressionWriter
 from connection import TemporalUnreachable, connect
+from dashboard.server import DashboardUnavailable, running_dashboard
 from devstack import DevServer, LocalMailbox, OutboxSink
 from endpoints import EndpointsUnavailable, running_endpoints
 from ledger import schema
@@ -186,7 +187,9 @@ def workflow_runner(*, isolated: bool = False) -> SandboxedWorkflowRunner:
     return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
-async def serve(settings: Settings, http: bool = False, dev: bool = False) -> None:
+async def serve(
+    settings: Settings, http: bool = False, dev: bool = False, dashboard: bool = False
+) -> None:
     mailer = build_mailer(settings)
     assert mailer.ledger is not None
     # The ledger first: a worker that cannot record its sends must not send at all.
@@ -222,6 +225,13 @@ async def serve(settings: Settings, http: bool = False, dev: bool = False) -> No
                 except EndpointsUnavailable as error:
                     print(f"worker: {error}", file=sys.stderr)
                     raise SystemExit(1) from None
+            if dashboard:
+                try:
+                    url = await running.enter_async_context(running_dashboard(settings))
+                except DashboardUnavailable as error:
+                    print(f"worker: {error}", file=sys.stderr)
+                    raise SystemExit(1) from None
+                print(f"dev: dashboard       {url} (the managers' reports)", flush=True)
             await stop.wait()
         print("worker: stopped", flush=True)
     finally:
@@ -277,6 +287,7 @@ async def serve_dev(settings: Settings) -> None:
                 "smtp_host": "127.0.0.1",
                 "smtp_port": sink.port,
                 "smtp_tls": SmtpTls.NONE,
+                "temporal_ui_url": f"http://localhost:{server.ui_port}",
                 **(dev_mailbox_settings(mailbox) if mailbox else {}),
             }
         )
@@ -293,7 +304,7 @@ async def serve_dev(settings: Settings) -> None:
             "dev: Ctrl-C stops the worker, the SMTP sink and the server",
             flush=True,
         )
-        await serve(dev, http=True, dev=True)
+        await serve(dev, http=True, dev=True, dashboard=True)
     finally:
         sink.stop()
         server.stop()
