@@ -179,6 +179,25 @@ async def test_an_old_u1_link_of_an_email_already_sent_still_opts_out(site: Site
     assert current.outcome_reason == "bea@buyer.example.org opted out"
 
 
+async def test_a_link_signed_with_the_previous_secret_still_opts_out_after_rotation(
+    deals: Deals, suppressions: SuppressionList
+) -> None:
+    deal, path = await unsubscribe_path(deals)
+    old, new = deals.settings.signing_key(), "n" * 40
+    # Dropped from DEALFLOW_SIGNING_SECRET_PREVIOUS, the old secret's links stop working.
+    async for dropped in serve(deals, suppressions, signing_secret=SecretStr(new)):
+        answer = await dropped.http.post(path, data=ONE_CLICK)
+        assert answer.status_code == 400 and "not valid" in answer.text
+    assert await suppressions.find(["bea@buyer.example.org"]) == {}
+    rotated = {"signing_secret": SecretStr(new), "signing_secret_previous": SecretStr(old)}
+    async for site in serve(deals, suppressions, **rotated):
+        answer = await site.http.post(path, data=ONE_CLICK)
+        assert answer.status_code == 200, answer.text
+    assert set(await suppressions.find(["bea@buyer.example.org"])) == {"bea@buyer.example.org"}
+    handle = deals.client.get_workflow_handle(f"deal-{deal}")
+    await eventually(handle, lambda s: s.stage is Stage.OPTED_OUT)
+
+
 async def test_unsubscribing_twice_answers_ok_and_opts_out_once(site: Site) -> None:
     deals = site.deals
     deal, path = await unsubscribe_path(deals)

@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 from temporalio.client import WorkflowHandle
 
 from ledger.database import LedgerDatabase
 from ledger.send_ledger import ClaimOutcome, SendLedger, SendState
 from ledger.suppression_list import SuppressionList, SuppressionReason, SuppressionSource
+from ledger.tables import REPLY_TOKENS, UNSUBSCRIBE_TOKENS
 from starter import record, start_deal
 from tests.conftest import Deals, body, on_both_databases, step_of, steps
 from tests.test_lifecycle import deal_id, eventually, own_id, stage_is, status
@@ -120,6 +122,34 @@ async def test_a_data_refused_with_4xx_is_recorded_failed_and_sent_once_on_retry
         assert row is not None and row.state is SendState.SENT and row.attempt == 2
 
     await eventually(recorded)
+    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+@on_both_databases
+async def test_a_retried_send_carries_the_same_links_and_the_ledger_one_row_each(
+    deals: Deals, ledger: SendLedger
+) -> None:
+    """Attempt 1 claims (writing the links' rows) and the relay refuses DATA; attempt 2
+    claims again with the same ids: one row a recipient, and the link that went resolves."""
+    deals.sink.refusals.append("451 4.3.0 Mailbox busy, try again later")
+    handle = await deals.start(kind="rfp")
+    proposal = (await deals.settle(1))[0]
+
+    async def recorded() -> None:
+        row = await ledger.find(own_id(deals, proposal))
+        assert row is not None and row.state is SendState.SENT and row.attempt == 2
+
+    await eventually(recorded)
+    database = ledger.database
+    links = await database.run(lambda c: c.execute(select(UNSUBSCRIBE_TOKENS)).all())
+    replies = await database.run(lambda c: c.execute(select(REPLY_TOKENS)).all())
+    assert len(links) == 1 and len(replies) == 1
+    signer = deals.settings.token_signer()
+    token = str(proposal["List-Unsubscribe"]).split(",")[0].strip(" <>").rsplit("/", 1)[1]
+    assert signer.unsubscribe_token_id_of(token) == links[0].token_id
+    assert links[0].message_id == own_id(deals, proposal) and links[0].position == 0
+    assert signer.reply_token_id_of(str(proposal["Reply-To"])) == replies[0].token_id
+    assert replies[0].deal_id == deal_id(handle)
     await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
 
 
