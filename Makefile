@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test bench soak lint format clean dovecot postgresql
+.PHONY: dev test bench soak lint format clean dovecot postgresql chromium
 
 # Debian's Dovecot: the real IMAP server behind the reply-mailbox tests and `make dev`.
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
@@ -21,6 +21,14 @@ postgresql:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
 
+# Debian's Chromium: the dashboard's browser test drives it with Playwright (never a
+# browser Playwright downloads).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing Debian's chromium (headless browser for the dashboard test)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
@@ -32,7 +40,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 dev: $(STAMP) dovecot
 	$(BIN)/python worker.py --dev $(ARGS)
 
-test: $(STAMP) dovecot postgresql
+test: $(STAMP) dovecot postgresql chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 

@@ -106,13 +106,12 @@ def chart_set(found: Figures) -> dict[str, Any]:
     currencies = sorted({row.currency for row in found.forecast})
     forecast = {
         currency: charts.bars(
-            f"Open value by stage, {currency}: weighted part darker",
+            f"Open value by stage, {currency} (open → weighted; weighted part darker)",
             [
                 charts.Bar(
                     row.stage,
                     float(row.open_value),
-                    f"{figures.money(row.open_value, currency)} → "
-                    f"{figures.money(row.weighted, currency)}",
+                    f"{figures.amount(row.open_value)} → {figures.amount(row.weighted)}",
                     part=float(row.weighted) if row.weighted is not None else None,
                 )
                 for row in found.forecast

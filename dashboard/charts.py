@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from markupsafe import Markup
 
-WIDTH = 720
-LABEL_WIDTH = 190
-TEXT_WIDTH = 210
+WIDTH = 560
+LABEL_WIDTH = 150
+TEXT_WIDTH = 180
 ROW_HEIGHT = 26
 BAR_HEIGHT = 16
 

@@ -49,6 +49,13 @@ def money(amount: Decimal | None, currency: str) -> str:
     return f"{amount:,.2f} {currency}"
 
 
+def amount(value: Decimal | None) -> str:
+    """Money without its currency, where the chart says it: ``12,345.67``."""
+    if value is None:
+        return NOT_ENOUGH
+    return f"{value:,.2f}"
+
+
 def days(number: float | None) -> str:
     if number is None:
         return NONE

@@ -1,14 +1,15 @@
 """The dashboard's filter form (``?since=&until=&owner=&kind=``) as a report filter.
 
-Dates are days in UTC, ``until`` included: ``since=2026-01-01&until=2026-03-31`` is the
-first quarter. A bad value is answered with one line saying what to write instead.
+Dates are days in UTC, as ``starter.py report --since/--until`` takes them: deals created
+on or after ``since`` and before ``until`` (``since=2026-01-01&until=2026-04-01`` is the
+first quarter). A bad value is answered with one line saying what to write instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 
 from ledger.reports import ReportFilter
 from workflows import bounds
@@ -51,15 +52,15 @@ def parse(query: Mapping[str, str]) -> FilterForm:
     kind = query.get("kind", "").strip().lower()
     since = _day("since", since_text)
     until = _day("until", until_text)
-    if since is not None and until is not None and until < since:
-        raise BadFilter(f"until ({until}) is before since ({since}); swap them")
+    if since is not None and until is not None and until <= since:
+        raise BadFilter(f"until ({until}) is not after since ({since}); give a later until")
     if kind and kind not in KINDS:
         raise BadFilter(f"kind: {kind[:10]!r} is not a kind of inquiry; use rfi, rfp or rfq")
     if len(owner) > bounds.MAX_ADDRESS:
         raise BadFilter(f"owner: longer than {bounds.MAX_ADDRESS} characters; give a rep's email")
     report = ReportFilter(
         since=_start_of(since) if since else None,
-        until=_start_of(until + timedelta(days=1)) if until else None,
+        until=_start_of(until) if until else None,
         owner=owner or None,
         kind=kind or None,
     )
