@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import ModuleType
 
-from bench import bulk_start, burst, lifecycle, memory, send_path
+from bench import bulk_start, burst, lifecycle, memory, reports, send_path
 from bench.harness import SERVER_MODES, Row
 from settings import load_settings
 
@@ -33,6 +33,7 @@ SCENARIOS: dict[str, ModuleType] = {
     send_path.NAME: send_path,
     memory.NAME: memory,
     bulk_start.NAME: bulk_start,
+    reports.NAME: reports,
 }
 
 

@@ -40,16 +40,17 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Integer,
+    Numeric,
     Select,
     and_,
     case,
     cast,
     distinct,
-    exists,
     func,
     literal,
     or_,
     select,
+    union_all,
 )
 
 from ledger.database import LedgerDatabase
@@ -305,6 +306,11 @@ def _deal_ids(f: ReportFilter) -> Select[Any]:
     return select(DEALS.c.deal_id).where(*_where(f))
 
 
+def _only(column: Any, f: ReportFilter) -> list[ColumnElement[bool]]:
+    """``column`` (a deal id) restricted to the filter's deals; nothing when it takes all."""
+    return [column.in_(_deal_ids(f))] if _where(f) else []
+
+
 def _rate(numerator: int, deals: int, min_deals: int) -> Rate:
     return Rate(
         numerator=numerator,
@@ -382,39 +388,37 @@ async def _run(db: LedgerDatabase, work: Callable[[Connection], T]) -> T:
 # --- the reports ---
 
 
-def _reached(f: ReportFilter) -> Select[Any]:
-    """(deal_id, stage) for every stage each filtered deal reached."""
-    return (
-        select(STAGE_EVENTS.c.deal_id, STAGE_EVENTS.c.to_stage.label("stage"))
+def _funnel_rows(connection: Connection, f: ReportFilter, min_deals: int) -> Funnel:
+    order = {stage.value: number for number, stage in enumerate(FUNNEL_STAGES)}
+    # Each stage a deal reached, once, with its place on the path and the deal's furthest.
+    reached = (
+        select(
+            STAGE_EVENTS.c.deal_id,
+            STAGE_EVENTS.c.to_stage.label("stage"),
+            case(order, value=STAGE_EVENTS.c.to_stage).label("place"),
+            func.max(case(order, value=STAGE_EVENTS.c.to_stage))
+            .over(partition_by=STAGE_EVENTS.c.deal_id)
+            .label("furthest"),
+        )
         .where(
             STAGE_EVENTS.c.accepted.is_(True),
-            STAGE_EVENTS.c.to_stage.is_not(None),
-            STAGE_EVENTS.c.deal_id.in_(_deal_ids(f)),
+            STAGE_EVENTS.c.to_stage.in_(list(order)),
+            *_only(STAGE_EVENTS.c.deal_id, f),
         )
-        .distinct()
+        .group_by(STAGE_EVENTS.c.deal_id, STAGE_EVENTS.c.to_stage)
+        .subquery("reached")
     )
-
-
-def _funnel_rows(connection: Connection, f: ReportFilter, min_deals: int) -> Funnel:
-    reached = _reached(f).subquery("reached")
-    later = _reached(f).subquery("later")
-    order = {stage.value: number for number, stage in enumerate(FUNNEL_STAGES)}
-    # A stage's place on the path, for "reached a later stage" (off-path endings: none).
-    place = case(order, value=later.c.stage, else_=-1)
-    here = case(order, value=reached.c.stage, else_=-1)
-    went_on = exists().where(later.c.deal_id == reached.c.deal_id, place > here)
-    closed = DEALS.c.outcome.is_not(None)
+    left = DEALS.c.stage != reached.c.stage
     query = (
         select(
             reached.c.stage,
             func.count().label("reached"),
-            func.count().filter(DEALS.c.stage != reached.c.stage).label("left"),
-            func.count().filter(DEALS.c.stage != reached.c.stage, went_on).label("went_on"),
-            func.count().filter(closed).label("closed"),
+            func.count().filter(left).label("left"),
+            func.count().filter(left, reached.c.furthest > reached.c.place).label("went_on"),
+            func.count().filter(DEALS.c.outcome.is_not(None)).label("closed"),
             func.count().filter(DEALS.c.outcome == Stage.WON.value).label("won"),
         )
         .join(DEALS, DEALS.c.deal_id == reached.c.deal_id)
-        .where(reached.c.stage.in_(list(order)))
         .group_by(reached.c.stage)
     )
     found = {row.stage: row for row in connection.execute(query)}
@@ -443,8 +447,40 @@ async def funnel(db: LedgerDatabase, f: ReportFilter, *, min_deals: int = MIN_DE
     return await _run(db, lambda c: _funnel_rows(c, f, min_deals))
 
 
+Spread = tuple[int, timedelta | None, timedelta | None]
+
+
+def _spreads(connection: Connection, durations: Select[Any]) -> dict[Any, Spread]:
+    """Count, median and p90 per key of ``durations`` (rows of key, seconds).
+
+    PostgreSQL takes them itself (``percentile_cont`` is the median's mean of the middle
+    two, ``percentile_disc`` the nearest rank); SQLite has no such function, so its
+    durations come sorted, in one query, and are counted here.
+    """
+    rows = durations.subquery("durations")
+    seconds = rows.c.seconds
+    if connection.dialect.name != "sqlite":
+        exact = func.round(cast(seconds, Numeric), 3)  # to the millisecond, as below
+        query = select(
+            rows.c.key,
+            func.count(),
+            func.percentile_cont(0.5).within_group(exact),
+            func.percentile_disc(0.9).within_group(exact),
+        ).group_by(rows.c.key)
+        return {
+            key: (int(count), timedelta(seconds=float(middle)), timedelta(seconds=float(p90)))
+            for key, count, middle, p90 in connection.execute(query)
+        }
+    found: dict[Any, list[float]] = {}
+    for key, length in connection.execute(
+        select(rows.c.key, seconds).order_by(rows.c.key, seconds)
+    ):
+        found.setdefault(key, []).append(_duration(length))
+    return {key: (len(ordered), *_spread(ordered)) for key, ordered in found.items()}
+
+
 def _stays(connection: Connection, f: ReportFilter) -> Select[Any]:
-    """Every finished stay in a stage: (stage, seconds), by stage and length."""
+    """Every finished stay in a stage: (key: the stage, seconds)."""
     moves = (
         select(
             STAGE_EVENTS.c.to_stage.label("stage"),
@@ -453,28 +489,23 @@ def _stays(connection: Connection, f: ReportFilter) -> Select[Any]:
             .over(partition_by=STAGE_EVENTS.c.deal_id, order_by=_event_order())
             .label("left"),
         )
-        .where(_moves(), STAGE_EVENTS.c.deal_id.in_(_deal_ids(f)))
+        .where(_moves(), *_only(STAGE_EVENTS.c.deal_id, f))
         .subquery("moves")
     )
-    seconds = _seconds(connection, moves.c.entered, moves.c.left).label("seconds")
-    return (
-        select(moves.c.stage, seconds)
-        .where(moves.c.left.is_not(None))
-        .order_by(moves.c.stage, seconds)
+    seconds = _seconds(connection, moves.c.entered, moves.c.left)
+    return select(moves.c.stage.label("key"), seconds.label("seconds")).where(
+        moves.c.left.is_not(None)
     )
 
 
 def _stage_times(connection: Connection, f: ReportFilter) -> list[StageTime]:
-    durations: dict[str, list[float]] = {}
-    for stage, seconds in connection.execute(_stays(connection, f)):
-        durations.setdefault(stage, []).append(_duration(seconds))
+    found = _spreads(connection, _stays(connection, f))
     times = []
     for stage in FUNNEL_STAGES:
         if stage in TERMINAL_STAGES:
             continue
-        ordered = durations.get(stage.value, [])
-        median, p90 = _spread(ordered)
-        times.append(StageTime(stage=stage.value, deals=len(ordered), median=median, p90=p90))
+        count, median, p90 = found.get(stage.value, (0, None, None))
+        times.append(StageTime(stage=stage.value, deals=count, median=median, p90=p90))
     return times
 
 
@@ -483,24 +514,13 @@ async def stage_times(db: LedgerDatabase, f: ReportFilter) -> list[StageTime]:
     return await _run(db, lambda c: _stage_times(c, f))
 
 
-def _cycle_seconds(connection: Connection, f: ReportFilter) -> list[float]:
-    seconds = _seconds(connection, DEALS.c.created_at, DEALS.c.closed_at).label("seconds")
-    query = (
-        select(seconds)
-        .where(
-            *_where(f),
-            DEALS.c.outcome == Stage.WON.value,
-            DEALS.c.closed_at.is_not(None),
-        )
-        .order_by(seconds)
-    )
-    return [_duration(value) for value in connection.execute(query).scalars()]
-
-
 def _cycle(connection: Connection, f: ReportFilter) -> Cycle:
-    ordered = _cycle_seconds(connection, f)
-    median, p90 = _spread(ordered)
-    return Cycle(deals=len(ordered), median=median, p90=p90)
+    seconds = _seconds(connection, DEALS.c.created_at, DEALS.c.closed_at)
+    query = select(literal("won").label("key"), seconds.label("seconds")).where(
+        *_where(f), DEALS.c.outcome == Stage.WON.value, DEALS.c.closed_at.is_not(None)
+    )
+    count, median, p90 = _spreads(connection, query).get("won", (0, None, None))
+    return Cycle(deals=count, median=median, p90=p90)
 
 
 async def cycle(db: LedgerDatabase, f: ReportFilter) -> Cycle:
@@ -542,8 +562,9 @@ async def average_won_size(db: LedgerDatabase, f: ReportFilter) -> list[MoneyFig
 
 def _velocity(connection: Connection, f: ReportFilter, min_deals: int) -> list[Velocity]:
     rate = _win_rate(connection, f, min_deals)
-    ordered = _cycle_seconds(connection, f)
-    cycle_seconds = Decimal(str(_median(ordered))) if ordered else None
+    middle = _cycle(connection, f).median
+    # Whole microseconds: the median as a timedelta holds it, exactly in Decimal.
+    cycle_seconds = None if middle is None else Decimal(middle // timedelta(microseconds=1)) / 10**6
     averages = {figure.currency: figure for figure in _average_won_size(connection, f)}
     open_query = (
         select(DEALS.c.currency, func.count())
@@ -622,72 +643,101 @@ async def forecast(
     return await _run(db, lambda c: _forecast(c, f, min_deals))
 
 
-def _touches(f: ReportFilter) -> Select[Any]:
-    """Every sent follow-up of the filtered deals: deal_id, at, its touch number, when
-    the next touch went and when the deal next changed stage."""
-    stint = (
-        select(func.count())
-        .where(
-            STAGE_EVENTS.c.deal_id == DEAL_EMAILS.c.deal_id,
-            STAGE_EVENTS.c.at <= DEAL_EMAILS.c.at,
-            _moves(),
-        )
-        .scalar_subquery()
+def _answered_touches(f: ReportFilter) -> Select[Any]:
+    """Every sent follow-up of the filtered deals: (touch number, answered 1/0).
+
+    One pass over each deal's timeline (its stage changes, its buyer's answers and its
+    follow-ups, in order; an event at the very instant of an email counts before it):
+    the follow-ups cut the timeline into segments, each opened by one touch. A touch was
+    answered when its segment holds an answer with no stage change between the two (the
+    answer may be the change itself). Its number counts the touches since the deal's
+    last stage change.
+    """
+    is_move = case((_moves(), 1), else_=0)
+    is_reply = case(
+        (and_(STAGE_EVENTS.c.accepted.is_(True), STAGE_EVENTS.c.signal.in_(REPLY_SIGNALS)), 1),
+        else_=0,
     )
-    next_move = (
-        select(func.min(STAGE_EVENTS.c.at))
-        .where(
-            STAGE_EVENTS.c.deal_id == DEAL_EMAILS.c.deal_id,
-            STAGE_EVENTS.c.at > DEAL_EMAILS.c.at,
-            _moves(),
-        )
-        .scalar_subquery()
+    events = select(
+        STAGE_EVENTS.c.deal_id,
+        STAGE_EVENTS.c.at,
+        literal(0).label("kind"),
+        STAGE_EVENTS.c.event_key.label("key"),
+        is_move.label("is_move"),
+        is_reply.label("is_reply"),
+        literal(0).label("is_touch"),
+    ).where(
+        STAGE_EVENTS.c.accepted.is_(True),
+        or_(_moves(), STAGE_EVENTS.c.signal.in_(REPLY_SIGNALS)),
+        *_only(STAGE_EVENTS.c.deal_id, f),
     )
-    sent = (
+    emails = select(
+        DEAL_EMAILS.c.deal_id,
+        DEAL_EMAILS.c.at,
+        literal(1).label("kind"),
+        DEAL_EMAILS.c.message_id.label("key"),
+        literal(0).label("is_move"),
+        literal(0).label("is_reply"),
+        literal(1).label("is_touch"),
+    ).where(
+        DEAL_EMAILS.c.template.in_(FOLLOW_UP_TEMPLATES),
+        DEAL_EMAILS.c.outcome == "sent",
+        *_only(DEAL_EMAILS.c.deal_id, f),
+    )
+    timeline = union_all(events, emails).subquery("timeline")
+    in_order = [
+        timeline.c.at,
+        timeline.c.kind,
+        func.length(timeline.c.key),
+        timeline.c.key,
+    ]
+    so_far = {"partition_by": timeline.c.deal_id, "order_by": in_order, "rows": (None, 0)}
+    counted = select(
+        timeline.c.deal_id,
+        timeline.c.is_move,
+        timeline.c.is_reply,
+        timeline.c.is_touch,
+        func.sum(timeline.c.is_touch).over(**so_far).label("segment"),
+        func.sum(timeline.c.is_move).over(**so_far).label("moves"),
+    ).subquery("counted")
+    # The segment's first row is its touch: the stage changes the deal had made by then.
+    opened = (
         select(
-            DEAL_EMAILS.c.deal_id,
-            DEAL_EMAILS.c.at,
-            DEAL_EMAILS.c.message_id,
-            stint.label("stint"),
-            next_move.label("next_move"),
+            counted.c.deal_id,
+            counted.c.segment,
+            counted.c.is_move,
+            counted.c.is_reply,
+            counted.c.moves,
+            func.max(case((counted.c.is_touch == 1, counted.c.moves)))
+            .over(partition_by=[counted.c.deal_id, counted.c.segment])
+            .label("touch_moves"),
         )
-        .where(
-            DEAL_EMAILS.c.template.in_(FOLLOW_UP_TEMPLATES),
-            DEAL_EMAILS.c.outcome == "sent",
-            DEAL_EMAILS.c.deal_id.in_(_deal_ids(f)),
-        )
-        .subquery("sent")
+        .where(counted.c.segment > 0)
+        .subquery("opened")
     )
-    in_order = [sent.c.at, sent.c.message_id]
+    answer = and_(opened.c.is_reply == 1, opened.c.moves - opened.c.is_move == opened.c.touch_moves)
+    touches = (
+        select(
+            opened.c.deal_id,
+            opened.c.segment,
+            func.max(opened.c.touch_moves).label("stint"),
+            func.max(case((answer, 1), else_=0)).label("answered"),
+        )
+        .group_by(opened.c.deal_id, opened.c.segment)
+        .subquery("touches")
+    )
     return select(
-        sent.c.deal_id,
-        sent.c.at,
-        sent.c.next_move,
         func.row_number()
-        .over(partition_by=[sent.c.deal_id, sent.c.stint], order_by=in_order)
+        .over(partition_by=[touches.c.deal_id, touches.c.stint], order_by=touches.c.segment)
         .label("touch"),
-        func.lead(sent.c.at)
-        .over(partition_by=sent.c.deal_id, order_by=in_order)
-        .label("next_touch"),
+        touches.c.answered,
     )
 
 
 def _follow_ups(connection: Connection, f: ReportFilter, min_deals: int) -> FollowUps:
-    touches = _touches(f).subquery("touches")
-    answered = (
-        exists()
-        .where(
-            STAGE_EVENTS.c.deal_id == touches.c.deal_id,
-            STAGE_EVENTS.c.accepted.is_(True),
-            STAGE_EVENTS.c.signal.in_(REPLY_SIGNALS),
-            STAGE_EVENTS.c.at > touches.c.at,
-            or_(touches.c.next_touch.is_(None), STAGE_EVENTS.c.at < touches.c.next_touch),
-            or_(touches.c.next_move.is_(None), STAGE_EVENTS.c.at <= touches.c.next_move),
-        )
-        .correlate(touches)
-    )
+    touches = _answered_touches(f).subquery("numbered")
     query = (
-        select(touches.c.touch, func.count(), func.count().filter(answered))
+        select(touches.c.touch, func.count(), func.sum(touches.c.answered))
         .group_by(touches.c.touch)
         .order_by(touches.c.touch)
     )
@@ -703,7 +753,7 @@ def _follow_ups(connection: Connection, f: ReportFilter, min_deals: int) -> Foll
             .filter(STAGE_EVENTS.c.to_stage == Stage.NO_RESPONSE.value)
             .label("no_response"),
         )
-        .where(_moves(), STAGE_EVENTS.c.deal_id.in_(_deal_ids(f)))
+        .where(_moves(), *_only(STAGE_EVENTS.c.deal_id, f))
         .group_by(STAGE_EVENTS.c.from_stage)
     )
     found = {row.stage: row for row in connection.execute(left)}
@@ -730,11 +780,11 @@ async def follow_up_effectiveness(
 
 
 def _win_loss(connection: Connection, f: ReportFilter) -> WinLoss:
-    ours = INTERVIEWS.c.deal_id.in_(_deal_ids(f))
+    ours = _only(INTERVIEWS.c.deal_id, f)
     reasons_query = (
         select(INTERVIEWS.c.outcome, INTERVIEW_REASONS.c.code, func.count())
         .join(INTERVIEW_REASONS, INTERVIEW_REASONS.c.deal_id == INTERVIEWS.c.deal_id)
-        .where(ours)
+        .where(*ours)
         .group_by(INTERVIEWS.c.outcome, INTERVIEW_REASONS.c.code)
         .order_by(INTERVIEWS.c.outcome, func.count().desc(), INTERVIEW_REASONS.c.code)
     )
@@ -759,7 +809,7 @@ def _win_loss(connection: Connection, f: ReportFilter) -> WinLoss:
             func.avg(cast(INTERVIEWS.c.rep_rating, Integer) * literal(1.0)),
             func.avg(cast(INTERVIEWS.c.cooperation_rating, Integer) * literal(1.0)),
         )
-        .where(ours)
+        .where(*ours)
         .group_by(INTERVIEWS.c.outcome)
         .order_by(INTERVIEWS.c.outcome)
     )
@@ -778,7 +828,7 @@ def _win_loss(connection: Connection, f: ReportFilter) -> WinLoss:
     )
     quotes_query = (
         select(INTERVIEWS.c.deal_id, INTERVIEWS.c.outcome, said, INTERVIEWS.c.recorded_at)
-        .where(ours, or_(INTERVIEWS.c.why_decided != "", INTERVIEWS.c.free_text != ""))
+        .where(*ours, or_(INTERVIEWS.c.why_decided != "", INTERVIEWS.c.free_text != ""))
         .order_by(INTERVIEWS.c.recorded_at.desc(), INTERVIEWS.c.deal_id)
         .limit(QUOTES_SHOWN)
     )
@@ -828,7 +878,7 @@ async def deals(db: LedgerDatabase, f: ReportFilter, limit: int | None = 500) ->
 def _events(connection: Connection, f: ReportFilter) -> list[EventRow]:
     query = (
         select(STAGE_EVENTS)
-        .where(STAGE_EVENTS.c.deal_id.in_(_deal_ids(f)))
+        .where(*_only(STAGE_EVENTS.c.deal_id, f))
         .order_by(STAGE_EVENTS.c.deal_id, *_event_order())
     )
     return [
