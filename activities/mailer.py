@@ -159,6 +159,13 @@ class BuyerLinks:
 
     def unsubscribe_url(self, request: EmailRequest, parties: Sequence[Party]) -> str:
         """The link for the copy that goes to ``parties`` (one recipient: a buyer's copy)."""
+        if len(parties) != 1:
+            # Each link opts out exactly one person; a copy to nobody has nothing to link.
+            raise ApplicationError(
+                f"a buyer email's copy goes to one recipient, not {len(parties)}",
+                type=FailureType.ADDRESS,
+                non_retryable=True,
+            )
         (party,) = parties
         token_id = self.signer.unsubscribe_token_id(
             request.message_id, request.to.index(party), party.email
