@@ -343,3 +343,27 @@ async def test_the_threshold_of_enough_data_is_the_reports_setting(
     got = shown(page.text)
     assert got == await expected(ledger, ReportFilter(), min_deals=1000)
     assert got["win_rate"].startswith("not enough data")
+
+
+def test_python_m_dashboard_refuses_to_start_open_to_the_network(tmp_path: Path) -> None:
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith("DEALFLOW_")}  # fmt: skip
+    refused = subprocess.run(
+        [sys.executable, "-m", "dashboard"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={
+            **environment,
+            "DEALFLOW_DATA_DIR": str(tmp_path),
+            "DEALFLOW_DASHBOARD_HOST": "0.0.0.0",
+            "DEALFLOW_DASHBOARD_PORT": "0",
+        },
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 1
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "no sign-in" in lines[0]
+    assert "DEALFLOW_DASHBOARD_USERS" in lines[0]
