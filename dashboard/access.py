@@ -27,6 +27,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from settings import ENV_PREFIX, Settings, _is_loopback, parse_dashboard_users
+from workflows import bounds
 
 # A hash to verify against when the user is unknown, so that a wrong name costs as
 # long as a wrong password (no way to tell which names exist by timing).
@@ -79,7 +80,8 @@ class Access:
         headers = headers or {}
         if self._header is not None and self._from_proxy(client_host):
             named = headers.get(self._header.lower(), "").strip()
-            if named:
+            # A name longer than an email address is no user the proxy signed in.
+            if named and len(named) <= bounds.MAX_ADDRESS and named.isprintable():
                 return Visitor(user=named)
         if self._users:
             return await self._basic(headers.get("authorization", ""))
