@@ -4,10 +4,14 @@ required beyond loopback; bad filters get one line."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +24,7 @@ from dashboard import figures
 from dashboard.access import Access, DashboardRefused, hash_password
 from dashboard.app import build_app
 from dashboard.server import DashboardUnavailable, running_dashboard
+from devstack import free_port
 from ledger.database import LedgerDatabase
 from ledger.reports import Rate, ReportFilter
 from settings import Settings
@@ -367,3 +372,54 @@ def test_python_m_dashboard_refuses_to_start_open_to_the_network(tmp_path: Path)
     assert len(lines) == 1
     assert "no sign-in" in lines[0]
     assert "DEALFLOW_DASHBOARD_USERS" in lines[0]
+
+
+DEV_PORTS = ("DEV_TEMPORAL_PORT", "DEV_UI_PORT", "DEV_SMTP_PORT", "DEV_IMAP_PORT",
+             "HTTP_PORT", "DASHBOARD_PORT")  # fmt: skip
+
+
+@pytest.fixture
+def dev_folder() -> Iterator[Path]:
+    # Not under pytest's tmp_path: Dovecot's own users must be able to reach the mail folder.
+    folder = Path(tempfile.mkdtemp(prefix="dealflow-dev-dashboard-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_make_dev_starts_the_dashboard_and_says_where(dev_folder: Path) -> None:
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith("DEALFLOW_")}  # fmt: skip
+    ports = {name: str(free_port()) for name in DEV_PORTS}
+    environment |= {f"DEALFLOW_{name}": port for name, port in ports.items()}
+    environment["DEALFLOW_DATA_DIR"] = str(dev_folder)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "worker.py", "--dev",
+        cwd=ROOT, env=environment,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    said: list[str] = []
+    try:
+        async with asyncio.timeout(240):
+            while not any(line.startswith("dev: dashboard") for line in said):
+                line = (await process.stdout.readline()).decode()
+                assert line, "worker.py --dev stopped:\n" + "".join(said)
+                said.append(line)
+        where = next(line for line in said if line.startswith("dev: dashboard")).split()[2]
+        assert where == f"http://127.0.0.1:{ports['DASHBOARD_PORT']}/"
+        async with httpx.AsyncClient() as client:
+            page = await client.get(where)
+        assert page.status_code == 200
+        assert "Funnel" in page.text
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                async with asyncio.timeout(60):
+                    await process.communicate()
+            except TimeoutError:
+                process.kill()
+                await process.wait()
