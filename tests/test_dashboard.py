@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from dashboard import figures
+from dashboard import charts, figures
 from dashboard.access import Access, DashboardRefused, hash_password
 from dashboard.app import build_app
 from dashboard.server import DashboardUnavailable, running_dashboard
@@ -423,3 +424,38 @@ async def test_make_dev_starts_the_dashboard_and_says_where(dev_folder: Path) ->
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+async def test_deal_text_is_shown_as_text_never_run(ledger_url: str, tmp_path: Path) -> None:
+    hostile = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    history = generate(12, seed=5)
+    history.deals[0].row["company"] = hostile
+    for interview in history.interviews:
+        interview["why_decided"] = hostile
+    database = LedgerDatabase(ledger_url)
+    try:
+        await seed(database, history)
+        async with browser(build_app(dashboard_settings(ledger_url, tmp_path), database)) as c:
+            page = await c.get("/")
+    finally:
+        await database.dispose()
+    assert page.status_code == 200
+    assert "<script" not in page.text
+    assert "<img" not in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+
+
+def test_a_chart_draws_each_bar_to_scale() -> None:
+    drawn = str(
+        charts.bars(
+            "t",
+            [charts.Bar("a", 10, "10"), charts.Bar("b", 5, "5", part=2), charts.Bar("<c>", 0, "0")],
+        )
+    )
+    room = charts.WIDTH - charts.LABEL_WIDTH - charts.TEXT_WIDTH
+    widths = [float(w) for w in re.findall(r'width="([\d.]+)" height="\d+" class="bar"', drawn)]
+    assert widths == [room, room / 2, 0.0]
+    parts = [float(w) for w in re.findall(r'width="([\d.]+)" height="\d+" class="part"', drawn)]
+    assert parts == [room / 5]
+    assert "&lt;c&gt;" in drawn
+    assert "nothing to show yet" in str(charts.bars("t", []))
