@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+from dashboard.access import Access, hash_password
+from settings import Settings
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 EXAMPLE = ROOT / "deploy" / "dealflow.env.example"
@@ -25,8 +28,9 @@ SECRETS = {
     "DEALFLOW_WEBHOOK_SECRET",
     "DEALFLOW_CODEC_KEYS",
     "DEALFLOW_CODEC_SERVER_TOKEN",
+    "DEALFLOW_DASHBOARD_USERS",
 }
-DEALFLOW_SERVICES = ("worker", "endpoints", "ledger-migrate")
+DEALFLOW_SERVICES = ("worker", "endpoints", "ledger-migrate", "dashboard")
 _VARIABLE = re.compile(
     r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
 )
@@ -71,6 +75,7 @@ def filled() -> dict[str, str]:
         "DEALFLOW_WEBHOOK_SECRET": base64.b64encode(secrets.token_bytes(32)).decode(),
         "DEALFLOW_CODEC_KEYS": f"k1={base64.b64encode(secrets.token_bytes(32)).decode()}",
         "DEALFLOW_CODEC_SERVER_TOKEN": secrets.token_hex(32),
+        "DEALFLOW_DASHBOARD_USERS": f"anna:{hash_password(secrets.token_hex(8))}",
     }
 
 
@@ -165,3 +170,21 @@ def test_settings_refuse_the_old_compose_demo_secret() -> None:
     env = filled() | {"DEALFLOW_SIGNING_SECRET": "compose-demo-only-set-your-own"}
     result = load_in_process(environment(stack(env)["worker"]))
     assert result.returncode == 2 and "DEALFLOW_SIGNING_SECRET" in result.stderr
+
+
+def test_the_dashboard_signs_in_its_users_and_links_to_the_ui(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    services = stack(filled())
+    given = environment(services["dashboard"])
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    # Beyond loopback in its container, with its users: it starts.
+    assert settings.dashboard_host == "0.0.0.0"
+    Access(settings).check_listening(settings.dashboard_host)
+    assert Access(settings).uses_passwords
+    container_port = services["dashboard"]["ports"][0].split(":")[2]
+    assert container_port == str(settings.dashboard_port)
+    ui_host_port = services["temporal-ui"]["ports"][0].split(":")[1]
+    assert settings.temporal_ui_url == f"http://localhost:{ui_host_port}"
