@@ -381,8 +381,18 @@ def _event_order() -> list[Any]:
     return [STAGE_EVENTS.c.at, func.length(STAGE_EVENTS.c.event_key), STAGE_EVENTS.c.event_key]
 
 
+# PostgreSQL's default of 4 MB a sort makes a report over a million events sort on disk;
+# a report's transaction takes more, for itself only.
+REPORT_WORK_MEM = "64MB"
+
+
 async def _run(db: LedgerDatabase, work: Callable[[Connection], T]) -> T:
-    return await db.run(work)
+    def report(connection: Connection) -> T:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'")
+        return work(connection)
+
+    return await db.run(report)
 
 
 # --- the reports ---
@@ -390,53 +400,51 @@ async def _run(db: LedgerDatabase, work: Callable[[Connection], T]) -> T:
 
 def _funnel_rows(connection: Connection, f: ReportFilter, min_deals: int) -> Funnel:
     order = {stage.value: number for number, stage in enumerate(FUNNEL_STAGES)}
-    # Each stage a deal reached, once, with its place on the path and the deal's furthest.
-    reached = (
+    # One row a deal (one pass over its events, in the index's order): which stages of
+    # the path it reached, and the furthest.
+    marks = [
+        func.max(case((STAGE_EVENTS.c.to_stage == stage.value, 1), else_=0)).label(f"r{n}")
+        for n, stage in enumerate(FUNNEL_STAGES)
+    ]
+    per_deal = (
         select(
             STAGE_EVENTS.c.deal_id,
-            STAGE_EVENTS.c.to_stage.label("stage"),
-            case(order, value=STAGE_EVENTS.c.to_stage).label("place"),
-            func.max(case(order, value=STAGE_EVENTS.c.to_stage))
-            .over(partition_by=STAGE_EVENTS.c.deal_id)
-            .label("furthest"),
+            func.max(case(order, value=STAGE_EVENTS.c.to_stage)).label("furthest"),
+            *marks,
         )
         .where(
             STAGE_EVENTS.c.accepted.is_(True),
             STAGE_EVENTS.c.to_stage.in_(list(order)),
             *_only(STAGE_EVENTS.c.deal_id, f),
         )
-        .group_by(STAGE_EVENTS.c.deal_id, STAGE_EVENTS.c.to_stage)
-        .subquery("reached")
+        .group_by(STAGE_EVENTS.c.deal_id)
+        .subquery("per_deal")
     )
-    left = DEALS.c.stage != reached.c.stage
-    query = (
-        select(
-            reached.c.stage,
-            func.count().label("reached"),
-            func.count().filter(left).label("left"),
-            func.count().filter(left, reached.c.furthest > reached.c.place).label("went_on"),
-            func.count().filter(DEALS.c.outcome.is_not(None)).label("closed"),
-            func.count().filter(DEALS.c.outcome == Stage.WON.value).label("won"),
-        )
-        .join(DEALS, DEALS.c.deal_id == reached.c.deal_id)
-        .group_by(reached.c.stage)
+    columns = []
+    for n, stage in enumerate(FUNNEL_STAGES):
+        here = per_deal.c[f"r{n}"] == 1
+        left = and_(here, DEALS.c.stage != stage.value)
+        columns += [
+            func.count().filter(here),
+            func.count().filter(left),
+            func.count().filter(left, per_deal.c.furthest > n),
+            func.count().filter(here, DEALS.c.outcome.is_not(None)),
+            func.count().filter(here, DEALS.c.outcome == Stage.WON.value),
+        ]
+    query = select(*columns).select_from(
+        per_deal.join(DEALS, DEALS.c.deal_id == per_deal.c.deal_id)
     )
-    found = {row.stage: row for row in connection.execute(query)}
+    counts = [int(value or 0) for value in connection.execute(query).one()]
     total = connection.execute(select(func.count()).select_from(DEALS).where(*_where(f))).scalar()
     rows = []
-    for stage in FUNNEL_STAGES:
-        row = found.get(stage.value)
-        if row is None:
-            counts = (0, 0, 0, 0, 0)
-        else:
-            counts = (row.reached, row.left, row.went_on, row.closed, row.won)
-        reached_count, left, went, closed_count, won = counts
+    for n, stage in enumerate(FUNNEL_STAGES):
+        reached, left, went, closed, won = counts[5 * n : 5 * n + 5]
         rows.append(
             FunnelRow(
                 stage=stage.value,
-                reached=reached_count,
+                reached=reached,
                 to_next=_rate(went, left, min_deals),
-                to_won=_rate(won, closed_count, min_deals),
+                to_won=_rate(won, closed, min_deals),
             )
         )
     return Funnel(deals=int(total or 0), rows=rows)
@@ -647,7 +655,8 @@ def _answered_touches(f: ReportFilter) -> Select[Any]:
     """Every sent follow-up of the filtered deals: (touch number, answered 1/0).
 
     One pass over each deal's timeline (its stage changes, its buyer's answers and its
-    follow-ups, in order; an event at the very instant of an email counts before it):
+    follow-ups, in order; at one instant events come before emails, and an answer
+    before a change):
     the follow-ups cut the timeline into segments, each opened by one touch. A touch was
     answered when its segment holds an answer with no stage change between the two (the
     answer may be the change itself). Its number counts the touches since the deal's
@@ -662,7 +671,6 @@ def _answered_touches(f: ReportFilter) -> Select[Any]:
         STAGE_EVENTS.c.deal_id,
         STAGE_EVENTS.c.at,
         literal(0).label("kind"),
-        STAGE_EVENTS.c.event_key.label("key"),
         is_move.label("is_move"),
         is_reply.label("is_reply"),
         literal(0).label("is_touch"),
@@ -675,7 +683,6 @@ def _answered_touches(f: ReportFilter) -> Select[Any]:
         DEAL_EMAILS.c.deal_id,
         DEAL_EMAILS.c.at,
         literal(1).label("kind"),
-        DEAL_EMAILS.c.message_id.label("key"),
         literal(0).label("is_move"),
         literal(0).label("is_reply"),
         literal(1).label("is_touch"),
@@ -685,45 +692,36 @@ def _answered_touches(f: ReportFilter) -> Select[Any]:
         *_only(DEAL_EMAILS.c.deal_id, f),
     )
     timeline = union_all(events, emails).subquery("timeline")
-    in_order = [
-        timeline.c.at,
-        timeline.c.kind,
-        func.length(timeline.c.key),
-        timeline.c.key,
-    ]
+    # Rows this order leaves tied change nothing: two touches, two answers or two
+    # changes at one instant count the same whichever comes first.
+    in_order = [timeline.c.at, timeline.c.kind, timeline.c.is_reply.desc()]
     so_far = {"partition_by": timeline.c.deal_id, "order_by": in_order, "rows": (None, 0)}
     counted = select(
         timeline.c.deal_id,
         timeline.c.is_move,
         timeline.c.is_reply,
-        timeline.c.is_touch,
+        func.row_number().over(partition_by=timeline.c.deal_id, order_by=in_order).label("pos"),
         func.sum(timeline.c.is_touch).over(**so_far).label("segment"),
         func.sum(timeline.c.is_move).over(**so_far).label("moves"),
     ).subquery("counted")
-    # The segment's first row is its touch: the stage changes the deal had made by then.
-    opened = (
+    # A segment opens with its touch, so its least count of changes is the touch's; the
+    # touch was answered when the segment's first answer comes no later than its first
+    # change (the answer may be the change).
+    first_reply = func.min(case((counted.c.is_reply == 1, counted.c.pos)))
+    first_move = func.min(case((counted.c.is_move == 1, counted.c.pos)))
+    answered = case(
+        (and_(first_reply.is_not(None), or_(first_move.is_(None), first_reply <= first_move)), 1),
+        else_=0,
+    )
+    touches = (
         select(
             counted.c.deal_id,
             counted.c.segment,
-            counted.c.is_move,
-            counted.c.is_reply,
-            counted.c.moves,
-            func.max(case((counted.c.is_touch == 1, counted.c.moves)))
-            .over(partition_by=[counted.c.deal_id, counted.c.segment])
-            .label("touch_moves"),
+            func.min(counted.c.moves).label("stint"),
+            answered.label("answered"),
         )
         .where(counted.c.segment > 0)
-        .subquery("opened")
-    )
-    answer = and_(opened.c.is_reply == 1, opened.c.moves - opened.c.is_move == opened.c.touch_moves)
-    touches = (
-        select(
-            opened.c.deal_id,
-            opened.c.segment,
-            func.max(opened.c.touch_moves).label("stint"),
-            func.max(case((answer, 1), else_=0)).label("answered"),
-        )
-        .group_by(opened.c.deal_id, opened.c.segment)
+        .group_by(counted.c.deal_id, counted.c.segment)
         .subquery("touches")
     )
     return select(
