@@ -153,6 +153,8 @@ STAGE_EVENTS = Table(
     Column("source_event_id", String(998)),
     Index("ix_stage_events_deal_id_at", "deal_id", "at"),
     Index("ix_stage_events_to_stage_at", "to_stage", "at"),
+    # The funnel reads each deal's stages reached from this index alone.
+    Index("ix_stage_events_deal_id_to_stage", "deal_id", "to_stage", "accepted"),
 )
 
 # Every email a deal sent or tried: no bodies, no addresses, only how many it went to.
