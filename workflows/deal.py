@@ -182,6 +182,8 @@ class DealWorkflow:
         self.published: tuple[object, ...] = ()
         # Ids of events already applied (inbound Message-IDs, webhook event ids), newest last.
         self.events: list[str] = []
+        # A send activity is in flight: the recorder waits for the burst to end.
+        self.sending = False
         self.recording = DealRecording(self)
 
     # --- the loop ---
@@ -391,7 +393,11 @@ class DealWorkflow:
                     await self._changed_before(ready)
                     continue
             outbound = self.outbox.pop(0)
-            sent = await self._send(outbound)
+            self.sending = True
+            try:
+                sent = await self._send(outbound)
+            finally:
+                self.sending = False
             # A signal that moved the deal meanwhile (delivered before the order
             # confirmation went out) wins over the stage this email would reach.
             if sent and outbound.then_stage is not None and self.stage is outbound.queued_in:

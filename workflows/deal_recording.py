@@ -4,7 +4,8 @@ A deal runs one recorder beside its main loop. Whenever the deal changes, the
 recorder hands the ledger the deal's snapshot and what happened since its last
 batch (``workflows.deal_record.batch_since``), one batch at a time, and never makes
 the deal wait for it: a ledger that is down delays only the records, never a buyer
-email. Changes that come while a batch is in flight go in the next one. The deal
+email. Changes that come while a batch is in flight go in the next one, and so do the
+changes of a burst of sends (a signal's two emails): one batch once the burst is over. The deal
 ends only once the recorder has caught up, so a closed deal's records are complete.
 """
 
@@ -50,10 +51,18 @@ class DealRecording:
     def caught_up(self) -> bool:
         return self.recorded_changes == self.deal.changes
 
+    def _due(self) -> bool:
+        """Something to record, and the deal not in the middle of a burst of sends (one
+        batch after the burst instead of one a send); a send that keeps failing (SMTP
+        down) does not hold the records back."""
+        if self.caught_up():
+            return self.closing
+        return self.closing or not self.deal.sending or bool(self.deal.troubles)
+
     async def run(self) -> None:
         """Record until the deal has closed and every change is in the ledger."""
         while True:
-            await workflow.wait_condition(lambda: not self.caught_up() or self.closing)
+            await workflow.wait_condition(self._due)
             if self.caught_up():
                 return
             changes, interview = self.deal.changes, self.deal.interview
