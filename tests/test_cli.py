@@ -1079,8 +1079,9 @@ async def test_a_deal_deleted_from_temporal_still_shows_its_status_from_the_ledg
     from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 
     deal_id = new_id("GONE")
+    owner = f"rep-{uuid.uuid4().hex[:8]}@seller.example.com"
     no_interview = {"DEALFLOW_CADENCE__WIN_LOSS_MIN_ORDER_VALUE": "1000000"}
-    assert (await stack.cli(*rfp_args(deal_id), **no_interview)).code == 0
+    assert (await stack.cli(*rfp_args(deal_id, owner=owner), **no_interview)).code == 0
     await stack.wait_for_stage(deal_id, "Proposal Received")
     await stack.cli("discount", deal_id, "50")  # refused: below the floor
     await stack.ok("lost", deal_id, "--reason", "price", "--note", "Rival [b]GmbH[/b] was cheaper")
@@ -1116,3 +1117,21 @@ async def test_a_deal_deleted_from_temporal_still_shows_its_status_from_the_ledg
 
     unknown = await stack.cli("status", new_id("NEVER"))
     assert unknown.code == 1 and "no deal" in unknown.one_line_error()
+
+    # And every report still counts it (they read the ledger only).
+    async def report(name: str) -> Any:
+        result = await stack.ok("report", name, "--owner", owner, "--format", "json")
+        return json.loads(result.stdout)
+
+    funnel = await report("funnel")
+    assert funnel["deals"] == 1
+    reached = {row["stage"]: row["reached"] for row in funnel["rows"] if row["reached"]}
+    assert reached == {"Requirements Clarified": 1, "Proposal Received": 1}
+    assert {row["code"]: row["deals"] for row in (await report("win-loss"))["lost_reasons"]} == {
+        "price": 1
+    }
+    for name in ("stages", "cycle", "forecast", "follow-ups"):
+        assert await report(name) is not None
+    exported = await stack.ok("export", "deals", "--format", "jsonl")
+    [row] = [json.loads(line) for line in exported.stdout.splitlines() if deal_id in line]
+    assert row["stage"] == "Lost" and row["lost_reason"] == "price"
