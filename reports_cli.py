@@ -435,7 +435,7 @@ _register("win-loss", "Win-loss findings: reason codes, ratings, the latest quot
 
 
 def _export(
-    rows: Callable[[LedgerDatabase, ReportFilter], Awaitable[Sequence[BaseModel]]],
+    pages: Callable[[LedgerDatabase, ReportFilter], AsyncIterator[Sequence[BaseModel]]],
     columns: Sequence[str],
     since: str | None,
     until: str | None,
@@ -445,16 +445,18 @@ def _export(
 ) -> None:
     async def work(database: LedgerDatabase, settings: Settings) -> None:
         chosen = _choice(ExportFormat, form, "--format")
-        found = await rows(database, report_filter(since, until, owner, kind))
-        if chosen is ExportFormat.JSONL:
-            for row in found:
-                sys.stdout.write(json.dumps(row.model_dump(mode="json"), ensure_ascii=False) + "\n")
-            return
+        f = report_filter(since, until, owner, kind)
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(columns)
-        for row in found:
-            values = row.model_dump()
-            writer.writerow([_csv_cell(values[column]) for column in columns])
+        if chosen is ExportFormat.CSV:
+            writer.writerow(columns)
+        async for page in pages(database, f):
+            for row in page:
+                if chosen is ExportFormat.JSONL:
+                    line = json.dumps(row.model_dump(mode="json"), ensure_ascii=False)
+                    sys.stdout.write(line + "\n")
+                else:
+                    values = row.model_dump()
+                    writer.writerow([_csv_cell(values[column]) for column in columns])
 
     _run(work)
 
@@ -467,13 +469,11 @@ def export_deals(
     kind: str = KindOption,
     form: str = typer.Option("csv", "--format", help="csv or jsonl."),
 ) -> None:
-    """Every deal record (newest first), one a line."""
+    """Every deal record, by deal id, one a line."""
     from ledger import reports
 
-    async def every(db: LedgerDatabase, f: ReportFilter) -> Sequence[BaseModel]:
-        return await reports.deals(db, f, limit=None)
-
-    _export(every, list(reports.DealRow.model_fields), since, until, owner, kind, form)
+    columns = list(reports.DealRow.model_fields)
+    _export(reports.deal_pages, columns, since, until, owner, kind, form)
 
 
 @export_app.command("events")
@@ -487,6 +487,5 @@ def export_events(
     """Every stage event of the chosen deals (refused signals too), deal by deal."""
     from ledger import reports
 
-    _export(
-        reports.stage_events, list(reports.EventRow.model_fields), since, until, owner, kind, form
-    )
+    columns = list(reports.EventRow.model_fields)
+    _export(reports.stage_event_pages, columns, since, until, owner, kind, form)

@@ -28,7 +28,7 @@ Definitions (docs/ledger.md repeats them for BI users):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -82,11 +82,12 @@ __all__ = [
     "WinLoss",
     "average_won_size",
     "cycle",
+    "deal_pages",
     "deals",
     "follow_up_effectiveness",
     "forecast",
     "funnel",
-    "stage_events",
+    "stage_event_pages",
     "stage_times",
     "velocity",
     "win_loss",
@@ -121,6 +122,8 @@ REPLY_SIGNALS: tuple[str, ...] = tuple(
     )
 )
 FOLLOW_UP_TEMPLATES: tuple[str, ...] = tuple(f.template for f in FOLLOW_UPS.values())
+# An export reads this many deals (and their events) a transaction.
+EXPORT_PAGE = 2000
 # How many of the latest interview quotes the win-loss findings show.
 QUOTES_SHOWN = 10
 
@@ -873,30 +876,72 @@ async def deals(db: LedgerDatabase, f: ReportFilter, limit: int | None = 500) ->
     return await _run(db, lambda c: _deals(c, f, limit))
 
 
-def _events(connection: Connection, f: ReportFilter) -> list[EventRow]:
+def _event_row(row: Any) -> EventRow:
+    return EventRow(
+        event_key=row.event_key,
+        deal_id=row.deal_id,
+        at=_utc(row.at),
+        signal=row.signal,
+        from_stage=row.from_stage,
+        to_stage=row.to_stage,
+        accepted=bool(row.accepted),
+        refusal=row.refusal,
+        source=row.source,
+        note=row.note,
+        source_event_id=row.source_event_id,
+    )
+
+
+def _page_of_deals(f: ReportFilter, after: str | None, size: int) -> Select[Any]:
+    query = select(DEALS).where(*_where(f))
+    if after is not None:
+        query = query.where(DEALS.c.deal_id > after)
+    return query.order_by(DEALS.c.deal_id).limit(size)
+
+
+async def deal_pages(
+    db: LedgerDatabase, f: ReportFilter, size: int = EXPORT_PAGE
+) -> AsyncIterator[list[DealRow]]:
+    """Every filtered deal, by deal id, ``size`` a page (each page its own read), so
+    that an export of the whole ledger never holds it all in memory."""
+    after: str | None = None
+    while True:
+        query = _page_of_deals(f, after, size)
+        page = await _run(db, lambda c, q=query: [_deal_row(row) for row in c.execute(q)])
+        if not page:
+            return
+        yield page
+        after = page[-1].deal_id
+
+
+def _events_of_page(
+    connection: Connection, f: ReportFilter, after: str | None, size: int
+) -> tuple[str | None, list[EventRow]]:
+    page = _page_of_deals(f, after, size).with_only_columns(DEALS.c.deal_id)
+    ids = list(connection.execute(page).scalars())
+    if not ids:
+        return None, []
     query = (
         select(STAGE_EVENTS)
-        .where(*_only(STAGE_EVENTS.c.deal_id, f))
+        .where(
+            STAGE_EVENTS.c.deal_id.between(ids[0], ids[-1]),
+            *_only(STAGE_EVENTS.c.deal_id, f),
+        )
         .order_by(STAGE_EVENTS.c.deal_id, *_event_order())
     )
-    return [
-        EventRow(
-            event_key=row.event_key,
-            deal_id=row.deal_id,
-            at=_utc(row.at),
-            signal=row.signal,
-            from_stage=row.from_stage,
-            to_stage=row.to_stage,
-            accepted=bool(row.accepted),
-            refusal=row.refusal,
-            source=row.source,
-            note=row.note,
-            source_event_id=row.source_event_id,
-        )
-        for row in connection.execute(query)
-    ]
+    return ids[-1], [_event_row(row) for row in connection.execute(query)]
 
 
-async def stage_events(db: LedgerDatabase, f: ReportFilter) -> list[EventRow]:
-    """Every stage event of the filtered deals, deal by deal in the order they happened."""
-    return await _run(db, lambda c: _events(c, f))
+async def stage_event_pages(
+    db: LedgerDatabase, f: ReportFilter, size: int = EXPORT_PAGE
+) -> AsyncIterator[list[EventRow]]:
+    """Every stage event of the filtered deals, deal by deal (by deal id) in the order
+    they happened: the events of ``size`` deals a page."""
+    after: str | None = None
+    while True:
+        last, events = await _run(db, lambda c, after=after: _events_of_page(c, f, after, size))
+        if last is None:
+            return
+        if events:
+            yield events
+        after = last

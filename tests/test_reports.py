@@ -341,3 +341,20 @@ async def test_a_rate_on_too_few_deals_says_so(ledger: LedgerDatabase) -> None:
     assert not found.enough and found.value is not None
     assert (await reports.win_rate(ledger, f, min_deals=1)).enough
     assert all(row.weighted is None for row in await reports.forecast(ledger, f))
+
+
+@on_both_databases
+async def test_exports_read_page_by_page_lose_and_double_nothing(ledger: LedgerDatabase) -> None:
+    f = ReportFilter(kind="rfp")
+    picked = sorted(chosen(f), key=lambda d: d.deal_id)
+    pages = [page async for page in reports.deal_pages(ledger, f, size=7)]
+    assert max(len(page) for page in pages) == 7
+    assert [row.deal_id for page in pages for row in page] == [d.deal_id for d in picked]
+
+    ours = {d.deal_id for d in picked}
+    # The generator numbers each deal's events in the order they happened.
+    expected = [e["event_key"] for e in HISTORY.events if e["deal_id"] in ours]
+    expected.sort(key=lambda key: (key.split("/")[0], int(key.split("/e")[1])))
+    found = [event async for page in reports.stage_event_pages(ledger, f, size=7) for event in page]
+    assert [event.event_key for event in found] == expected
+    assert all(event.at.tzinfo is not None for event in found)
