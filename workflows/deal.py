@@ -182,8 +182,10 @@ class DealWorkflow:
         self.published: tuple[object, ...] = ()
         # Ids of events already applied (inbound Message-IDs, webhook event ids), newest last.
         self.events: list[str] = []
-        # A send activity is in flight: the recorder waits for the burst to end.
+        # A send activity is in flight, or the outbox waits on purpose (``_holding``):
+        # the recorder waits for a burst of sends to end, not for a hold.
         self.sending = False
+        self.holding = False
         self.recording = DealRecording(self)
 
     # --- the loop ---
@@ -384,13 +386,13 @@ class DealWorkflow:
         while self.outbox:
             self._release_pause()
             if self.paused:  # a paused deal sends nothing at all
-                await self._changed_before(self.paused_until)
+                await self._holding(self.paused_until)
                 continue
             # Buyer emails wait for the buyer's send window; internal ones go at once.
             if self.outbox[0].audience is Audience.BUYER:
                 ready = next_slot(self._calendar(), workflow.now())
                 if ready > workflow.now():
-                    await self._changed_before(ready)
+                    await self._holding(ready)
                     continue
             outbound = self.outbox.pop(0)
             self.sending = True
@@ -402,6 +404,14 @@ class DealWorkflow:
             # confirmation went out) wins over the stage this email would reach.
             if sent and outbound.then_stage is not None and self.stage is outbound.queued_in:
                 self._move(outbound.then_stage, "", SignalPayload(source="email"))
+
+    async def _holding(self, until: datetime | None) -> None:
+        """The outbox waits (a pause, the buyer's send window): the records need not."""
+        self.holding = True
+        try:
+            await self._changed_before(until)
+        finally:
+            self.holding = False
 
     async def _send(self, outbound: Outbound) -> bool:
         """Send one email; False (recorded on the deal) when it could not go out."""

@@ -55,9 +55,11 @@ class DealRecording:
         """Something to record, and the deal not in the middle of a burst of sends (one
         batch after the burst instead of one a send); a send that keeps failing (SMTP
         down) does not hold the records back."""
+        deal = self.deal
         if self.caught_up():
             return self.closing
-        return self.closing or not self.deal.sending or bool(self.deal.troubles)
+        bursting = deal.sending or (bool(deal.outbox) and not deal.holding)
+        return self.closing or not bursting or bool(deal.troubles)
 
     async def run(self) -> None:
         """Record until the deal has closed and every change is in the ledger."""
