@@ -31,7 +31,6 @@ from collections import Counter
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from activities.deal_records import RECORD_DEAL
 from bench.driver import (
     WON_PATH,
     SignalDriver,
@@ -52,6 +51,8 @@ DEFAULT_N = 300
 # meanwhile; long enough that an unloaded deal's two sends do not outlast them.
 TIMINGS = cadence(check_in_after="PT5S", win_loss_after="PT5S")
 SHAPE_SAMPLE = 10
+# What the SDK names the marker of a local activity's result (the deal's records).
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
 EMAILS_PER_DEAL = 10
 SHAPE_EVENTS = {
     "activities": EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED,
@@ -113,13 +114,13 @@ async def shape(client: Client, deal_id: str) -> Counter[str]:
 
 
 async def recordings(client: Client, deal_id: str) -> int:
-    """How many record batches the deal handed the ledger."""
+    """How many record batches the deal handed the ledger (local activities: markers)."""
     history = await client.get_workflow_handle(workflow_id(deal_id)).fetch_history()
     return sum(
         1
         for event in history.events
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        and event.activity_task_scheduled_event_attributes.activity_type.name == RECORD_DEAL
+        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and event.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
     )
 
 

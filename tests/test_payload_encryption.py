@@ -305,12 +305,15 @@ async def test_a_whole_deal_leaves_no_buyer_data_in_its_stored_history(deals: De
     value = Decimal(json.loads(attributes["DealValue"][-1]))
     assert value > 0
     assert f"{value:f}" not in stored_text(history, skip_search_attributes=True)
-    # Every other payload is sealed with the current key, but for the patch markers
-    # Temporal itself writes: they name a code patch, nothing of the deal.
+    # Every other payload is sealed with the current key, but for the markers Temporal
+    # itself writes: a code patch's name, a local activity's bookkeeping.
     for event in history.events:
         for path, payload in payloads_in(event):
             if "patch-data" in path:
                 assert json.loads(payload.data)["id"] in known, payload.data
+            elif path.startswith("marker_recorded_event_attributes.details.data"):
+                # A local activity's bookkeeping (which one, which attempt, when).
+                assert json.loads(payload.data)["activity_type"] == "record_deal"
             elif "search_attributes" not in path:
                 assert payload.metadata["encoding"] == ENCODING, path
     # Through the codec, the same history reads in full (what the worker and CLI see).
