@@ -1216,6 +1216,7 @@ async def ledger_backfill(client: Client, settings: Settings) -> None:
         err.print(f"dealflow: warning: {line}", soft_wrap=True)
     out.print(
         f"backfilled {done.open + done.closed} deals ({done.open} open, {done.closed} closed)"
+        + (f"; {done.never_ran} never ran (nothing to record)" if done.never_ran else "")
         + (f"; {len(done.failed)} could not be read (above)" if done.failed else "")
     )
     if done.failed:

@@ -35,6 +35,8 @@ DEALS = "WorkflowType = 'DealWorkflow'"
 class Backfilled:
     open: int = 0
     closed: int = 0
+    # No worker has run them yet (or ever: terminated at once): nothing to record.
+    never_ran: int = 0
     # One line per deal that could not be read, with why.
     failed: list[str] = field(default_factory=list)
 
@@ -44,7 +46,10 @@ async def backfill(client: Client, records: DealRecords) -> Backfilled:
     async for handle, running in _deals(client):
         deal_id = handle.id.removeprefix("deal-")
         try:
-            deal = await _input(handle)
+            deal, ran = await _started(handle)
+            if not ran:
+                done.never_ran += 1
+                continue
             status = await _status(handle, running)
         except (RPCError, WorkflowFailureError, ValueError, TypeError) as error:
             done.failed.append(f"{deal_id}: {str(error).splitlines()[0][:200]}")
@@ -68,16 +73,22 @@ async def _deals(client: Client) -> AsyncIterator[tuple[WorkflowHandle[Any, Deal
         yield handle, not completed
 
 
-async def _input(handle: WorkflowHandle[Any, DealStatus]) -> DealInput:
-    """The deal as it was started (its contacts, with names and roles), from its history."""
+async def _started(handle: WorkflowHandle[Any, DealStatus]) -> tuple[DealInput, bool]:
+    """The deal as it was started (its contacts, with names and roles), from its history,
+    and whether a worker ever ran it: one that never did has no status to ask for."""
+    deal: DealInput | None = None
     async for event in handle.fetch_history_events():
-        started = event.workflow_execution_started_event_attributes
-        [deal] = await handle._client.data_converter.decode(
-            list(started.input.payloads), [DealInput]
-        )
-        assert isinstance(deal, DealInput)
-        return deal
-    raise ValueError("the deal has no history")
+        if deal is None:
+            started = event.workflow_execution_started_event_attributes
+            [deal] = await handle._client.data_converter.decode(
+                list(started.input.payloads), [DealInput]
+            )
+            assert isinstance(deal, DealInput)
+        elif event.HasField("workflow_task_completed_event_attributes"):
+            return deal, True
+    if deal is None:
+        raise ValueError("the deal has no history")
+    return deal, False
 
 
 async def _status(handle: WorkflowHandle[Any, DealStatus], asked: bool) -> DealStatus:

@@ -1063,9 +1063,23 @@ async def test_ledger_backfill_writes_what_the_deals_recorded_themselves(stack: 
             statement = delete(table).where(table.c.deal_id.in_([running, closed]))
             await ledger.run(lambda c, s=statement: c.execute(s), write=True)
 
+    # A deal terminated before any worker ran it has no status to ask for, and nothing
+    # to record: backfill says so and goes on.
+    never_ran = new_id("IDLE")
+    idle = {"DEALFLOW_TEMPORAL_TASK_QUEUE": f"idle-{uuid.uuid4().hex[:8]}"}
+    assert (await stack.cli(*rfp_args(never_ran), **idle)).code == 0
+    await stack.client.get_workflow_handle(workflow_id(never_ran)).terminate("imported by mistake")
+
     await forget_all()
     filled = await stack.ok("ledger", "backfill")
     assert filled.stdout.startswith("backfilled "), filled.stdout
+    assert "never ran (nothing to record)" in filled.stdout, filled.stdout
+    assert (
+        await ledger.run(
+            lambda c: c.execute(select(DEALS).where(DEALS.c.deal_id == never_ran)).first()
+        )
+        is None
+    )
     assert await records() == recorded
     again = await stack.ok("ledger", "backfill")  # nothing written twice
     assert again.stdout.split("(")[0] == filled.stdout.split("(")[0]
