@@ -18,8 +18,16 @@ from ledger.database import LedgerDatabase
 from ledger.tables import DEAL_EMAILS, DEALS, INTERVIEW_REASONS, INTERVIEWS, REP_TASKS, STAGE_EVENTS
 from starter import Refused, record
 from tests.conftest import MAIL_WITHIN, Deals, codec_data_converter, on_both_databases, sent_at
-from workflows.deal import DealWorkflow
-from workflows.models import Closed, DealStatus, InterviewRecorded, OrderPlaced, PriceAgreed
+from workflows.deal import INBOUND_MESSAGE, DealWorkflow
+from workflows.models import (
+    Closed,
+    DealStatus,
+    InboundKind,
+    InboundMessage,
+    InterviewRecorded,
+    OrderPlaced,
+    PriceAgreed,
+)
 from workflows.stages import BuyerSignal, Stage
 
 ANSWERS = InterviewRecorded(
@@ -169,3 +177,48 @@ async def test_records_that_cannot_be_written_hold_up_no_email(
     assert row["stage"] == Stage.ORDER_CONFIRMED.value
     emails = await rows(ledger, DEAL_EMAILS, waiting.deal_id, "at")
     assert sorted(e["message_id"] for e in emails) == sorted(m.message_id for m in waiting.messages)
+
+
+@on_both_databases
+async def test_a_stage_event_keeps_the_id_its_source_gave_it(
+    deals: Deals, ledger: LedgerDatabase
+) -> None:
+    """The audit trail can be matched to the mailbox and the ERP: a buyer's reply keeps
+    its Message-ID, a signal with an event id (the webhook's) keeps that id, and what
+    ops or the deal itself did keeps none."""
+    handle = await deals.start(kind="rfp")
+    await deals.mail(1)
+    reply_id = "<re-proposal.4711@buyer.example.org>"
+    # As the mailbox poller signals a reply (workflows/mailbox_poller.inbound_message).
+    reply = InboundMessage(
+        kind=InboundKind.REPLY,
+        event_id=reply_id,
+        source="mailbox",
+        sender="bea@buyer.example.org",
+        subject="Re: your proposal",
+    )
+    await handle.signal(INBOUND_MESSAGE, reply)
+    agreed = PriceAgreed(source="webhook", event_id="erp-agreed-77")
+    await record(deals.client, deal_id(handle), BuyerSignal.PRICE_AGREED, agreed)
+    await deals.mail(2)
+    await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="test done"))
+    final: DealStatus = await handle.result()
+
+    assert [(c.signal, c.event_id) for c in final.history if c.event_id] == [
+        (BuyerSignal.BUYER_REPLIED.value, reply_id),
+        (BuyerSignal.PRICE_AGREED.value, "erp-agreed-77"),
+    ]
+    events = await rows(ledger, STAGE_EVENTS, final.deal_id, "at")
+    assert len(events) == len(final.history)
+    kept = {(e["signal"], e["source_event_id"]) for e in events if e["source_event_id"]}
+    assert kept == {
+        (BuyerSignal.BUYER_REPLIED.value, reply_id),
+        (BuyerSignal.PRICE_AGREED.value, "erp-agreed-77"),
+    }
+    moved = next(e for e in events if e["signal"] == BuyerSignal.PRICE_AGREED.value)
+    assert (moved["from_stage"], moved["to_stage"]) == (
+        Stage.PROPOSAL_RECEIVED.value,
+        Stage.PRICE_AGREED.value,
+    )
+    cancelled = next(e for e in events if e["signal"] == BuyerSignal.CANCELLED.value)
+    assert cancelled["source_event_id"] is None

@@ -31,9 +31,12 @@ from workflows.deal_record import (
     DealSnapshot,
     EmailRecord,
     InterviewRecord,
+    Recorded,
     StageEventRecord,
     TaskRecord,
+    batch_since,
 )
+from workflows.models import Contact, DealStatus
 from workflows.stages import InquiryKind, Stage
 
 AT = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
@@ -185,6 +188,35 @@ async def test_text_longer_than_its_column_is_cut_not_refused(ledger: LedgerData
     assert deal["outcome_note"] == long_note[:1000]
     started = next(e for e in await rows(ledger, STAGE_EVENTS) if e["event_key"] == "ACME-1/0")
     assert started["note"] == long_note[:1000]
+
+
+@on_both_databases
+async def test_a_stage_change_keeps_its_source_event_id_and_older_histories_decode(
+    ledger: LedgerDatabase,
+) -> None:
+    """A deal's status from before stage changes kept the source's event id (no
+    ``event_id`` in its history) still decodes and records; a change with one keeps it."""
+    older = {
+        "deal_id": "ACME-1", "company": "Acme Robotics", "kind": "rfq",
+        "owner": "rep@seller.example", "currency": "EUR", "stage": "Quote Requested",
+        "value": "9000.00", "list_total": "9000.00", "floor_total": "8100.00",
+        "discount_percent": "0",
+        "history": [
+            {"at": AT.isoformat(), "stage": "Quote Requested", "signal": "", "source": "cli"},
+            {"at": (AT + timedelta(hours=2)).isoformat(), "stage": "Quote Requested",
+             "signal": "buyer_replied", "source": "mailbox"},
+        ],
+    }  # fmt: skip
+    status = DealStatus.model_validate(older)
+    assert [change.event_id for change in status.history] == ["", ""]
+    status.history[1].event_id = "<re-quote.1@acme.example>"
+    contacts = [Contact(name="Dana Buyer", email="dana@acme.example")]
+    batch = batch_since(status, contacts, AT + timedelta(hours=3), Recorded(), False)
+    assert [e.source_event_id for e in batch.events] == [None, "<re-quote.1@acme.example>"]
+
+    await DealRecords(ledger).record(batch)
+    stored = {e["event_key"]: e["source_event_id"] for e in await rows(ledger, STAGE_EVENTS)}
+    assert stored == {"ACME-1/e0": None, "ACME-1/e1": "<re-quote.1@acme.example>"}
 
 
 async def test_the_recording_activity_writes_its_batch(ledger: LedgerDatabase) -> None:

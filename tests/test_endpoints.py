@@ -19,7 +19,7 @@ from devstack import free_port
 from endpoints import running_endpoints, sign
 from ledger.suppression_list import SuppressionList
 from settings import Settings
-from tests.conftest import Deals, codec_data_converter, only, steps
+from tests.conftest import Deals, codec_data_converter, on_both_databases, only, steps
 from tests.test_inbound_signals import eventually
 from tests.test_lifecycle import deal_id, stage_is, status
 from workflows.stages import BuyerSignal, Stage
@@ -279,6 +279,58 @@ async def test_a_signal_the_stage_does_not_accept_is_refused_with_the_reason(sit
     answer = await post(site, event(deal, "delivered"))
     assert answer.status_code == 409
     assert "not accepted while the deal is 'Proposal Received'" in answer.json()["error"]
+
+
+async def stage_events(site: Site, deal: str, **where: Any) -> list[dict[str, Any]]:
+    """The deal's rows in the ledger's audit trail (those matching ``where``)."""
+    from sqlalchemy import select
+
+    from ledger.tables import STAGE_EVENTS
+
+    query = select(STAGE_EVENTS).where(
+        STAGE_EVENTS.c.deal_id == deal, *(STAGE_EVENTS.c[k] == v for k, v in where.items())
+    )
+    found = await site.suppressions.database.run(lambda c: list(c.execute(query).mappings()))
+    return [dict(row) for row in found]
+
+
+@on_both_databases
+async def test_an_order_from_the_webhook_keeps_its_event_id_in_the_ledger(site: Site) -> None:
+    deal, delivery = await proposal_deal(site.deals)
+    body = event(deal, delivery_date=delivery, event_id="erp-order-4711")
+    assert (await post(site, body)).status_code == 200
+    handle = site.deals.client.get_workflow_handle(f"deal-{deal}")
+    await eventually(handle, lambda s: s.stage is Stage.ORDER_CONFIRMED)
+    await site.deals.quiet()  # the recorder has handed the ledger what the deal did
+
+    [placed] = await stage_events(site, deal, signal=BuyerSignal.ORDER_PLACED.value)
+    assert placed["source_event_id"] == "erp-order-4711"
+    assert (placed["accepted"], placed["source"]) == (True, "webhook")
+    assert placed["to_stage"] == Stage.ORDER_PLACED.value
+    # The deal's own moves (the proposal and the confirmation going out) carry no id.
+    others = await stage_events(site, deal)
+    assert [e["source_event_id"] for e in others if e["event_key"] != placed["event_key"]] == [
+        None
+    ] * (len(others) - 1)
+
+
+@on_both_databases
+async def test_a_refused_webhook_event_is_kept_once_with_its_reason(site: Site) -> None:
+    """The ERP retries an event the deal refused (it got no 2xx): the audit trail holds
+    the refusal and why, once."""
+    deal, _ = await proposal_deal(site.deals)
+    body = event(deal, "delivered", event_id="erp-early-delivery-9")
+    first = await post(site, body)
+    retried = await post(site, body)
+    assert first.status_code == retried.status_code == 409
+    assert first.json() == retried.json()
+
+    [kept] = await stage_events(site, deal, accepted=False)
+    assert (kept["signal"], kept["source"]) == (BuyerSignal.DELIVERED.value, "webhook")
+    assert kept["source_event_id"] == "erp-early-delivery-9"
+    assert "not accepted while the deal is 'Proposal Received'" in kept["refusal"]
+    assert kept["refusal"] in first.json()["error"]
+    assert (kept["from_stage"], kept["to_stage"]) == (None, None)
 
 
 async def test_an_unknown_deal_is_not_found(site: Site) -> None:

@@ -547,6 +547,7 @@ class DealWorkflow:
                 signal=signal,
                 source=payload.source,
                 note=payload.note,
+                event_id=payload.event_id,
             )
         )
         self.touches = 0
@@ -647,6 +648,7 @@ class DealWorkflow:
                 signal=str(signal),
                 source=payload.source,
                 note=payload.note,
+                event_id=payload.event_id,
             )
         )
         self._changed()

@@ -196,6 +196,7 @@ def _events(status: DealStatus, start: int) -> list[StageEventRecord]:
             to_stage=change.stage,
             source=change.source,
             note=change.note,
+            source_event_id=change.event_id or None,
         )
         for n, change in enumerate(history)
         if n >= start

@@ -295,6 +295,9 @@ class StageChange(Model):
     signal: str = ""
     source: str = ""
     note: str = ""
+    # The source's id of the event (an inbound Message-ID, a webhook event id), so the
+    # ledger's audit trail can be matched to the mailbox or the ERP; empty for ops and timers.
+    event_id: str = ""
 
 
 # "sending": in flight (see DealStatus.sending_problems for why one is late).
