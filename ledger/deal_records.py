@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, String, Table, delete, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ledger import deal_facts
 from ledger.addresses import address_key
 from ledger.database import LedgerDatabase
 from ledger.tables import (
@@ -151,6 +152,8 @@ class DealRecords:
             )
         if batch.interview is not None:
             self._write_interview(connection, batch)
+        if batch.events or batch.emails:
+            deal_facts.refresh(connection, [deal_id])
 
     def _write_deal(self, connection: Connection, batch: DealRecordBatch) -> None:
         row = _fitted(DEALS, batch.deal.model_dump(mode="python"))

@@ -3,24 +3,25 @@ which forgets a closed deal after its retention).
 
 This module is the one place with the reports' SQL: the CLI (``starter.py report``,
 ``export``) and the managers' dashboard call these functions and hold no SQL of their own.
-Counting, grouping and durations run in the database; medians and 90th percentiles are
-taken from one ordered query's durations (SQLite has no percentile function).
+Counting, grouping and durations run in the database; on SQLite, which has no percentile
+function, medians and 90th percentiles are taken from one ordered query's durations.
+Reports over every deal read the facts the writer keeps beside the events
+(``ledger.deal_facts``: stages reached, stays, follow-ups), so they count rows a deal or
+a stay rather than sorting every event.
 
-Definitions (docs/ledger.md repeats them for BI users):
+Definitions (docs/ledger.md repeats them for BI users; ``ledger.deal_facts`` says when a
+deal reached a stage, what a stay and a touch are):
 
-- A deal *reached* a stage when one of its stage events has that stage as ``to_stage``.
 - Funnel ``to_next``: of the deals that reached a stage and are no longer in it, the share
   that reached a later stage of the path (``FUNNEL_STAGES`` order). ``to_won``: of the
   closed deals that reached it, the share Won. The forecast weighs open value by the
   latter, so a stage's rate rests only on deals whose ending is known.
-- Time in a stage: from the event that moved a deal into it to the one that moved it on;
-  a deal still in the stage has no finished stay and is not counted.
+- Time in a stage: a finished stay's length; a deal still in the stage is not counted.
 - Cycle: a Won deal's ``created_at`` (its inquiry) to its ``closed_at``.
 - Win rate: Won / (Won + Lost + No Response); Disqualified, Cancelled and Opted Out deals
   were never winnable and count in neither.
-- A *touch* is a sent follow-up email; its number counts the follow-ups since the deal
-  last changed stage. A touch was answered when the buyer responded (``REPLY_SIGNALS``)
-  after it and before the next touch, at the latest with the next stage change.
+- Follow-ups: of the touches with a number, the share answered; no response: of the
+  deals that left a stage, the share that left it for No Response.
 - Percentiles are nearest-rank: the p-th of n sorted values is the ceil(p*n)-th; the
   median of an even count is the mean of the middle two. Durations are to the millisecond.
 """
@@ -42,7 +43,6 @@ from sqlalchemy import (
     Integer,
     Numeric,
     Select,
-    and_,
     case,
     cast,
     distinct,
@@ -50,13 +50,19 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    union_all,
 )
 
 from ledger.database import LedgerDatabase
-from ledger.tables import DEAL_EMAILS, DEALS, INTERVIEW_REASONS, INTERVIEWS, STAGE_EVENTS
-from workflows.outbound import FOLLOW_UPS
-from workflows.stages import TERMINAL_STAGES, BuyerSignal, Stage
+from ledger.deal_facts import FUNNEL_STAGES, STAGE_BITS
+from ledger.tables import (
+    DEAL_STAYS,
+    DEALS,
+    FOLLOW_UP_TOUCHES,
+    INTERVIEW_REASONS,
+    INTERVIEWS,
+    STAGE_EVENTS,
+)
+from workflows.stages import TERMINAL_STAGES, Stage
 
 __all__ = [
     "FUNNEL_STAGES",
@@ -99,29 +105,8 @@ T = TypeVar("T")
 # A rate resting on fewer deals than this is "not enough data" (DEALFLOW_REPORT_MIN_DEALS).
 MIN_DEALS = 10
 
-# The buyer's path in order: every open stage, then Won (the other endings leave the path).
-FUNNEL_STAGES: tuple[Stage, ...] = (
-    *(stage for stage in Stage if stage not in TERMINAL_STAGES),
-    Stage.WON,
-)
 # The endings a win rate weighs: deals that could have been won.
 DECIDED = (Stage.WON, Stage.LOST, Stage.NO_RESPONSE)
-# Signals that mean the buyer answered (an out-of-office or an opt-out is no answer).
-REPLY_SIGNALS: tuple[str, ...] = tuple(
-    signal.value
-    for signal in (
-        BuyerSignal.BUYER_REPLIED,
-        BuyerSignal.REQUIREMENTS_CLARIFIED,
-        BuyerSignal.DECLINED_TO_TALK,
-        BuyerSignal.DISCOUNT_REQUESTED,
-        BuyerSignal.PRICE_AGREED,
-        BuyerSignal.NEXT_STEP_AGREED,
-        BuyerSignal.ORDER_PLACED,
-        BuyerSignal.LOST,
-        BuyerSignal.INTERVIEW_RECORDED,
-    )
-)
-FOLLOW_UP_TEMPLATES: tuple[str, ...] = tuple(f.template for f in FOLLOW_UPS.values())
 # An export reads this many deals (and their events) a transaction.
 EXPORT_PAGE = 2000
 # How many of the latest interview quotes the win-loss findings show.
@@ -366,18 +351,6 @@ def _money(cents: int | None, count: int = 1) -> Decimal:
     return (Decimal(cents or 0) / count / 100).quantize(CENT, rounding=ROUND_HALF_UP)
 
 
-def _moves() -> ColumnElement[bool]:
-    """A stage event that changed the stage (the opening one too)."""
-    return and_(
-        STAGE_EVENTS.c.accepted.is_(True),
-        STAGE_EVENTS.c.to_stage.is_not(None),
-        or_(
-            STAGE_EVENTS.c.from_stage.is_(None),
-            STAGE_EVENTS.c.from_stage != STAGE_EVENTS.c.to_stage,
-        ),
-    )
-
-
 def _event_order() -> list[Any]:
     """A deal's events in the order they happened: by instant, then by the deal's own
     numbering (``<deal>/e9`` before ``<deal>/e10``: the shorter key first)."""
@@ -402,55 +375,47 @@ async def _run(db: LedgerDatabase, work: Callable[[Connection], T]) -> T:
 
 
 def _funnel_rows(connection: Connection, f: ReportFilter, min_deals: int) -> Funnel:
-    order = {stage.value: number for number, stage in enumerate(FUNNEL_STAGES)}
-    # One row a deal (one pass over its events, in the index's order): which stages of
-    # the path it reached, and the furthest.
-    marks = [
-        func.max(case((STAGE_EVENTS.c.to_stage == stage.value, 1), else_=0)).label(f"r{n}")
-        for n, stage in enumerate(FUNNEL_STAGES)
-    ]
-    per_deal = (
+    # The deals grouped by what the funnel asks of each (the stages it reached, the
+    # furthest, where it is, how it ended): a few hundred groups, counted here.
+    query = (
         select(
-            STAGE_EVENTS.c.deal_id,
-            func.max(case(order, value=STAGE_EVENTS.c.to_stage)).label("furthest"),
-            *marks,
+            DEALS.c.stages_reached,
+            DEALS.c.furthest_stage,
+            DEALS.c.stage,
+            DEALS.c.outcome,
+            func.count(),
         )
-        .where(
-            STAGE_EVENTS.c.accepted.is_(True),
-            STAGE_EVENTS.c.to_stage.in_(list(order)),
-            *_only(STAGE_EVENTS.c.deal_id, f),
-        )
-        .group_by(STAGE_EVENTS.c.deal_id)
-        .subquery("per_deal")
+        .where(*_where(f))
+        .group_by(DEALS.c.stages_reached, DEALS.c.furthest_stage, DEALS.c.stage, DEALS.c.outcome)
     )
-    columns = []
-    for n, stage in enumerate(FUNNEL_STAGES):
-        here = per_deal.c[f"r{n}"] == 1
-        left = and_(here, DEALS.c.stage != stage.value)
-        columns += [
-            func.count().filter(here),
-            func.count().filter(left),
-            func.count().filter(left, per_deal.c.furthest > n),
-            func.count().filter(here, DEALS.c.outcome.is_not(None)),
-            func.count().filter(here, DEALS.c.outcome == Stage.WON.value),
-        ]
-    query = select(*columns).select_from(
-        per_deal.join(DEALS, DEALS.c.deal_id == per_deal.c.deal_id)
-    )
-    counts = [int(value or 0) for value in connection.execute(query).one()]
-    total = connection.execute(select(func.count()).select_from(DEALS).where(*_where(f))).scalar()
-    rows = []
-    for n, stage in enumerate(FUNNEL_STAGES):
-        reached, left, went, closed, won = counts[5 * n : 5 * n + 5]
-        rows.append(
-            FunnelRow(
-                stage=stage.value,
-                reached=reached,
-                to_next=_rate(went, left, min_deals),
-                to_won=_rate(won, closed, min_deals),
-            )
+    place = {stage.value: number for number, stage in enumerate(FUNNEL_STAGES)}
+    counts = [[0] * 5 for _ in FUNNEL_STAGES]  # reached, left, went on, closed, won
+    total = 0
+    for bits, furthest, now, outcome, many in connection.execute(query):
+        total += many
+        for n, stage in enumerate(FUNNEL_STAGES):
+            if not bits & STAGE_BITS[stage]:
+                continue
+            row = counts[n]
+            row[0] += many
+            if now != stage.value:
+                row[1] += many
+                if place.get(furthest, -1) > n:
+                    row[2] += many
+            if outcome is not None:
+                row[3] += many
+                if outcome == Stage.WON.value:
+                    row[4] += many
+    rows = [
+        FunnelRow(
+            stage=stage.value,
+            reached=reached,
+            to_next=_rate(went, left, min_deals),
+            to_won=_rate(won, closed, min_deals),
         )
-    return Funnel(deals=int(total or 0), rows=rows)
+        for stage, (reached, left, went, closed, won) in zip(FUNNEL_STAGES, counts, strict=True)
+    ]
+    return Funnel(deals=total, rows=rows)
 
 
 async def funnel(db: LedgerDatabase, f: ReportFilter, *, min_deals: int = MIN_DEALS) -> Funnel:
@@ -492,20 +457,13 @@ def _spreads(connection: Connection, durations: Select[Any]) -> dict[Any, Spread
 
 def _stays(connection: Connection, f: ReportFilter) -> Select[Any]:
     """Every finished stay in a stage: (key: the stage, seconds)."""
-    moves = (
-        select(
-            STAGE_EVENTS.c.to_stage.label("stage"),
-            STAGE_EVENTS.c.at.label("entered"),
-            func.lead(STAGE_EVENTS.c.at)
-            .over(partition_by=STAGE_EVENTS.c.deal_id, order_by=_event_order())
-            .label("left"),
-        )
-        .where(_moves(), *_only(STAGE_EVENTS.c.deal_id, f))
-        .subquery("moves")
-    )
-    seconds = _seconds(connection, moves.c.entered, moves.c.left)
-    return select(moves.c.stage.label("key"), seconds.label("seconds")).where(
-        moves.c.left.is_not(None)
+    milliseconds = DEAL_STAYS.c.milliseconds
+    if connection.dialect.name == "sqlite":
+        seconds: Any = milliseconds / 1000.0
+    else:
+        seconds = cast(milliseconds, Numeric) / 1000
+    return select(DEAL_STAYS.c.stage.label("key"), seconds.label("seconds")).where(
+        DEAL_STAYS.c.left_at.is_not(None), *_only(DEAL_STAYS.c.deal_id, f)
     )
 
 
@@ -654,108 +612,29 @@ async def forecast(
     return await _run(db, lambda c: _forecast(c, f, min_deals))
 
 
-def _answered_touches(f: ReportFilter) -> Select[Any]:
-    """Every sent follow-up of the filtered deals: (touch number, answered 1/0).
-
-    One pass over each deal's timeline (its stage changes, its buyer's answers and its
-    follow-ups, in order; at one instant events come before emails, and an answer
-    before a change):
-    the follow-ups cut the timeline into segments, each opened by one touch. A touch was
-    answered when its segment holds an answer with no stage change between the two (the
-    answer may be the change itself). Its number counts the touches since the deal's
-    last stage change.
-    """
-    is_move = case((_moves(), 1), else_=0)
-    is_reply = case(
-        (and_(STAGE_EVENTS.c.accepted.is_(True), STAGE_EVENTS.c.signal.in_(REPLY_SIGNALS)), 1),
-        else_=0,
-    )
-    events = select(
-        STAGE_EVENTS.c.deal_id,
-        STAGE_EVENTS.c.at,
-        literal(0).label("kind"),
-        is_move.label("is_move"),
-        is_reply.label("is_reply"),
-        literal(0).label("is_touch"),
-    ).where(
-        STAGE_EVENTS.c.accepted.is_(True),
-        or_(_moves(), STAGE_EVENTS.c.signal.in_(REPLY_SIGNALS)),
-        *_only(STAGE_EVENTS.c.deal_id, f),
-    )
-    emails = select(
-        DEAL_EMAILS.c.deal_id,
-        DEAL_EMAILS.c.at,
-        literal(1).label("kind"),
-        literal(0).label("is_move"),
-        literal(0).label("is_reply"),
-        literal(1).label("is_touch"),
-    ).where(
-        DEAL_EMAILS.c.template.in_(FOLLOW_UP_TEMPLATES),
-        DEAL_EMAILS.c.outcome == "sent",
-        *_only(DEAL_EMAILS.c.deal_id, f),
-    )
-    timeline = union_all(events, emails).subquery("timeline")
-    # Rows this order leaves tied change nothing: two touches, two answers or two
-    # changes at one instant count the same whichever comes first.
-    in_order = [timeline.c.at, timeline.c.kind, timeline.c.is_reply.desc()]
-    so_far = {"partition_by": timeline.c.deal_id, "order_by": in_order, "rows": (None, 0)}
-    counted = select(
-        timeline.c.deal_id,
-        timeline.c.is_move,
-        timeline.c.is_reply,
-        func.row_number().over(partition_by=timeline.c.deal_id, order_by=in_order).label("pos"),
-        func.sum(timeline.c.is_touch).over(**so_far).label("segment"),
-        func.sum(timeline.c.is_move).over(**so_far).label("moves"),
-    ).subquery("counted")
-    # A segment opens with its touch, so its least count of changes is the touch's; the
-    # touch was answered when the segment's first answer comes no later than its first
-    # change (the answer may be the change).
-    first_reply = func.min(case((counted.c.is_reply == 1, counted.c.pos)))
-    first_move = func.min(case((counted.c.is_move == 1, counted.c.pos)))
-    answered = case(
-        (and_(first_reply.is_not(None), or_(first_move.is_(None), first_reply <= first_move)), 1),
-        else_=0,
-    )
-    touches = (
-        select(
-            counted.c.deal_id,
-            counted.c.segment,
-            func.min(counted.c.moves).label("stint"),
-            answered.label("answered"),
-        )
-        .where(counted.c.segment > 0)
-        .group_by(counted.c.deal_id, counted.c.segment)
-        .subquery("touches")
-    )
-    return select(
-        func.row_number()
-        .over(partition_by=[touches.c.deal_id, touches.c.stint], order_by=touches.c.segment)
-        .label("touch"),
-        touches.c.answered,
-    )
-
-
 def _follow_ups(connection: Connection, f: ReportFilter, min_deals: int) -> FollowUps:
-    touches = _answered_touches(f).subquery("numbered")
+    answered = case((FOLLOW_UP_TOUCHES.c.answered.is_(True), 1), else_=0)
     query = (
-        select(touches.c.touch, func.count(), func.sum(touches.c.answered))
-        .group_by(touches.c.touch)
-        .order_by(touches.c.touch)
+        select(FOLLOW_UP_TOUCHES.c.touch, func.count(), func.sum(answered))
+        .where(*_only(FOLLOW_UP_TOUCHES.c.deal_id, f))
+        .group_by(FOLLOW_UP_TOUCHES.c.touch)
+        .order_by(FOLLOW_UP_TOUCHES.c.touch)
     )
     replies = [
         TouchReplies(touch=int(touch), replies=_rate(int(yes), int(sent), min_deals))
         for touch, sent, yes in connection.execute(query)
     ]
+    # A stay that ended is the deal leaving that stage; where to, its next stage says.
     left = (
         select(
-            STAGE_EVENTS.c.from_stage.label("stage"),
-            func.count(distinct(STAGE_EVENTS.c.deal_id)).label("left"),
-            func.count(distinct(STAGE_EVENTS.c.deal_id))
-            .filter(STAGE_EVENTS.c.to_stage == Stage.NO_RESPONSE.value)
+            DEAL_STAYS.c.stage,
+            func.count(distinct(DEAL_STAYS.c.deal_id)).label("left"),
+            func.count(distinct(DEAL_STAYS.c.deal_id))
+            .filter(DEAL_STAYS.c.next_stage == Stage.NO_RESPONSE.value)
             .label("no_response"),
         )
-        .where(_moves(), *_only(STAGE_EVENTS.c.deal_id, f))
-        .group_by(STAGE_EVENTS.c.from_stage)
+        .where(DEAL_STAYS.c.left_at.is_not(None), *_only(DEAL_STAYS.c.deal_id, f))
+        .group_by(DEAL_STAYS.c.stage)
     )
     found = {row.stage: row for row in connection.execute(left)}
     no_response = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -114,6 +115,10 @@ DEALS = Table(
     # When the deal plans its next touch; None when nothing is planned (a stale sign).
     Column("next_touch_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Facts of the deal's events (``ledger.deal_facts``): a bit a stage it reached, and
+    # the furthest stage of the path, so the funnel counts deals instead of events.
+    Column("stages_reached", Integer, nullable=False, server_default="0"),
+    Column("furthest_stage", String(32)),
     Index("ix_deals_created_at", "created_at"),
     Index("ix_deals_closed_at", "closed_at"),
     Index("ix_deals_owner", "owner"),
@@ -202,4 +207,35 @@ INTERVIEW_REASONS = Table(
     METADATA,
     Column("deal_id", String(64), primary_key=True),
     Column("code", String(32), primary_key=True),
+)
+
+
+# --- Facts of the deal records (``ledger.deal_facts``), recomputed per deal as it writes,
+# so that reports over every deal are grouped counts rather than a sort of every event ---
+
+# Every stay of a deal in a stage: from the move into it to the next move (None while the
+# deal is still there).
+DEAL_STAYS = Table(
+    "deal_stays",
+    METADATA,
+    Column("deal_id", String(64), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("stage", String(32), nullable=False),
+    Column("entered_at", DateTime(timezone=True), nullable=False),
+    Column("left_at", DateTime(timezone=True)),
+    Column("next_stage", String(32)),
+    Column("milliseconds", BigInteger),
+)
+
+# Every sent follow-up: its number since the deal last changed stage, and whether the
+# buyer answered it.
+FOLLOW_UP_TOUCHES = Table(
+    "follow_up_touches",
+    METADATA,
+    Column("deal_id", String(64), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("message_id", String(998), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("touch", Integer, nullable=False),
+    Column("answered", Boolean, nullable=False),
 )

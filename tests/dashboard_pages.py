@@ -4,31 +4,17 @@ history, and what the page should show for it, from the report functions themsel
 from __future__ import annotations
 
 from html.parser import HTMLParser
-from typing import Any
-
-from sqlalchemy import insert
 
 from dashboard import figures
 from ledger import reports
 from ledger.database import LedgerDatabase
 from ledger.reports import ReportFilter
-from ledger.tables import DEAL_EMAILS, DEALS, INTERVIEW_REASONS, INTERVIEWS, STAGE_EVENTS
-from tests.report_history import GeneratedHistory
+from tests.report_history import GeneratedHistory, store
 
 
 async def seed(db: LedgerDatabase, history: GeneratedHistory) -> None:
     """The history's rows, straight into the ledger's deal tables."""
-
-    def work(connection: Any) -> None:
-        connection.execute(insert(DEALS), [deal.row for deal in history.deals])
-        connection.execute(insert(STAGE_EVENTS), history.events)
-        connection.execute(insert(DEAL_EMAILS), history.emails)
-        if history.interviews:
-            connection.execute(insert(INTERVIEWS), history.interviews)
-        if history.reasons:
-            connection.execute(insert(INTERVIEW_REASONS), history.reasons)
-
-    await db.run(work, write=True)
+    await db.run(lambda connection: store(connection, history), write=True)
 
 
 class _Figures(HTMLParser):

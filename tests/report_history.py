@@ -15,6 +15,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import Connection, insert
+
+from ledger import deal_facts
+from ledger.tables import DEAL_EMAILS, DEALS, INTERVIEW_REASONS, INTERVIEWS, STAGE_EVENTS
 from workflows.stages import Stage
 
 START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -290,3 +294,16 @@ def _interview(rng: random.Random, deal: _Deal, generated: GeneratedDeal, outcom
     generated.reasons = reasons
     deal.history.interviews.append(interview)
     deal.history.reasons.extend({"deal_id": deal.deal_id, "code": code} for code in reasons)
+
+
+def store(connection: Connection, history: GeneratedHistory) -> None:
+    """The history's rows, straight into the ledger's deal tables, and the facts the
+    writer would have kept of them (``ledger.deal_facts``)."""
+    connection.execute(insert(DEALS), [deal.row for deal in history.deals])
+    connection.execute(insert(STAGE_EVENTS), history.events)
+    connection.execute(insert(DEAL_EMAILS), history.emails)
+    if history.interviews:
+        connection.execute(insert(INTERVIEWS), history.interviews)
+    if history.reasons:
+        connection.execute(insert(INTERVIEW_REASONS), history.reasons)
+    deal_facts.refresh_all(connection)

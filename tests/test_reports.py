@@ -17,14 +17,22 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import pytest
+from alembic import command
 from sqlalchemy import insert
 
-from ledger import reports
+from ledger import reports, schema
 from ledger.database import LedgerDatabase
 from ledger.reports import ReportFilter
-from ledger.tables import DEAL_EMAILS, DEALS, INTERVIEW_REASONS, INTERVIEWS, STAGE_EVENTS
+from ledger.tables import DEAL_EMAILS, DEALS, STAGE_EVENTS
 from tests.conftest import on_both_databases
-from tests.report_history import OWNERS, START, GeneratedDeal, GeneratedHistory, generate
+from tests.report_history import (
+    OWNERS,
+    START,
+    GeneratedDeal,
+    GeneratedHistory,
+    generate,
+    store,
+)
 from workflows.stages import TERMINAL_STAGES, Stage
 
 HISTORY = generate(400)
@@ -53,14 +61,7 @@ def chosen(f: ReportFilter) -> list[GeneratedDeal]:
 
 
 async def write(db: LedgerDatabase, history: GeneratedHistory) -> None:
-    def work(connection: Any) -> None:
-        connection.execute(insert(DEALS), [deal.row for deal in history.deals])
-        connection.execute(insert(STAGE_EVENTS), history.events)
-        connection.execute(insert(DEAL_EMAILS), history.emails)
-        connection.execute(insert(INTERVIEWS), history.interviews)
-        connection.execute(insert(INTERVIEW_REASONS), history.reasons)
-
-    await db.run(work, write=True)
+    await db.run(lambda connection: store(connection, history), write=True)
 
 
 @pytest.fixture
@@ -358,3 +359,30 @@ async def test_exports_read_page_by_page_lose_and_double_nothing(ledger: LedgerD
     found = [event async for page in reports.stage_event_pages(ledger, f, size=7) for event in page]
     assert [event.event_key for event in found] == expected
     assert all(event.at.tzinfo is not None for event in found)
+
+
+@on_both_databases
+async def test_upgrading_a_ledger_fills_the_facts_of_the_deals_it_holds(ledger_url: str) -> None:
+    """Deals recorded before the report facts existed count as soon as the ledger is
+    migrated: the migration computes their stages reached, stays and follow-ups."""
+    database = LedgerDatabase(ledger_url)
+
+    def recorded_before_the_facts(connection: Any) -> None:
+        command.downgrade(schema._config(connection), "0007")
+        connection.execute(insert(DEALS), [deal.row for deal in HISTORY.deals])
+        connection.execute(insert(STAGE_EVENTS), HISTORY.events)
+        connection.execute(insert(DEAL_EMAILS), HISTORY.emails)
+
+    try:
+        await database.run(recorded_before_the_facts, write=True)
+        await database.run(lambda c: command.upgrade(schema._config(c), "head"), write=True)
+        picked = HISTORY.deals
+        assert (await reports.funnel(database, ReportFilter())) == expected_funnel(picked)
+        for time in await reports.stage_times(database, ReportFilter()):
+            stays = [length for d in picked for stage, length in d.stays if stage == time.stage]
+            assert (time.deals, time.median, time.p90) == (len(stays), *spread(stays))
+        replies = (await reports.follow_up_effectiveness(database, ReportFilter())).replies
+        sent = Counter(touch.number for d in picked for touch in d.touches)
+        assert [(r.touch, r.replies.deals) for r in replies] == sorted(sent.items())
+    finally:
+        await database.dispose()
