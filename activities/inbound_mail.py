@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from datetime import date
 from email import policy
 from email.header import decode_header, make_header
-from email.message import Message
+from email.message import EmailMessage, Message
 from email.parser import BytesParser, HeaderParser
 from email.utils import getaddresses, parsedate_to_datetime
 from enum import StrEnum
@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from activities.signed_tokens import BadToken, TokenSigner, is_ledger_token
 
 __all__ = [
+    "MAX_PARTS",
     "DealMatch",
     "InboundKind",
     "InboundMail",
@@ -88,6 +89,9 @@ class DealMatch(BaseModel):
     # and for an unsubscribe who opted out, are what its row says (the mailbox reader asks).
     unsubscribe_token_id: str = ""
     reply_token_id: str = ""
+    # A bounce of one of our emails (its own id, opened): it acts only once the ledger
+    # says the failed address was a recipient of that email (the mailbox reader asks).
+    bounced_message_id: str = ""
 
 
 # --- our own identifiers ---
@@ -107,6 +111,10 @@ _ADDRESS_IN_TEXT = re.compile(
 _MAX_TEXT = 100_000
 _MAX_DIAGNOSTIC = 20_000
 _MAX_AUTO_REPLY_TEXT = 5_000
+# Parts a message may have, itself included; one with more is quarantined unread. Replies,
+# notices and bounces have a few, a reply with its attachments and inline images a few
+# dozen; 100 parts cost well under a second to read.
+MAX_PARTS = 100
 
 
 def deal_of_message_id(message_id: str, domains: Iterable[str]) -> str | None:
@@ -676,11 +684,37 @@ def _message_date(msg: Message) -> date | None:
         return None
 
 
+class TooManyParts(Exception):
+    """The message has more than ``MAX_PARTS`` MIME parts: it is not read further."""
+
+
+class _CountedParts:
+    """Makes the parser's message objects, and stops the parse at part ``MAX_PARTS + 1``:
+    each part costs the parser and every rule here a few header parses, so a 256 KiB
+    message of 37,000 empty parts took seconds to read."""
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    def __call__(self, **options: object) -> EmailMessage:
+        self.made += 1
+        if self.made > MAX_PARTS:
+            raise TooManyParts(f"more than {MAX_PARTS} MIME parts")
+        return EmailMessage(**options)  # type: ignore[arg-type]
+
+
+def _parse_counted(raw: bytes) -> Message:
+    counted = policy.default.clone(message_factory=_CountedParts())
+    return BytesParser(policy=counted).parsebytes(raw)
+
+
 def _parse(raw: bytes) -> Message:
     try:
-        return BytesParser(policy=policy.default).parsebytes(raw)
+        return _parse_counted(raw)
+    except TooManyParts:
+        raise
     except Exception:  # the parser is lenient; this is for the inputs it still chokes on
-        return BytesParser(policy=policy.default).parsebytes(b"\r\n" + raw)
+        return _parse_counted(b"\r\n" + raw)
 
 
 def read_inbound(
@@ -699,11 +733,22 @@ def read_inbound(
         today: the day a year-less return date is counted from; default the Date header's.
 
     Checks, first match wins: own message, unsubscribe request, bounce, auto-reply, list
-    mail, then human reply (threading headers or a reply address) or unrelated.
+    mail, then human reply (threading headers or a reply address) or unrelated. A message
+    of more than ``MAX_PARTS`` MIME parts is quarantined unread.
     """
     own = {address.strip().lower() for address in own_addresses if "@" in address}
     try:
         return _read(_parse(raw), raw, own, (unsubscribe_address or "").strip().lower(), today)
+    except TooManyParts as error:
+        return InboundMail(
+            message_id=_fallback_id(raw),
+            sender="",
+            recipients=[],
+            subject="",
+            kind=InboundKind.QUARANTINED,
+            why=str(error),
+            references=[],
+        )
     except Exception as error:  # a classification bug must not stop the mailbox poller
         return InboundMail(
             message_id=_fallback_id(raw),
@@ -809,17 +854,21 @@ _TOKEN_LIKE = re.compile(r"\+(?:[^@]*\.[0-9a-f]{10}|r[a-z2-7]{32})@", re.IGNOREC
 def match_deal(mail: InboundMail, domains: Iterable[str], signer: TokenSigner) -> DealMatch:
     """The deal ``mail`` belongs to, by evidence we issued ourselves; never by subject.
 
-    Order: a bounce's original Message-ID; In-Reply-To; References, newest first (each must
-    be a Message-ID we sealed, on one of ``domains``); a signed reply token in a recipient
-    address. An unsubscribe request is matched by its signed token alone, since that token
-    names the deal and address the buyer opts out of. Own messages and list mail never
-    match.
+    Order: In-Reply-To; References, newest first (each must be a Message-ID we sealed, on
+    one of ``domains``); a signed reply token in a recipient address. An unsubscribe
+    request is matched by its signed token alone, since that token names the deal and
+    address the buyer opts out of; a bounce by the message it returns alone
+    (``_bounced``). Own messages and list mail never match.
     """
     domains = [domain.lower() for domain in domains]
     if mail.kind is InboundKind.OWN_MESSAGE:
         return DealMatch(deal_id=None, reason=f"own message ({mail.why})")
     if mail.kind is InboundKind.LIST_MAIL:
         return DealMatch(deal_id=None, reason=f"list or bulk mail ({mail.why})")
+    if mail.kind is InboundKind.QUARANTINED:
+        return DealMatch(deal_id=None, reason=f"quarantined ({mail.why})")
+    if mail.kind is InboundKind.BOUNCE:
+        return _bounced(mail, domains, signer)
     if mail.kind is InboundKind.UNSUBSCRIBE:
         if not mail.unsubscribe_token:
             return DealMatch(deal_id=None, reason="unsubscribe request without a token")
@@ -843,16 +892,6 @@ def match_deal(mail: InboundMail, domains: Iterable[str], signer: TokenSigner) -
         opened = signer.open_message_id(message_id)
         return deal_of_message_id(opened, domains) if opened else None
 
-    if mail.kind is InboundKind.BOUNCE:
-        original = mail.original_message_id
-        deal_id = ours(original) if original else None
-        if deal_id:
-            return DealMatch(deal_id=deal_id, how="bounced message")
-        reasons.append(
-            f"bounced {original}, not a message we sent"
-            if original
-            else "the bounce does not name the bounced message"
-        )
     if mail.in_reply_to:
         deal_id = ours(mail.in_reply_to)
         if deal_id:
@@ -883,3 +922,35 @@ def match_deal(mail: InboundMail, domains: Iterable[str], signer: TokenSigner) -
     if not reasons:
         reasons.append("no In-Reply-To, References or reply token")
     return DealMatch(deal_id=None, reason="; ".join(reasons))
+
+
+def _bounced(mail: InboundMail, domains: list[str], signer: TokenSigner) -> DealMatch:
+    """A bounce names no deal by itself: at most the email of ours it returns.
+
+    Only the returned original's Message-ID counts (the message/rfc822 or
+    text/rfc822-headers part, or the copy a non-standard bounce quotes), never the
+    bounce's own In-Reply-To, References or the Reply-To token it was sent to: those say
+    what a message answers, and every buyer email and every forward shows them. Even the
+    original's id is no proof on its own, since a sealed id is not secret (every
+    recipient holds it). So a bounce that returns one of our emails is only a candidate:
+    the mailbox reader lets it act (suppress, tell the deal) only if the ledger says the
+    failed address was a recipient of that very email. A forger then cannot name anyone
+    we did not mail, and without our sealed id cannot name anyone at all.
+    """
+    original = mail.original_message_id
+    opened = signer.open_message_id(original) if original else None
+    if opened is None or deal_of_message_id(opened, domains) is None:
+        reason = (
+            f"bounced {original}, not a message we sent"
+            if original
+            else "the bounce does not return a message of ours"
+        )
+        return DealMatch(deal_id=None, reason=reason)
+    if not mail.failed_recipient:
+        return DealMatch(deal_id=None, reason="the bounce names no failed recipient")
+    return DealMatch(
+        deal_id=None,
+        how="bounced message",
+        reason="the bounced email's recipients for the ledger to check",
+        bounced_message_id=opened,
+    )

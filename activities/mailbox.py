@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import re
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from activities.inbound_mail import InboundKind, match_deal, read_inbound
 from activities.signed_tokens import BadToken, TokenSigner
 
 if TYPE_CHECKING:
+    from ledger.email_tokens import TokenBook
     from ledger.suppression_list import SuppressionList
 
 READ_MAILBOX = "read_mailbox"
@@ -50,6 +52,14 @@ LIMITS = {
     "failed_recipient": 320, "bounce_status": 20, "snippet": 500, "returns_on": 10,
 }  # fmt: skip
 MAX_ADDRESSES = 50
+# A batch stops reading once it has spent BATCH_SECONDS or holds BATCH_BYTES of entries,
+# and returns what it has, the cursor after the last message it finished: far inside the
+# read's 5-minute timeout and Temporal's 2 MB payload limit, whatever the mailbox holds
+# (200 worst-case entries made 1.8 MB). A message's own work is bounded (MAX_FETCH bytes,
+# ``inbound_mail.MAX_PARTS``), so one message overshoots a budget by little, and the
+# first message is always read, so every batch moves the cursor.
+BATCH_SECONDS = 60.0
+BATCH_BYTES = 512 * 1024
 _DEAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
@@ -90,6 +100,9 @@ class InboxEntry(BaseModel):
     unsubscribe_token_id: str = Field(default="", exclude=True)
     reply_token_id: str = Field(default="", exclude=True)
     unsubscribe_address_key: str = Field(default="", exclude=True)
+    # A bounce's returned email (our own id): it acts once the ledger says the failed
+    # address was a recipient of that email.
+    bounced_message_id: str = Field(default="", exclude=True)
 
 
 class MailboxTrouble(BaseModel):
@@ -174,6 +187,8 @@ class MailboxReader:
         domains: Sequence[str],
         batch_size: int = 200,
         suppressions: SuppressionList | None = None,
+        batch_seconds: float = BATCH_SECONDS,
+        batch_bytes: int = BATCH_BYTES,
     ) -> None:
         self.endpoint = endpoint
         self.signer = signer
@@ -182,6 +197,8 @@ class MailboxReader:
         self.domains = list(domains)
         self.batch_size = batch_size
         self.suppressions = suppressions
+        self.batch_seconds = batch_seconds
+        self.batch_bytes = batch_bytes
 
     async def _open(self) -> tuple[aioimaplib.IMAP4, int]:
         e = self.endpoint
@@ -225,14 +242,22 @@ class MailboxReader:
             raise
 
     async def _read_batch(self, cursor: MailboxCursor) -> MailboxBatch:
+        started = time.monotonic()
         imap, uid_validity = await self._connected()
+        entries: list[InboxEntry] = []
         try:
             rescanned = uid_validity != cursor.uid_validity
             after = 0 if rescanned else cursor.last_uid
             uids = await self._uids_after(imap, after)
             chosen = uids[: self.batch_size]
             sizes = await self._sizes(imap, chosen)
-            entries = [await self._read(imap, uid, sizes.get(uid, 0)) for uid in chosen]
+            held = 0
+            for uid in chosen:
+                spent = time.monotonic() - started
+                if entries and (spent >= self.batch_seconds or held >= self.batch_bytes):
+                    break  # the rest is read by the next batch, at once (``more``)
+                entries.append(await self._read(imap, uid, sizes.get(uid, 0)))
+                held += len(entries[-1].model_dump_json())
         except (OSError, TimeoutError, aioimaplib.Abort) as error:
             raise MailboxProblem(f"IMAP {self.endpoint.host} failed mid-read: {error}") from None
         finally:
@@ -240,23 +265,26 @@ class MailboxReader:
                 await imap.logout()
         await self._resolve(entries)
         await self._suppress(entries)
-        last = chosen[-1] if chosen else after
+        last = entries[-1].uid if entries else after
         return MailboxBatch(
             cursor=MailboxCursor(uid_validity=uid_validity, last_uid=last),
             entries=entries,
-            more=len(uids) > len(chosen),
+            more=len(uids) > len(entries),
             rescanned=rescanned and cursor.uid_validity != 0,
         )
 
     async def _resolve(self, entries: list[InboxEntry]) -> None:
         """The deal (and for an unsubscribe, who opted out) of each entry whose only
-        evidence is a token the ledger resolves; a failed read is retried with the batch."""
-        pending = [e for e in entries if e.unsubscribe_token_id or e.reply_token_id]
+        evidence is a token the ledger resolves, or a bounce of one of our emails; a failed
+        read is retried with the batch."""
+        pending = [
+            e for e in entries if e.unsubscribe_token_id or e.reply_token_id or e.bounced_message_id
+        ]
         if not pending:
             return
         if self.suppressions is None:
             for entry in pending:
-                entry.outcome = "no ledger to resolve its token"
+                entry.outcome = "no ledger to resolve its token or check its recipient"
             return
         from ledger.email_tokens import TokenBook
 
@@ -272,6 +300,8 @@ class MailboxReader:
                     entry.unsubscribed_from = link.message_id
                     entry.recipient_position = link.position
                     entry.unsubscribe_address_key = link.address_key
+                elif entry.bounced_message_id:
+                    await self._check_bounce(book, entry)
                 else:
                     deal_id = await book.deal_of_reply(entry.reply_token_id)
                     if deal_id is None:
@@ -280,6 +310,24 @@ class MailboxReader:
                     entry.deal_id, entry.outcome = deal_id, ""
         except Exception as error:
             raise MailboxProblem(f"ledger not read for the batch's tokens: {error}") from None
+
+    async def _check_bounce(self, book: TokenBook, entry: InboxEntry) -> None:
+        """The bounce gets its deal only if the email it returns went to the address it
+        names: a sealed id is no secret (everyone the email reached holds it), so this is
+        what keeps a forged bounce from suppressing someone we never mailed."""
+        assert self.suppressions is not None
+        try:
+            key = await self.suppressions.key_of(entry.failed_recipient)
+        except ValueError:  # not an address: nobody we mailed
+            entry.outcome = "the bounce names no address we mailed: no action"
+            return
+        deal_id = await book.deal_that_mailed(entry.bounced_message_id, key)
+        if deal_id is None:
+            entry.outcome = (
+                f"{entry.failed_recipient} was not a recipient of the bounced email: no action"
+            )
+            return
+        entry.deal_id, entry.outcome = deal_id, ""
 
     async def _suppress(self, entries: list[InboxEntry]) -> None:
         """The batch's opt-outs and hard bounces onto the list; a failed write is retried
@@ -305,6 +353,8 @@ class MailboxReader:
                 )  # fmt: skip
                 addresses = entry.unsubscribe_addresses
             elif entry.kind is InboundKind.BOUNCE and entry.permanent and entry.deal_id:
+                # A bounce has a deal only once ``_check_bounce`` found its address among
+                # the recipients of the email it returns.
                 reason, source = SuppressionReason.BOUNCED, SuppressionSource.DSN
                 detail = f"{entry.bounce_status or 'no status'} permanent: {entry.subject}"
                 addresses = [entry.failed_recipient] if entry.failed_recipient else []
@@ -346,10 +396,12 @@ class MailboxReader:
         part = f"(UID BODY.PEEK[]<0.{MAX_FETCH}>)"
         fetched = await _ok(imap.uid("fetch", str(uid), part), f"fetch UID {uid}")
         raw = next((bytes(line) for line in fetched.lines if isinstance(line, bytearray)), b"")
-        activity.heartbeat(uid)
+        _heartbeat(uid)
         # Off the event loop: parsing a hostile message must not stall the heartbeat (or
         # the sends this worker has in flight).
-        return await asyncio.to_thread(self.read_safely, uid, raw, size)
+        entry = await asyncio.to_thread(self.read_safely, uid, raw, size)
+        _heartbeat(uid)
+        return entry
 
     def read_safely(self, uid: int, raw: bytes, size: int) -> InboxEntry:
         """``understand``, bounded; quarantined if it cannot be read (``size``: the whole
@@ -366,6 +418,8 @@ class MailboxReader:
     def understand(self, uid: int, raw: bytes) -> InboxEntry:
         """Classify one message and find its deal (no I/O: the corpus tests call this)."""
         mail = read_inbound(raw, self.own_addresses, self.unsubscribe_address)
+        if mail.kind is InboundKind.QUARANTINED:
+            return quarantined(uid, raw, mail.why)
         match = match_deal(mail, self.domains, self.signer)
         addresses: list[str] = []
         if (
@@ -399,7 +453,14 @@ class MailboxReader:
             unsubscribe_addresses=addresses,
             unsubscribe_token_id=match.unsubscribe_token_id,
             reply_token_id=match.reply_token_id,
+            bounced_message_id=match.bounced_message_id,
         )
+
+
+def _heartbeat(uid: int) -> None:
+    """Tell Temporal the read is alive, with the last UID (outside an activity: a test)."""
+    if activity.in_activity():
+        activity.heartbeat(uid)
 
 
 async def _tell_the_poller(problem: str) -> None:

@@ -129,6 +129,13 @@ class TokenWriter:
 
 _LINK = select(UNSUBSCRIBE_TOKENS).where(UNSUBSCRIBE_TOKENS.c.token_id == bindparam("wanted"))
 _REPLY = select(REPLY_TOKENS.c.deal_id).where(REPLY_TOKENS.c.token_id == bindparam("wanted"))
+# Found by the address's index: a person has a row for each email they were sent.
+_MAILED = (
+    select(UNSUBSCRIBE_TOKENS.c.deal_id)
+    .where(UNSUBSCRIBE_TOKENS.c.address_key == bindparam("key"))
+    .where(UNSUBSCRIBE_TOKENS.c.message_id == bindparam("wanted"))
+    .limit(1)
+)
 
 
 class TokenBook:
@@ -151,6 +158,15 @@ class TokenBook:
         """The deal whose Reply-To carries ``token_id``; None when the ledger has none."""
         return await self.database.run(
             lambda connection: connection.execute(_REPLY, {"wanted": token_id}).scalar()
+        )
+
+    async def deal_that_mailed(self, message_id: str, address_key: str) -> str | None:
+        """The deal whose email ``message_id`` went to the address of ``address_key`` (its
+        link row says so); None when that email went to no such recipient."""
+        return await self.database.run(
+            lambda connection: connection.execute(
+                _MAILED, {"wanted": message_id, "key": address_key}
+            ).scalar()
         )
 
 

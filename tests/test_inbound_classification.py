@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from activities.inbound_mail import (
+    MAX_PARTS,
     InboundKind,
     InboundMail,
     deal_of_message_id,
@@ -58,9 +59,11 @@ def test_corpus_message_is_classified_and_matched(row: dict[str, str]) -> None:
     match = match_deal(mail, DOMAINS, SIGNER)
 
     assert mail.kind == row["kind"], mail.why
-    assert match.deal_id == (row["deal"] or None), match.reason
+    # A bounce names our email only: its deal is the ledger's to confirm (the reader asks).
+    found = deal_of_message_id(match.bounced_message_id, DOMAINS) or match.deal_id
+    assert found == (row["deal"] or None), match.reason
     assert mail.why
-    assert match.how if match.deal_id else match.reason
+    assert match.how if found else match.reason
     detail = row["detail"]
     if mail.kind is InboundKind.BOUNCE:
         assert f"status={mail.bounce_status}" == detail
@@ -279,6 +282,49 @@ def test_unsubscribe_needs_our_address_and_subject() -> None:
     assert match_deal(mail, DOMAINS, SIGNER).deal_id == "ACME-1"
 
 
+def _dsn(recipient: str, returned: str, *, in_reply_to: str = "", to: str = OWN[0]) -> bytes:
+    """A DSN (5.1.1) for ``recipient``, returning the headers of ``returned``."""
+    threading = f"In-Reply-To: {in_reply_to}\n" if in_reply_to else ""
+    return (
+        f"From: MAILER-DAEMON@mx.evil.example\nTo: {to}\nSubject: Undelivered Mail\n"
+        f"{threading}MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\n\n'
+        "--B\nContent-Type: text/plain\n\nfailed\n"
+        "--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx\n\n"
+        f"Final-Recipient: rfc822; {recipient}\nAction: failed\nStatus: 5.1.1\n\n"
+        f"--B\nContent-Type: text/rfc822-headers\n\nMessage-ID: {returned}\n\n--B--\n"
+    ).encode()
+
+
+def test_a_bounce_names_at_most_the_email_it_returns_never_its_threading() -> None:
+    """Only the returned original's sealed id makes a bounce a candidate; its In-Reply-To,
+    References and the Reply-To token it went to count for nothing."""
+    sealed = SIGNER.seal_message_id("<ACME-1.001-proposal@example.com>")
+    reply_box = SIGNER.reply_address(OWN[0], "ACME-1")
+    candidate = match_deal(_read(_dsn("j.doe@acme.example", sealed)), DOMAINS, SIGNER)
+    assert (candidate.deal_id, candidate.how) == (None, "bounced message")
+    assert candidate.bounced_message_id == "<ACME-1.001-proposal@example.com>"
+    plain_bounce = (
+        f"From: Mail Delivery System <MAILER-DAEMON@evil.example>\nTo: {reply_box}\n"
+        "Subject: Undelivered Mail Returned to Sender\n\n"
+        "<victim@anywhere.example>: host said: 550 5.1.1 user unknown\n"
+    ).encode()
+    forged = {
+        "to the reply-to token": plain_bounce,
+        "sealed in-reply-to": _dsn("x@evil.example", "<f@evil.example>", in_reply_to=sealed),
+        "threading only": _dsn("x@evil.example", "", in_reply_to=sealed, to=reply_box),
+        "guessable original": _dsn("j.doe@acme.example", "<ACME-1.001-proposal@example.com>"),
+    }
+    for name, raw in forged.items():
+        mail = _read(raw)
+        assert mail.kind is InboundKind.BOUNCE, name
+        match = match_deal(mail, DOMAINS, SIGNER)
+        assert (match.deal_id, match.bounced_message_id, match.reply_token_id) == (None, "", ""), (
+            name
+        )
+        assert match.reason, name
+
+
 def test_only_a_sealed_message_id_names_a_deal() -> None:
     plain = "<ACME-1.001-proposal@example.com>"
     sealed = SIGNER.seal_message_id(plain)
@@ -313,3 +359,19 @@ def test_an_unsubscribe_token_names_no_address_and_old_links_still_work() -> Non
     mac = hmac.new(b"corpus-secret", f"unsubscribe:{payload}".encode(), hashlib.sha256).digest()
     old = f"{payload}.{base64.urlsafe_b64encode(mac[:16]).rstrip(b'=').decode()}"
     assert SIGNER.unsubscribe(old).deal_id == "ACME-1"
+
+
+def _parts(count: int) -> bytes:
+    """A message of ``count`` MIME parts, itself included."""
+    parts = b"--b\nContent-Type: text/plain\n\nx\n" * (count - 1)
+    return (
+        b"From: j.doe@acme.example\nTo: sales@example.com\nSubject: Re: x\n"
+        b'Content-Type: multipart/mixed; boundary="b"\n\n' + parts + b"--b--\n"
+    )
+
+
+def test_a_message_of_too_many_parts_is_quarantined_unread() -> None:
+    assert _read(_parts(MAX_PARTS)).kind is InboundKind.UNRELATED
+    mail = _read(_parts(MAX_PARTS + 1))
+    assert (mail.kind, mail.why) == (InboundKind.QUARANTINED, f"more than {MAX_PARTS} MIME parts")
+    assert match_deal(mail, DOMAINS, SIGNER).deal_id is None
