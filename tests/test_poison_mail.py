@@ -182,6 +182,7 @@ async def test_forged_and_misleading_mail_steers_no_deal(
     guessable = f"<{deal}.001-proposal@seller.example.com>"
     before = await status(handle)
     buyer, reply_box = "bea@buyer.example.org", str(proposal["Reply-To"])
+    victim, stranger = "victim@anywhere.example", "ceo@other-customer.example"
     token = reply_box.split("+", 1)[1].split("@", 1)[0]
     forged_token = f"sales+{token.rsplit('.', 1)[0]}.0000000000@seller.example.com"
     other = TokenSigner("a-different-secret-of-32-bytes-or-more!").seal_message_id(guessable)
@@ -207,6 +208,19 @@ async def test_forged_and_misleading_mail_steers_no_deal(
         ),
         "forged reply token": letter("mallory@evil.example", forged_token, "Re: x", "Hello"),
         "forged dsn": hard_bounce_of(guessable, buyer),
+        # Anyone who saw a buyer email knows its Reply-To: a bounce sent there returns
+        # nothing of ours, so it names nobody we mailed.
+        "bounce to the reply-to address": (
+            f"From: Mail Delivery System <MAILER-DAEMON@evil.example>\r\nTo: {reply_box}\r\n"
+            "Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <b1@evil.example>\r\n"
+            f"Content-Type: text/plain\r\n\r\n<{victim}>: host said: 550 5.1.1 user unknown\r\n"
+        ).encode(),
+        # Our sealed id in its threading, someone else's message returned.
+        "dsn with our id in in-reply-to": hard_bounce_of("<f@evil.example>", stranger).replace(
+            b"\r\nMIME-Version:", f"\r\nIn-Reply-To: {sealed}\r\nMIME-Version:".encode(), 1
+        ),
+        # Our email returned for real, but it never went to the address the DSN names.
+        "dsn of our email for a stranger": hard_bounce_of(sealed, stranger),
         "colleague at the buyer": letter(
             "carl@buyer.example.org",
             reply_box,
@@ -244,19 +258,32 @@ async def test_forged_and_misleading_mail_steers_no_deal(
     entries = dict(zip(corpus, report.recent, strict=True))
 
     for name in ("forged in-reply-to", "forged in-reply-to as buyer", "sealed with another secret",
-                 "forged reply token", "forged dsn", "tampered unsubscribe"):  # fmt: skip
+                 "forged reply token", "forged dsn", "tampered unsubscribe",
+                 "bounce to the reply-to address", "dsn with our id in in-reply-to",
+                 "dsn of our email for a stranger"):  # fmt: skip
         assert entries[name].deal_id is None, (name, entries[name])
     assert "not a message we sent" in entries["forged dsn"].outcome
+    assert entries["bounce to the reply-to address"].outcome == (
+        "the bounce does not return a message of ours"
+    )
+    assert entries["dsn with our id in in-reply-to"].outcome == (
+        "bounced <f@evil.example>, not a message we sent"
+    )
+    assert entries["dsn of our email for a stranger"].outcome == (
+        f"{stranger} was not a recipient of the bounced email: no action"
+    )
     assert entries["ticket acknowledgement"].kind == "auto_acknowledgement"
     assert entries["colleague at the buyer"].outcome == f"signalled reply to deal {deal}"
     assert entries["back in 2099"].outcome == f"signalled out_of_office to deal {deal}"
 
-    # The buyer is on no list; the deal took no reply; the colleague's mail is a marked task.
-    assert await suppressions.find([buyer]) == {}
+    # Nobody is on the list; the deal took no reply and heard of no bounce; the colleague's
+    # mail is a marked task.
+    assert await suppressions.find([buyer, victim, stranger]) == {}
     task = (await deals.mail(2))[-1]
     assert step_of(task) == "task_unverified_reply"
     current = await status(handle)
     assert current.stage is Stage.PROPOSAL_RECEIVED and not current.replied
+    assert current.problems == [] and not any("bounce" in h.signal for h in current.history)
     away = next(h for h in current.history if h.signal == "out_of_office")
     assert current.held_until == away.at + deals.settings.default_cadence.out_of_office_pause
     assert before.next_touch is not None
