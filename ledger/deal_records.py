@@ -13,6 +13,12 @@ activity, a replayed history) leaves the ledger as writing it once did:
   overwritten;
 - the interview is replaced whole, with its reason codes.
 
+No write brings back a person ``forget`` erased (``ledger.erasure.Erased``): a deal
+that had a person erased gets its new free text withheld (``[forgotten]``) and keeps
+the texts ``forget`` scrubbed, while its stages, values, dates and codes update; a
+forgotten person's contact row is written empty and their address is taken out of
+any deal's new text.
+
 Text longer than its column is cut to fit rather than refused: a buyer's long note
 must not keep a deal's records out of the ledger.
 """
@@ -26,12 +32,13 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Connection, String, Table, delete, insert, select
+from sqlalchemy import Connection, String, Table, case, delete, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ledger import deal_facts
 from ledger.addresses import address_key
 from ledger.database import LedgerDatabase
+from ledger.erasure import Erased, erased_for
 from ledger.tables import (
     DEAL_CONTACTS,
     DEAL_EMAILS,
@@ -48,6 +55,38 @@ from workflows.models import SignalPayload
 # An email still in flight, or failed and perhaps resent (under the same Message-ID):
 # any other outcome is final.
 _NOT_FINAL = ("sending", "failed")
+
+
+# The interview's free text (the rest are codes, ratings and dates).
+_INTERVIEW_TEXTS = ("participants", "why_decided", "decision_process", "free_text")
+
+
+def _texts(batch: DealRecordBatch) -> list[str | None]:
+    """Every text of ``batch`` that may name a person."""
+    texts: list[str | None] = [batch.deal.outcome_note]
+    for event in batch.events:
+        texts += [event.note, event.refusal, event.source_event_id]
+    if batch.interview is not None:
+        texts += [getattr(batch.interview, name) for name in _INTERVIEW_TEXTS]
+    return texts
+
+
+def _withheld_event(event: StageEventRecord, erased: Erased) -> StageEventRecord:
+    return event.model_copy(
+        update={
+            "note": erased.text(event.note),
+            "refusal": erased.text(event.refusal) if event.refusal else event.refusal,
+            "source_event_id": erased.id(event.source_event_id or "") or None,
+        }
+    )
+
+
+def _kept(table: Table, columns: tuple[str, ...], excluded: Any) -> dict[str, Any]:
+    """On a deal that had a person erased: the texts already stored (scrubbed by
+    ``forget``) stay; an empty one takes the new (withheld) text."""
+    return {
+        name: case((table.c[name] == "", excluded[name]), else_=table.c[name]) for name in columns
+    }
 
 
 def _fitted(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,10 +133,15 @@ class DealRecords:
             note=payload.note,
             source_event_id=payload.event_id or None,
         )
-        row = {"deal_id": deal_id, **event.model_dump(mode="python")}
-        await self.database.run(
-            lambda c: self._insert_once(c, STAGE_EVENTS, ["event_key"], [row]), write=True
-        )
+        hash_key = await self._key()
+
+        def write(connection: Connection) -> None:
+            texts = (event.refusal, event.note, event.source_event_id)
+            erased = erased_for(connection, deal_id, texts, (), hash_key)
+            row = {"deal_id": deal_id, **_withheld_event(event, erased).model_dump(mode="python")}
+            self._insert_once(connection, STAGE_EVENTS, ["event_key"], [row])
+
+        await self.database.run(write, write=True)
 
     async def _key(self) -> bytes:
         if self._hash_key is None:
@@ -111,7 +155,9 @@ class DealRecords:
 
     def _write(self, connection: Connection, batch: DealRecordBatch, hash_key: bytes) -> None:
         deal_id = batch.deal.deal_id
-        self._write_deal(connection, batch)
+        keys = [address_key(contact.address, hash_key) for contact in batch.contacts]
+        erased = erased_for(connection, deal_id, _texts(batch), keys, hash_key)
+        self._write_deal(connection, batch, erased)
         self._insert_once(
             connection,
             DEAL_CONTACTS,
@@ -120,19 +166,22 @@ class DealRecords:
                 {
                     "deal_id": deal_id,
                     "position": contact.position,
-                    "address_key": address_key(contact.address, hash_key),
-                    "name": contact.name,
-                    "address": contact.address,
+                    "address_key": key,
+                    "name": None if key in erased.keys else contact.name,
+                    "address": None if key in erased.keys else contact.address,
                     "role": contact.role,
                 }
-                for contact in batch.contacts
+                for contact, key in zip(batch.contacts, keys, strict=True)
             ],
         )
         self._insert_once(
             connection,
             STAGE_EVENTS,
             ["event_key"],
-            [{"deal_id": deal_id, **event.model_dump(mode="python")} for event in batch.events],
+            [
+                {"deal_id": deal_id, **_withheld_event(event, erased).model_dump(mode="python")}
+                for event in batch.events
+            ],
         )
         self._insert_once(
             connection,
@@ -151,14 +200,18 @@ class DealRecords:
                 )
             )
         if batch.interview is not None:
-            self._write_interview(connection, batch)
+            self._write_interview(connection, batch, erased)
         if batch.events or batch.emails:
             deal_facts.refresh(connection, [deal_id])
 
-    def _write_deal(self, connection: Connection, batch: DealRecordBatch) -> None:
-        row = _fitted(DEALS, batch.deal.model_dump(mode="python"))
+    def _write_deal(self, connection: Connection, batch: DealRecordBatch, erased: Erased) -> None:
+        deal = batch.deal
+        deal = deal.model_copy(update={"outcome_note": erased.text(deal.outcome_note)})
+        row = _fitted(DEALS, deal.model_dump(mode="python"))
         statement = self._insert(DEALS).values(row)
         changed = {name: statement.excluded[name] for name in row if name != "deal_id"}
+        if erased.in_deal:
+            changed |= _kept(DEALS, ("outcome_note",), statement.excluded)
         connection.execute(
             statement.on_conflict_do_update(
                 index_elements=["deal_id"],
@@ -167,20 +220,25 @@ class DealRecords:
             )
         )
 
-    def _write_interview(self, connection: Connection, batch: DealRecordBatch) -> None:
+    def _write_interview(
+        self, connection: Connection, batch: DealRecordBatch, erased: Erased
+    ) -> None:
         interview = batch.interview
         assert interview is not None
         deal_id = batch.deal.deal_id
+        interview = interview.model_copy(
+            update={name: erased.text(getattr(interview, name)) for name in _INTERVIEW_TEXTS}
+        )
         row = _fitted(
             INTERVIEWS,
             {"deal_id": deal_id, **interview.model_dump(mode="python", exclude={"reasons"})},
         )
         statement = self._insert(INTERVIEWS).values(row)
+        changed = {name: statement.excluded[name] for name in row if name != "deal_id"}
+        if erased.in_deal:
+            changed |= _kept(INTERVIEWS, _INTERVIEW_TEXTS, statement.excluded)
         connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=["deal_id"],
-                set_={name: statement.excluded[name] for name in row if name != "deal_id"},
-            )
+            statement.on_conflict_do_update(index_elements=["deal_id"], set_=changed)
         )
         connection.execute(delete(INTERVIEW_REASONS).where(INTERVIEW_REASONS.c.deal_id == deal_id))
         codes = sorted({code[:32] for code in interview.reasons if code})
