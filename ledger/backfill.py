@@ -5,7 +5,8 @@ were lost (a restored backup) has gaps. Backfill asks each deal Temporal still h
 (running, or closed within the namespace's retention) for its status and writes the
 same batch the deal would have written (``workflows.deal_record.batch_since``), under
 the same keys: running it twice, or beside deals that record themselves, writes
-nothing twice.
+nothing twice. A person ``forget`` erased stays erased: the writer withholds what
+Temporal still holds of them (``ledger.erasure``).
 """
 
 from __future__ import annotations
