@@ -19,7 +19,7 @@ from devstack import LocalMailbox
 from ledger.suppression_list import SuppressionList
 from settings import ImapTls, Settings
 from starter import inbox, record
-from tests.conftest import MAIL_WITHIN, Deals, deal_of, step_of, steps
+from tests.conftest import MAIL_WITHIN, Deals, deal_of, on_both_databases, step_of, steps
 from tests.test_inbound_signals import eventually
 from tests.test_lifecycle import deal_id, stage_is, status
 from worker import start_mailbox_poller
@@ -235,11 +235,13 @@ def hard_bounce(ours: EmailMessage, recipient: str) -> bytes:
     ).encode()
 
 
+@on_both_databases
 async def test_mailto_opt_outs_and_hard_bounces_go_on_the_list_even_for_closed_deals(
     deals: Deals, mailbox: LocalMailbox, suppressions: SuppressionList
 ) -> None:
     """Read from the mailbox, they are written before any deal hears of them: a deal that
-    has closed cannot stop them from holding for every other deal."""
+    has closed cannot stop them from holding for every other deal. The DSN acts because it
+    returns our email and names its recipient, which the ledger confirms."""
     opting = await deals.start(kind="rfp")
     bouncing = await deals.start(
         kind="rfp",
@@ -256,6 +258,8 @@ async def test_mailto_opt_outs_and_hard_bounces_go_on_the_list_even_for_closed_d
     report = await poll(deals.client, poller, lambda r: len(r.recent) == 2)
     assert {entry.kind for entry in report.recent} == {"unsubscribe", "bounce"}
     assert all("closed or unknown" in entry.outcome for entry in report.recent)
+    bounce = next(entry for entry in report.recent if entry.kind == "bounce")
+    assert (bounce.deal_id, bounce.how) == (deal_id(bouncing), "bounced message")
     found = await suppressions.find(["bea@buyer.example.org", "carl@buyer.example.org"])
     bea, carl = found["bea@buyer.example.org"], found["carl@buyer.example.org"]
     assert (bea.reason, bea.source, bea.deal_id) == ("opted_out", "mailto", deal_id(opting))

@@ -4,19 +4,22 @@ when it cannot log in. Nothing the mailbox holds may fail the poller's workflow 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from email.utils import make_msgid
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from activities.mailbox import LIMITS, MAX_FETCH
+from activities.inbound_mail import MAX_PARTS
+from activities.mailbox import LIMITS, MAX_FETCH, MailboxCursor
 from activities.signed_tokens import TokenSigner
 from devstack import LocalMailbox
 from ledger.suppression_list import SuppressionList
 from settings import Settings
-from tests.conftest import Deals, step_of
+from tests.conftest import Deals, on_both_databases, step_of
 from tests.test_lifecycle import deal_id, stage_is, status
 from tests.test_mailbox_poller import (
     hard_bounce,
@@ -27,10 +30,31 @@ from tests.test_mailbox_poller import (
     settings,
     started_poller,
 )
-from worker import check_mailbox
+from worker import build_mailbox_reader, build_mailer, build_worker, check_mailbox
 from workflows.stages import Stage
 
 __all__ = ["mailbox", "mailbox_password", "settings"]  # fixtures, used by name
+
+
+@pytest.fixture
+def reader_budgets() -> dict[str, float]:
+    """What the worker's mailbox reader may spend on a batch, when a test shrinks it."""
+    return {}
+
+
+@pytest.fixture
+async def client(
+    env: WorkflowEnvironment, settings: Settings, reader_budgets: dict[str, float]
+) -> AsyncIterator[Client]:
+    """The tests' worker, as everywhere, its mailbox reader held to ``reader_budgets``."""
+    mailer = build_mailer(settings)
+    reader = build_mailbox_reader(settings, mailer.suppressions)
+    assert reader is not None
+    for name, value in reader_budgets.items():
+        setattr(reader, name, value)
+    async with build_worker(env.client, settings, mailer=mailer, mailbox=reader):
+        yield env.client
+
 
 REPLY_BOX = "sales@seller.example.com"
 
@@ -65,6 +89,17 @@ def attachment(megabytes: int) -> bytes:
     letter.set_content("see attached")
     letter.add_attachment(b"\0" * (megabytes << 20), maintype="application", subtype="zip")
     return bytes(letter)
+
+
+def many_parts(count: int, tag: str) -> bytes:
+    """A message of ``count`` MIME parts, itself included: each costs the reader a little."""
+    parts = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\n%d\r\n" % i for i in range(count - 1))
+    return (
+        headers(f"parts {tag}", make_msgid(domain="evil.example"))
+        + b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        + parts
+        + b"--b--\r\n"
+    )
 
 
 def workflow_task_failures(events: list) -> list:  # type: ignore[type-arg]
@@ -172,6 +207,7 @@ def letter(sender: str, to: str, subject: str, text: str, **headers: str) -> byt
     return bytes(mail)
 
 
+@on_both_databases
 async def test_forged_and_misleading_mail_steers_no_deal(
     deals: Deals, mailbox: LocalMailbox, suppressions: SuppressionList
 ) -> None:
@@ -296,3 +332,75 @@ def hard_bounce_of(original_id: str, recipient: str) -> bytes:
     returned["Message-ID"], returned["From"] = original_id, "sales@seller.example.com"
     returned["To"], returned["Subject"] = recipient, "Your proposal"
     return hard_bounce(returned, recipient)
+
+
+# --- a batch's budget: expensive mail cannot hold the poller past its read timeout ---
+
+
+@pytest.mark.parametrize(
+    "budget", [{"batch_seconds": 0.0}, {"batch_bytes": 1}], ids=["seconds", "bytes"]
+)
+async def test_a_batch_returns_what_it_read_within_its_budget_and_the_next_goes_on(
+    settings: Settings, mailbox: LocalMailbox, budget: dict[str, float]
+) -> None:
+    """A spent budget ends the batch after the message in hand: the cursor stands after
+    it, ``more`` says the rest waits, and the next batch starts there."""
+    for tag in ("a", "b", "c"):
+        mailbox.deliver(many_parts(MAX_PARTS, tag))
+    reader = build_mailbox_reader(settings, None)
+    assert reader is not None
+    beats: list[object] = []
+    activity = ActivityEnvironment()
+    activity.on_heartbeat = lambda *details: beats.extend(details)
+    whole = await activity.run(reader.read_mailbox, MailboxCursor())
+    uids = [entry.uid for entry in whole.entries]
+    assert len(uids) == 3 and not whole.more  # the default budget holds all three
+
+    for name, value in budget.items():
+        setattr(reader, name, value)
+    cursor, read = MailboxCursor(), []
+    while True:
+        batch = await activity.run(reader.read_mailbox, cursor)
+        assert len(batch.entries) == 1, batch  # the first message always, then no more
+        read.append(batch.entries[0].uid)
+        assert batch.cursor.last_uid == batch.entries[0].uid
+        cursor = batch.cursor
+        if not batch.more:
+            break
+    assert read == uids
+    assert set(uids) <= set(beats)  # it told Temporal it was alive after each message
+
+
+@pytest.mark.parametrize("reader_budgets", [{"batch_seconds": 0.0}])
+async def test_expensive_mail_takes_several_batches_and_the_reply_behind_it_arrives(
+    deals: Deals, mailbox: LocalMailbox
+) -> None:
+    """Through the real poller, with a batch budget shrunk so that each read finishes one
+    message: a message of too many parts is quarantined and listed, the reply behind the
+    expensive ones reaches its deal, and no read fails or times out."""
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    proposal = (await deals.mail(1))[0]
+    for tag in ("a", "b", "c"):
+        mailbox.deliver(many_parts(MAX_PARTS, tag))
+    mailbox.deliver(many_parts(MAX_PARTS + 1, "too many"))
+    mailbox.deliver(reply_to(proposal, "Agreed, please send the order form."))
+    poller = await started_poller(deals)
+    report = await poll(deals.client, poller, lambda r: len(r.recent) == 5)
+
+    *costly, refused, answer = report.recent
+    assert [entry.kind for entry in costly] == ["unrelated"] * 3
+    assert (refused.kind, refused.why) == ("quarantined", f"more than {MAX_PARTS} MIME parts")
+    assert refused.outcome == "quarantined: given to no deal" and refused.deal_id is None
+    assert answer.outcome == f"signalled reply to deal {deal_id(handle)}"
+    assert report.cursor.last_uid == answer.uid
+    assert report.polls >= 5  # one message a read: the budget ended each batch
+    events = (await poller.fetch_history()).events
+    assert workflow_task_failures(events) == []
+    stopped = {
+        EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED,
+        EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT,
+    }
+    assert [e for e in events if e.event_type in stopped] == []
+    assert (await status(handle)).replied
+    await handle_cancel(deals, handle)
