@@ -1,8 +1,8 @@
 """Reading the reply mailbox over IMAP: the I/O half of the mailbox poller.
 
 One activity call reads the messages that arrived after a cursor (UIDVALIDITY and
-the last UID seen), classifies each one and finds its deal (``inbound_mail``), and
-returns them with the new cursor. A mailto unsubscribe and a permanent bounce of our
+the last UID seen), as many as its time and byte budgets allow, classifies each one and
+finds its deal (``inbound_mail``), and returns them with the new cursor. A mailto unsubscribe and a permanent bounce of our
 mail go on the suppression list here, before the batch is returned, so the list holds
 before any deal hears of them and whether or not the deal is still open. It never
 changes the mailbox (BODY.PEEK: unread stays unread; people and other tools read it
@@ -257,7 +257,7 @@ class MailboxReader:
                 if entries and (spent >= self.batch_seconds or held >= self.batch_bytes):
                     break  # the rest is read by the next batch, at once (``more``)
                 entries.append(await self._read(imap, uid, sizes.get(uid, 0)))
-                held += len(entries[-1].model_dump_json())
+                held += len(entries[-1].model_dump_json().encode())  # bytes, not characters
         except (OSError, TimeoutError, aioimaplib.Abort) as error:
             raise MailboxProblem(f"IMAP {self.endpoint.host} failed mid-read: {error}") from None
         finally:
