@@ -1,13 +1,14 @@
 """Reading the reply mailbox over IMAP: the I/O half of the mailbox poller.
 
 One activity call reads the messages that arrived after a cursor (UIDVALIDITY and
-the last UID seen), as many as its time and byte budgets allow, classifies each one and
-finds its deal (``inbound_mail``), and returns them with the new cursor. A mailto unsubscribe and a permanent bounce of our
-mail go on the suppression list here, before the batch is returned, so the list holds
-before any deal hears of them and whether or not the deal is still open. It never
-changes the mailbox (BODY.PEEK: unread stays unread; people and other tools read it
-too). The poller workflow keeps the cursor and signals the deals, so a crash anywhere
-re-reads at worst, and each deal applies a given Message-ID once.
+the last UID seen), as many as its time and byte budgets allow, classifies each one
+and finds its deal (``inbound_mail``), and returns them with the new cursor. A mailto
+unsubscribe and a permanent bounce of our mail go on the suppression list here, before
+the batch is returned, so the list holds before any deal hears of them and whether or
+not the deal is still open. It never changes the mailbox (BODY.PEEK: unread stays
+unread; people and other tools read it too). The poller workflow keeps the cursor and
+signals the deals, so a crash anywhere re-reads at worst, and each deal applies a given
+Message-ID once.
 """
 
 from __future__ import annotations
