@@ -298,7 +298,8 @@ class Settings(BaseSettings):
     codec_server_token: SecretStr | None = None
     # Origins (comma-separated) allowed to call the codec server: the Temporal UI's.
     codec_cors_origins: str = "http://localhost:8233"
-    # Where buyers reach the HTTP endpoints (the unsubscribe links point here).
+    # Where buyers reach the HTTP endpoints (the unsubscribe links point here). A worker
+    # outside dev refuses to start unless it is set (see public_url_refusal).
     public_url: str = "http://localhost:8080"
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -441,6 +442,20 @@ class Settings(BaseSettings):
             field = "__".join(str(part) for part in first["loc"]).upper()
             raise ValueError(f"{ENV_PREFIX}CADENCE__{field}: {first['msg']}") from None
         return self
+
+    def public_url_refusal(self) -> str | None:
+        """Why a worker outside dev must not mail links to the public URL, or None.
+
+        The default points at this machine, so outside dev the URL must be set; the
+        validator has already refused http unless the host is loopback. A loopback URL
+        set on purpose is accepted: its links reach this machine only (tests, a trial)."""
+        if self.dev or "public_url" in self.model_fields_set:
+            return None
+        return (
+            f"{ENV_PREFIX}PUBLIC_URL is not set: set it to the https:// address buyers reach "
+            "the endpoints at (e.g. https://deals.example.com); the unsubscribe links in "
+            f"emails point there, and the default {self.public_url} is this machine"
+        )
 
     @property
     def lost_reason_codes(self) -> list[str]:

@@ -342,6 +342,9 @@ def main(
 ) -> None:
     """Run the Dealflow worker (settings from DEALFLOW_* variables or .env)."""
     settings = load_settings()
+    if not dev and (refusal := settings.public_url_refusal()):
+        print(f"worker: {refusal}", file=sys.stderr)
+        raise SystemExit(2)
     try:
         asyncio.run(serve_dev(settings) if dev else serve(settings))
     except KeyboardInterrupt:

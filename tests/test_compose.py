@@ -30,6 +30,8 @@ SECRETS = {
     "DEALFLOW_CODEC_SERVER_TOKEN",
     "DEALFLOW_DASHBOARD_USERS",
 }
+# Required but no secret: an operator's choice compose must not make for them.
+REQUIRED = SECRETS | {"DEALFLOW_PUBLIC_URL"}
 DEALFLOW_SERVICES = ("worker", "endpoints", "ledger-migrate", "dashboard")
 _VARIABLE = re.compile(
     r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
@@ -76,6 +78,7 @@ def filled() -> dict[str, str]:
         "DEALFLOW_CODEC_KEYS": f"k1={base64.b64encode(secrets.token_bytes(32)).decode()}",
         "DEALFLOW_CODEC_SERVER_TOKEN": secrets.token_hex(32),
         "DEALFLOW_DASHBOARD_USERS": f"anna:{hash_password(secrets.token_hex(8))}",
+        "DEALFLOW_PUBLIC_URL": "https://deals.example.com",
     }
 
 
@@ -92,7 +95,7 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_the_example_env_file_names_every_secret_and_holds_no_value() -> None:
-    assert set(example_names()) >= SECRETS
+    assert set(example_names()) >= REQUIRED
 
 
 def test_every_port_is_bound_to_loopback() -> None:
@@ -115,8 +118,8 @@ def test_every_secret_is_required_and_has_no_default() -> None:
     assert "postgresql://temporal:temporal@" not in text
 
 
-@pytest.mark.parametrize("missing", sorted(SECRETS))
-def test_compose_refuses_to_start_without_a_secret(missing: str) -> None:
+@pytest.mark.parametrize("missing", sorted(REQUIRED))
+def test_compose_refuses_to_start_without_a_secret_or_the_public_url(missing: str) -> None:
     env = filled()
     del env[missing]
     with pytest.raises(MissingVariable, match=f"{missing} is missing a value: set {missing} in"):
@@ -170,6 +173,14 @@ def test_settings_refuse_the_old_compose_demo_secret() -> None:
     env = filled() | {"DEALFLOW_SIGNING_SECRET": "compose-demo-only-set-your-own"}
     result = load_in_process(environment(stack(env)["worker"]))
     assert result.returncode == 2 and "DEALFLOW_SIGNING_SECRET" in result.stderr
+
+
+@pytest.mark.parametrize("service", ["worker", "endpoints"])
+def test_settings_refuse_an_http_public_url_off_this_machine(service: str) -> None:
+    env = filled() | {"DEALFLOW_PUBLIC_URL": "http://deals.example.com"}
+    result = load_in_process(environment(stack(env)[service]))
+    assert result.returncode == 2
+    assert "DEALFLOW_PUBLIC_URL must be https://" in result.stderr
 
 
 def test_the_dashboard_signs_in_its_users_and_links_to_the_ui(

@@ -20,6 +20,8 @@ def run(script: str, *args: str, url: str, timeout: float = 60) -> subprocess.Co
     env["DEALFLOW_DATABASE_URL"] = url
     # Nothing listens here: a worker that got past the ledger check would say so.
     env["DEALFLOW_TEMPORAL_ADDRESS"] = "127.0.0.1:9"
+    # A worker outside dev needs its public URL before anything else.
+    env["DEALFLOW_PUBLIC_URL"] = "https://deals.example.com"
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,

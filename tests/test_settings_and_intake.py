@@ -195,6 +195,58 @@ def test_the_public_url_must_be_https_off_this_machine(url: str, accepted: bool)
         assert len(lines) == 1 and "DEALFLOW_PUBLIC_URL" in lines[0]
 
 
+def start_worker(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python worker.py`` as production starts it (no ``--dev``) on an empty ledger: a
+    worker past its settings stops at the ledger's schema check, so nothing else runs."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "worker.py")],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin", "DEALFLOW_DATA_DIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+PAST_THE_SETTINGS = "worker: the ledger schema is at nothing"
+
+
+def test_a_worker_outside_dev_refuses_to_start_without_a_public_url(tmp_path: Path) -> None:
+    # The default (http://localhost:8080) would put this machine in every unsubscribe link.
+    result = start_worker(tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("worker: DEALFLOW_PUBLIC_URL is not set: set it to the https://")
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DEALFLOW_PUBLIC_URL": "https://deals.example.com"},
+        # Set on purpose, a loopback URL is for local testing (its links reach this machine).
+        {"DEALFLOW_PUBLIC_URL": "http://127.0.0.1:8081"},
+        {"DEALFLOW_DEV": "true"},
+    ],
+)
+def test_a_worker_starts_with_an_https_or_explicit_loopback_public_url_or_in_dev(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    result = start_worker(tmp_path, **env)
+    assert result.stderr.startswith(PAST_THE_SETTINGS), result.stderr
+
+
+def test_a_worker_refuses_an_http_public_url_off_this_machine(tmp_path: Path) -> None:
+    result = start_worker(tmp_path, DEALFLOW_PUBLIC_URL="http://deals.example.com")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "dealflow: invalid setting: DEALFLOW_PUBLIC_URL must be https:// (the unsubscribe "
+        "links carry signed tokens); put the endpoints behind a TLS proxy"
+    ]
+
+
 KEY_A = "Y2FuYXJ5LWtleS1hLWNhbmFyeS1rZXktYS0xMjM0NTY="  # 32 bytes
 KEY_B = "Y2FuYXJ5LWtleS1iLWNhbmFyeS1rZXktYi0xMjM0NTY="  # 32 bytes
 
