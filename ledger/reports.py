@@ -41,7 +41,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Integer,
-    Numeric,
     Select,
     case,
     cast,
@@ -320,24 +319,22 @@ def _median(ordered: Sequence[float]) -> float:
 
 
 def _spread(ordered: Sequence[float]) -> tuple[timedelta | None, timedelta | None]:
-    """Median and p90 of sorted durations in seconds."""
+    """Median and p90 of sorted durations in milliseconds."""
     if not ordered:
         return None, None
-    return timedelta(seconds=_median(ordered)), timedelta(seconds=_nearest_rank(ordered, 0.9))
+    return (
+        timedelta(milliseconds=_median(ordered)),
+        timedelta(milliseconds=_nearest_rank(ordered, 0.9)),
+    )
 
 
-def _seconds(connection: Connection, start: Any, end: Any) -> ColumnElement[float]:
-    """``end - start`` in seconds, in the database's own date arithmetic."""
+def _milliseconds(connection: Connection, start: Any, end: Any) -> ColumnElement[float]:
+    """``end - start`` in whole milliseconds, in the database's own date arithmetic:
+    SQLite's julianday is a few microseconds off, and rounding makes equal lengths equal."""
     if connection.dialect.name == "sqlite":
         # Stored as ISO text; julianday counts days as a float.
-        return (func.julianday(end) - func.julianday(start)) * 86400.0
-    return func.extract("epoch", end - start)
-
-
-def _duration(seconds: Any) -> float:
-    """A duration from the database, to the millisecond: SQLite's julianday arithmetic is
-    a few microseconds off, which would make equal stays look different."""
-    return max(round(float(seconds), 3), 0.0)
+        return func.round((func.julianday(end) - func.julianday(start)) * 86_400_000.0)
+    return func.round(func.extract("epoch", end - start) * 1000)
 
 
 def _cents(column: Any) -> ColumnElement[int]:
@@ -427,48 +424,46 @@ Spread = tuple[int, timedelta | None, timedelta | None]
 
 
 def _spreads(connection: Connection, durations: Select[Any]) -> dict[Any, Spread]:
-    """Count, median and p90 per key of ``durations`` (rows of key, seconds).
+    """Count, median and p90 per key of ``durations`` (rows of key, milliseconds).
 
     PostgreSQL takes them itself (``percentile_cont`` is the median's mean of the middle
     two, ``percentile_disc`` the nearest rank); SQLite has no such function, so its
     durations come sorted, in one query, and are counted here.
     """
     rows = durations.subquery("durations")
-    seconds = rows.c.seconds
+    length = rows.c.milliseconds
     if connection.dialect.name != "sqlite":
-        exact = func.round(cast(seconds, Numeric), 3)  # to the millisecond, as below
         query = select(
             rows.c.key,
             func.count(),
-            func.percentile_cont(0.5).within_group(exact),
-            func.percentile_disc(0.9).within_group(exact),
+            func.percentile_cont(0.5).within_group(length),
+            func.percentile_disc(0.9).within_group(length),
         ).group_by(rows.c.key)
         return {
-            key: (int(count), timedelta(seconds=float(middle)), timedelta(seconds=float(p90)))
+            key: (
+                int(count),
+                timedelta(milliseconds=float(middle)),
+                timedelta(milliseconds=float(p90)),
+            )
             for key, count, middle, p90 in connection.execute(query)
         }
     found: dict[Any, list[float]] = {}
-    for key, length in connection.execute(
-        select(rows.c.key, seconds).order_by(rows.c.key, seconds)
+    for key, milliseconds in connection.execute(
+        select(rows.c.key, length).order_by(rows.c.key, length)
     ):
-        found.setdefault(key, []).append(_duration(length))
+        found.setdefault(key, []).append(max(float(milliseconds), 0.0))
     return {key: (len(ordered), *_spread(ordered)) for key, ordered in found.items()}
 
 
-def _stays(connection: Connection, f: ReportFilter) -> Select[Any]:
-    """Every finished stay in a stage: (key: the stage, seconds)."""
-    milliseconds = DEAL_STAYS.c.milliseconds
-    if connection.dialect.name == "sqlite":
-        seconds: Any = milliseconds / 1000.0
-    else:
-        seconds = cast(milliseconds, Numeric) / 1000
-    return select(DEAL_STAYS.c.stage.label("key"), seconds.label("seconds")).where(
-        DEAL_STAYS.c.left_at.is_not(None), *_only(DEAL_STAYS.c.deal_id, f)
-    )
+def _stays(f: ReportFilter) -> Select[Any]:
+    """Every finished stay in a stage: (key: the stage, milliseconds)."""
+    return select(
+        DEAL_STAYS.c.stage.label("key"), DEAL_STAYS.c.milliseconds.label("milliseconds")
+    ).where(DEAL_STAYS.c.left_at.is_not(None), *_only(DEAL_STAYS.c.deal_id, f))
 
 
 def _stage_times(connection: Connection, f: ReportFilter) -> list[StageTime]:
-    found = _spreads(connection, _stays(connection, f))
+    found = _spreads(connection, _stays(f))
     times = []
     for stage in FUNNEL_STAGES:
         if stage in TERMINAL_STAGES:
@@ -484,8 +479,8 @@ async def stage_times(db: LedgerDatabase, f: ReportFilter) -> list[StageTime]:
 
 
 def _cycle(connection: Connection, f: ReportFilter) -> Cycle:
-    seconds = _seconds(connection, DEALS.c.created_at, DEALS.c.closed_at)
-    query = select(literal("won").label("key"), seconds.label("seconds")).where(
+    length = _milliseconds(connection, DEALS.c.created_at, DEALS.c.closed_at)
+    query = select(literal("won").label("key"), length.label("milliseconds")).where(
         *_where(f), DEALS.c.outcome == Stage.WON.value, DEALS.c.closed_at.is_not(None)
     )
     count, median, p90 = _spreads(connection, query).get("won", (0, None, None))
