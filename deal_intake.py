@@ -86,6 +86,10 @@ def check_deal(deal: DealInput, now: date | None = None) -> None:
             bounds.check_text(f"contacts.{index}.role", contact.role, bounds.MAX_LINE)
             bounds.check_text(f"contacts.{index}.country", contact.country or "", 8)
         bounds.check_items("items", deal.items)
+        bounds.check_domain("message_domain", deal.message_domain)
+        if deal.send_task_queue is not None:
+            bounds.check_task_queue("send_task_queue", deal.send_task_queue)
+        bounds.check_routing("routing", deal.routing)
         cadence = deal.cadence
         for name in ("inquiry", "proposal", "quote", "offer", "win_loss"):
             delays = cadence.follow_ups(name)
@@ -157,7 +161,11 @@ def build_deal(settings: Settings, fields: Mapping[str, Any]) -> DealInput:
     data.setdefault("fulfilment_address", str(settings.fulfilment_address))
     if settings.win_loss_interviewer:
         data.setdefault("win_loss_interviewer", str(settings.win_loss_interviewer))
-    data.setdefault("message_domain", settings.sender_domain)
+    if "message_domain" not in data:
+        try:
+            data["message_domain"] = bounds.ascii_domain("sender domain", settings.sender_domain)
+        except ValueError as error:
+            raise BadInput(str(error)) from None
     data.setdefault("send_retry_for", settings.send_retry_for)
     data.setdefault("resend_window", settings.resend_window)
     data.setdefault("shift_policy", settings.shift_policy.value)

@@ -388,6 +388,12 @@ class Settings(BaseSettings):
                     f"{ENV_PREFIX}LOST_REASONS: {code!r} is not a code; use lower-case "
                     "letters, digits and _ (at most 32), comma-separated, e.g. price,timing"
                 )
+        if not bounds.TASK_QUEUE.fullmatch(self.send_task_queue):
+            raise ValueError(
+                f"{ENV_PREFIX}TEMPORAL_TASK_QUEUE {self.temporal_task_queue[:40]!r} is not a "
+                "task queue name; use at most 195 letters, digits and . _ : @ / - (starting "
+                "with a letter or digit), e.g. dealflow"
+            )
         if not self.lost_reason_codes:
             raise ValueError(f"{ENV_PREFIX}LOST_REASONS is empty; list at least one code")
         if self.codec_keys is not None:

@@ -137,6 +137,70 @@ def test_the_currency_list_is_iso_4217() -> None:
         assert "is not an ISO 4217 code" in refusal(deal(currency=code))
 
 
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        # A deal file may set these three; each once went to the workflow unchecked.
+        (
+            {"message_domain": "x" * 100_000},
+            "message_domain is 100,000 characters long; at most 253",
+        ),
+        (
+            {"message_domain": "example.com>\r\nBcc: all@example.org"},
+            "message_domain holds a carriage return (U+000D",
+        ),
+        (
+            {"message_domain": "exa mple.com"},
+            "message_domain 'exa mple.com' is not a host name: Codepoint U+0020",
+        ),
+        ({"message_domain": ""}, "message_domain '' is not a host name: Empty domain"),
+        ({"message_domain": "a" * 64 + ".com"}, "is not a host name: Label too long"),
+        (
+            {"message_domain": "bücher.example"},
+            "message_domain 'bücher.example' should be written 'xn--bcher-kva.example' (IDNA)",
+        ),
+        ({"send_task_queue": "q" * 1001}, "send_task_queue 'qqqq"),
+        ({"send_task_queue": ""}, "send_task_queue '' is not a task queue name"),
+        ({"send_task_queue": "/_sys/dealflow"}, "is not a task queue name"),
+        ({"send_task_queue": "send\nqueue"}, "is not a task queue name; use at most 200"),
+        (
+            {"routing": {f"t{n}": [] for n in range(101)}},
+            "routing: 101 templates; at most 100",
+        ),
+        (
+            {"routing": {"proposal": ["technical"] * 51}},
+            "routing.proposal: 51 roles; at most 50",
+        ),
+        ({"routing": {"proposal": ["r" * 201]}}, "routing.proposal.0 is 201 characters long"),
+        ({"routing": {"proposal": ["cto\x00"]}}, "routing.proposal.0 holds a control"),
+        ({"routing": {"p\n": ["cto"]}}, "routing: template name holds a line break"),
+    ],
+    ids=lambda value: None if isinstance(value, dict) else value[:40],
+)
+def test_a_deal_files_domain_queue_and_routing_are_bounded(
+    fields: dict[str, Any], says: str
+) -> None:
+    assert says in refusal(deal(**fields))
+
+
+def test_sane_domain_queue_and_routing_pass() -> None:
+    built = build_deal(
+        settings(),
+        deal(
+            message_domain="Mail.XN--BCHER-KVA.example",
+            send_task_queue="dealflow-send",
+            routing={"proposal": ["technical", "economic_buyer"]},
+        ),
+    )
+    assert built.send_task_queue == "dealflow-send"
+    assert built.routing == {"proposal": ["technical", "economic_buyer"]}
+
+
+def test_an_internationalised_sender_domain_goes_into_message_ids_as_its_a_label() -> None:
+    idn = load_settings(_env_file=None, sender_address="sales@bücher.example")
+    assert build_deal(idn, deal()).message_domain == "xn--bcher-kva.example"
+
+
 def test_an_item_flag_out_of_bounds_is_refused() -> None:
     built = parse_item("Widget:1e30:100")  # the model alone takes it
     with pytest.raises(BadInput, match="over the most a line can hold"):

@@ -33,6 +33,7 @@ def run_with_env(**env: str) -> subprocess.CompletedProcess[str]:
         ({"DEALFLOW_SENDER_ADDRESS": "not-an-address"}, "DEALFLOW_SENDER_ADDRESS"),
         ({"DEALFLOW_CADENCE__PROPOSAL": '["P2D", "soon"]'}, "DEALFLOW_CADENCE__PROPOSAL"),
         ({"DEALFLOW_SMTP_HOST": "smtp.example.com"}, "DEALFLOW_SMTP_TLS"),
+        ({"DEALFLOW_TEMPORAL_TASK_QUEUE": "deals queue"}, "DEALFLOW_TEMPORAL_TASK_QUEUE"),
     ],
 )
 def test_invalid_setting_stops_with_one_line_naming_the_variable(

@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import idna
 from pydantic import BaseModel
 
 from workflows import pricing
@@ -32,11 +33,17 @@ MAX_ADDRESS = 320  # an email address named in a payload (RFC 3696)
 MAX_EVENT_ID = 998
 MAX_CODE = 32  # a reason code: lost reasons, interview decision reasons
 REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+MAX_DOMAIN = 253  # a host name (RFC 1035), in its ASCII form
+# A Temporal task queue: no spaces or controls, and far under the server's id limit (a
+# name it refuses would fail every workflow task that schedules a send there).
+TASK_QUEUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}")
 # Counts.
 MAX_ITEMS = 200
 MAX_CONTACTS = 50
 MAX_HOLIDAYS = 1000
 MAX_FOLLOW_UPS = 20
+MAX_ROUTES = 100  # templates a deal's routing names
+MAX_ROLES = MAX_CONTACTS  # roles one template goes to
 # Numbers. A price is Money (models.py): at most 999,999,999,999.99, two decimals.
 MAX_QUANTITY = Decimal(10**9)
 QUANTITY_PLACES = 4
@@ -84,6 +91,43 @@ def check_text(where: str, text: str, limit: int, lines: bool = False) -> None:
             if not kind:
                 kind = "a line break" if char in "\u2028\u2029\x85" else "a control character"
             raise ValueError(f"{where} holds {kind} ({_character(char)}); remove it")
+
+
+def ascii_domain(where: str, domain: str) -> str:
+    """``domain`` as the ASCII host name a Message-ID carries (IDNA A-labels: an
+    internationalised name becomes ``xn--…``); ValueError when it is no host name."""
+    check_text(where, domain, MAX_DOMAIN)
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as error:
+        raise ValueError(f"{where} {domain!r} is not a host name: {error}") from None
+
+
+def check_domain(where: str, domain: str) -> None:
+    """A host name already in its ASCII form (any case), e.g. ``example.com``."""
+    written = ascii_domain(where, domain)
+    if written != domain.lower():
+        raise ValueError(f"{where} {domain!r} should be written {written!r} (IDNA)")
+
+
+def check_task_queue(where: str, name: str) -> None:
+    if not TASK_QUEUE.fullmatch(name):
+        raise ValueError(
+            f"{where} {name[:40]!r} is not a task queue name; use at most 200 letters, "
+            "digits and . _ : @ / - (starting with a letter or digit), e.g. dealflow-send"
+        )
+
+
+def check_routing(where: str, routing: dict[str, list[str]]) -> None:
+    """Template -> roles: how many of each, and each name a bounded line."""
+    if len(routing) > MAX_ROUTES:
+        raise ValueError(f"{where}: {len(routing):,} templates; at most {MAX_ROUTES}")
+    for template, roles in routing.items():
+        check_text(f"{where}: template name", template, MAX_LINE)
+        if len(roles) > MAX_ROLES:
+            raise ValueError(f"{where}.{template}: {len(roles):,} roles; at most {MAX_ROLES}")
+        for index, role in enumerate(roles):
+            check_text(f"{where}.{template}.{index}", role, MAX_LINE)
 
 
 def _places(value: Decimal) -> int:
