@@ -5,7 +5,9 @@ forgotten person is never mailed again (erasure comes with an objection to furth
 mail, art. 21). The hash finds the person again only for someone who already knows
 the address. The entry keeps its reason, source, deal and date; its free text (the
 relay's reply, a DSN's subject, a rep's note: all about the person) becomes
-``ERASURE_DETAIL``, which is also how the ledger knows the person was forgotten.
+``ERASURE_DETAIL``, which is also how the ledger knows the person was forgotten (a
+lift keeps that; a new opt-out or bounce after a lift writes the entry anew, and the
+person is back).
 
 Deleted: the person's unsubscribe links (``email_tokens``): they hold only the keyed
 hash, but say which emails the person got, and erasure suppresses them anyway.
@@ -212,7 +214,7 @@ class Erased:
     in_deal: bool = False
     # Forgotten people's keys among the addresses the write names.
     keys: frozenset[str] = frozenset()
-    # The addresses quoted in the write's texts, by their key.
+    # The key of each address quoted in the write's texts.
     quoted: Mapping[str, str] = field(default_factory=dict)
 
     def text(self, value: str) -> str:
@@ -242,14 +244,14 @@ def erased_for(
 ) -> Erased:
     """What a write of ``deal_id``'s ``texts`` and contacts must leave out. One query
     when the write names addresses, one more when it has text to write."""
-    texts = [text for text in texts if text]
-    contact_keys = set(contact_keys)
+    written = [text for text in texts if text]
+    contacts = set(contact_keys)
     quoted: dict[str, str] = {}
-    for text in texts:
+    for text in written:
         for found in _ADDRESS.findall(text):
             with suppress(ValueError):  # no address after all: nothing to test
                 quoted[found] = address_key(found, hash_key)
-    named = contact_keys | set(quoted.values())
+    named = contacts | set(quoted.values())
     keys: frozenset[str] = frozenset()
     if named:
         _lock(connection, exclusive=False)
@@ -261,8 +263,8 @@ def erased_for(
                 .where(SUPPRESSIONS.c.detail == ERASURE_DETAIL)
             ).scalars()
         )
-    in_deal = bool(keys & contact_keys)
-    if texts and not in_deal:
+    in_deal = bool(keys & contacts)
+    if written and not in_deal:
         # FOR SHARE: a ``forget`` erasing one of them now waits for this write to commit.
         addresses = connection.execute(
             select(DEAL_CONTACTS.c.address)
