@@ -14,7 +14,7 @@ Definitions (the reports' docstring states them for managers):
 - A *move* is an accepted event that changed the stage (the opening one too); a *stay*
   runs from a move into a stage to the deal's next move. A deal's events are in the
   order they happened: by instant, then by the deal's own numbering (``<deal>/e9``
-  before ``<deal>/e10``).
+  before ``<deal>/e10``). A deal stays in a stage once: its path only goes forward.
 - A *touch* is a sent follow-up email; its number counts the follow-ups since the deal
   last changed stage. It was answered when the buyer responded (``REPLY_SIGNALS``) after
   it and before the next touch, at the latest with the next stage change. At one instant

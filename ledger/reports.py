@@ -44,7 +44,6 @@ from sqlalchemy import (
     Select,
     case,
     cast,
-    distinct,
     func,
     literal,
     or_,
@@ -619,12 +618,13 @@ def _follow_ups(connection: Connection, f: ReportFilter, min_deals: int) -> Foll
         TouchReplies(touch=int(touch), replies=_rate(int(yes), int(sent), min_deals))
         for touch, sent, yes in connection.execute(query)
     ]
-    # A stay that ended is the deal leaving that stage; where to, its next stage says.
+    # A stay that ended is the deal leaving that stage (once: the path only goes
+    # forward); where to, its next stage says.
     left = (
         select(
             DEAL_STAYS.c.stage,
-            func.count(distinct(DEAL_STAYS.c.deal_id)).label("left"),
-            func.count(distinct(DEAL_STAYS.c.deal_id))
+            func.count().label("left"),
+            func.count()
             .filter(DEAL_STAYS.c.next_stage == Stage.NO_RESPONSE.value)
             .label("no_response"),
         )

@@ -33,6 +33,14 @@ def upgrade() -> None:
         sa.Column("next_stage", sa.String(32)),
         sa.Column("milliseconds", sa.BigInteger),
     )
+    op.create_index(
+        "ix_deal_stays_finished",
+        "deal_stays",
+        ["stage", "milliseconds"],
+        postgresql_include=["deal_id", "next_stage"],
+        postgresql_where=sa.text("left_at IS NOT NULL"),
+        sqlite_where=sa.text("left_at IS NOT NULL"),
+    )
     op.create_table(
         "follow_up_touches",
         sa.Column("deal_id", sa.String(64), primary_key=True),
