@@ -44,7 +44,7 @@ test: $(STAMP) dovecot postgresql chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) postgresql
 	$(BIN)/python -m bench $(ARGS)
 
 # The chaos soak (about 15 minutes): not part of `make test`.
