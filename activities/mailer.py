@@ -311,10 +311,15 @@ def _maybe_sent(held: SendRecord, wire_id: str) -> ApplicationError:
 
 def _ledger_down(error: Exception, url: str) -> ApplicationError:
     """A retryable failure for a send that cannot read or write the ledger: it waits for
-    the database rather than mail an address the list might hold."""
+    the database rather than mail an address the list might hold. Expected while the
+    database is down, so benign: the one line ``_tell_the_deal`` logs, no traceback."""
     from ledger.database import explain
 
-    return ApplicationError(str(explain(error, url)), type="LedgerUnavailable")
+    return ApplicationError(
+        str(explain(error, url)),
+        type="LedgerUnavailable",
+        category=ApplicationErrorCategory.BENIGN,
+    )
 
 
 def _first_code(error: aiosmtplib.SMTPRecipientsRefused) -> tuple[int, str]:

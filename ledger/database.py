@@ -54,6 +54,7 @@ __all__ = [
     "async_url",
     "display",
     "explain",
+    "too_slow",
 ]
 
 T = TypeVar("T")
@@ -599,6 +600,15 @@ def explain(error: Exception, url: str) -> LedgerProblem:
             "DEALFLOW_DATABASE_URL"
         )
     return LedgerProblem(f"the ledger database on {where} failed: {text.splitlines()[0]}")
+
+
+def too_slow(url: str, seconds: float) -> LedgerProblem:
+    """One line for a ledger that did not answer within ``seconds``."""
+    return LedgerProblem(
+        f"the ledger database on {_where(url)} did not answer within {seconds:.0f} s: "
+        "another process holds its lock (look for a stuck migration or backup), or the "
+        "server does not answer"
+    )
 
 
 def _where(url: str) -> str:

@@ -39,6 +39,26 @@ class PostgresCluster:
     def url(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
+    def start(self) -> None:
+        """Start the server (again) on its data directory and port; returns once it
+        accepts connections."""
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off"
+        subprocess.run(
+            _as_postgres([str(postgres_bin() / "pg_ctl"), "-D", str(self.folder / "data"),
+                          "-o", options, "-l", str(self.folder / "log"), "-w", "-t", "60",
+                          "start"]),
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast``: its connections are cut, as in an outage); its data
+        stays for ``start``."""
+        subprocess.run(
+            _as_postgres([str(postgres_bin() / "pg_ctl"), "-D", str(self.folder / "data"),
+                          "-m", mode, "-w", "stop"]),
+            capture_output=True,
+        )  # fmt: skip
+
     async def create_database(self) -> str:
         """A new, empty database in the cluster, for one test."""
         name = f"ledger_{uuid.uuid4().hex[:12]}"
@@ -75,20 +95,13 @@ def start_postgres() -> Iterator[PostgresCluster]:
                           "-U", "postgres", "--no-sync"]),
             **run,
         )  # fmt: skip
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off"
-        subprocess.run(
-            _as_postgres([str(binaries / "pg_ctl"), "-D", str(data), "-o", options,
-                          "-l", str(folder / "log"), "-w", "-t", "60", "start"]),
-            **run,
-        )  # fmt: skip
-        yield PostgresCluster(folder, port)
+        cluster = PostgresCluster(folder, port)
+        cluster.start()
+        yield cluster
     except subprocess.CalledProcessError as error:
         log = folder / "log"
         detail = log.read_text() if log.exists() else error.stderr.decode()
         raise RuntimeError(f"PostgreSQL did not start: {detail}") from None
     finally:
-        subprocess.run(
-            _as_postgres([str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-            capture_output=True,
-        )
+        PostgresCluster(folder, port).stop("immediate")
         shutil.rmtree(folder, ignore_errors=True)

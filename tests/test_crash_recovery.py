@@ -8,37 +8,48 @@ aiosmtpd as the relay, the send ledger in a SQLite file (see ``realstack``).
   hook, and a relay that takes the message but holds its ``250`` until the worker is
   dead) and restarted; the send's retry comes after its heartbeat time-out.
 - The relay is down for 60 s mid-cadence, then back.
+- The ledger is down for 60 s mid-cadence, then back, on each database: a PostgreSQL
+  server of its own stopped and started again, a SQLite file whose write lock another
+  process holds. Buyer emails wait for it (each is claimed in the send ledger and
+  checked against the suppression list before it goes), and the deal records catch up.
 - The Temporal server is SIGKILLed while deals wait on timers and restarted on the
   same SQLite file and ports.
 
 A test can only wait for what it proves, and the waits are long (the 30 s heartbeat
-time-out, the 60 s outage), so the module starts every selected scenario at once, as
+time-out, the 60 s outages), so the module starts every selected scenario at once, as
 a task on the module's event loop, each on its own task queue (one deal per crash
-point, one worker each); a test awaits what its scenario observed, then asserts.
+point, one worker each); a test awaits what its scenario observed, then asserts. The
+outages start first and side by side; the others start once every outage has begun.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import Table, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflow.v1 import PendingActivityInfo
 from temporalio.client import Client, WorkflowHandle
 
 from activities.mailer import DIE_AT_VARIABLE, FailureType
 from deal_intake import build_deal
+from ledger import schema
 from ledger.database import LedgerDatabase
 from ledger.send_ledger import SendLedger, SendRecord, SendState
+from ledger.tables import DEAL_EMAILS, DEALS, STAGE_EVENTS
 from realstack.deployment import environment
 from realstack.relay import Arrival, Relay
 from realstack.stack import LocalStack, connect, local_stack
@@ -48,7 +59,8 @@ from realstack.worker import WorkerProcess
 from settings import Settings, load_settings
 from starter import start_deal
 from starter import status as deal_status
-from tests.conftest import is_idle, pending_sends, send_attempts
+from tests.conftest import DATABASES, is_idle, on_both_databases, pending_sends, send_attempts
+from tests.databases import PostgresCluster, start_postgres
 from workflows.deal import PLAN, SEND_HEARTBEAT_TIMEOUT
 from workflows.models import DealInput, DealStatus, PlannedSend
 from workflows.stages import Stage
@@ -76,9 +88,21 @@ class Stack(LocalStack):
     # Python workers start two at a time: six importing at once on two cores take three
     # times as long each.
     starting: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
-    # The longest scenario (the outage) gets the machine to itself until its outage has
-    # begun; the others start then, and are done before it is.
+    # The longest scenarios (the outages) get the machine to themselves until each
+    # outage has begun; the others start then, and are done before they are.
     head_start: asyncio.Event = field(default_factory=asyncio.Event)
+    outages_to_begin: set[str] = field(default_factory=set)
+    # Private PostgreSQL clusters (closing one stops it and removes its folder), and the
+    # processes that hold a SQLite ledger's lock.
+    clusters: list[Iterator[PostgresCluster]] = field(default_factory=list)
+    lock_holders: list[asyncio.subprocess.Process] = field(default_factory=list)
+
+    def outage_began(self, scenario: str) -> None:
+        """``scenario``'s outage has begun (or it failed before): once every outage has,
+        the other scenarios start."""
+        self.outages_to_begin.discard(scenario)
+        if not self.outages_to_begin:
+            self.head_start.set()
 
     async def start(self, worker: WorkerProcess) -> WorkerProcess:
         async with self.starting:
@@ -101,8 +125,9 @@ class Stack(LocalStack):
         self.workers.append(worker)
         return worker
 
-    async def ledger(self, message_id: str) -> SendRecord | None:
-        database = LedgerDatabase(self.ledger_url)
+    async def ledger(self, message_id: str, url: str = "") -> SendRecord | None:
+        """``message_id``'s row in the send ledger (the shared one unless ``url``)."""
+        database = LedgerDatabase(url or self.ledger_url)
         try:
             return await SendLedger(database).find(message_id)
         finally:
@@ -112,6 +137,11 @@ class Stack(LocalStack):
         # SIGKILL: nothing of a test's processes needs a graceful end, and it is quick.
         for worker in self.workers:
             worker.kill()
+        for holder in self.lock_holders:
+            if holder.returncode is None:
+                holder.kill()
+        for cluster in self.clusters:
+            cluster.close()
         for server in [self.server, *self.servers]:
             server.kill()
         for relay in [self.relay, *self.relays]:
@@ -421,7 +451,7 @@ async def relay_outage(stack: Stack, deals: int = 3) -> Outage:
         relay.stop()
         down_at = asyncio.get_running_loop().time()
     finally:
-        stack.head_start.set()
+        stack.outage_began("relay-outage")
     planned = {}
     for deal_id, handle in zip(ids, handles, strict=True):
         upcoming = [p.template for p in await plan(handle) if p.at < datetime.now(UTC) + SOON]
@@ -501,6 +531,271 @@ async def test_relay_down_for_a_minute_loses_and_doubles_nothing(runs: Runs) -> 
         # A refused connection never reached RCPT: only the attempt that sent claimed it.
         follow_up = outage.records[arrivals[1].message_id]
         assert follow_up is not None and follow_up.attempt >= 2
+
+
+# --- the ledger down for 60 s mid-cadence, on each database ---
+
+# How long the ledger stays down: the issue's outage, as long as the relay's.
+LEDGER_DOWN_SECONDS = 60.0
+# Another process that takes the SQLite ledger's write lock and holds it until its stdin
+# closes, as a backup, a migration or an ops shell left in a transaction would.
+HOLD_SQLITE_LOCK = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)
+connection.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.read()
+connection.execute("ROLLBACK")
+"""
+
+
+@dataclass
+class PostgresDown:
+    """The ledger's PostgreSQL server stopped (fast: its connections are cut) and started
+    again on the same data directory and port."""
+
+    cluster: PostgresCluster
+
+    async def begin(self) -> None:
+        await asyncio.to_thread(self.cluster.stop, "fast")
+
+    async def end(self) -> None:
+        await asyncio.to_thread(self.cluster.start)
+
+
+@dataclass
+class SqliteLocked:
+    """Another process holds the SQLite ledger's write lock (``BEGIN EXCLUSIVE``). In WAL
+    mode, which the ledger runs in, readers still read: the suppression look-up answers,
+    and every write (a send's claim, the deal records) waits for the lock (15 s), then
+    fails with "locked"."""
+
+    path: Path
+    stack: Stack
+
+    async def begin(self) -> None:
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", HOLD_SQLITE_LOCK, str(self.path),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        self.stack.lock_holders.append(holder)
+        assert holder.stdout is not None
+        said = await holder.stdout.readline()
+        assert said == b"locked\n", f"the lock holder said {said!r}"
+
+    async def end(self) -> None:
+        holder = self.stack.lock_holders[-1]
+        assert holder.stdin is not None
+        holder.stdin.close()  # it rolls back and exits
+        assert await holder.wait() == 0
+
+
+async def ledger_of_its_own(stack: Stack, database: str) -> tuple[str, PostgresDown | SqliteLocked]:
+    """A migrated ledger for one scenario (the others' shared one stays up), and how to
+    take it down."""
+    if database == "postgresql":
+        clusters = start_postgres()
+        stack.clusters.append(clusters)
+        cluster = await asyncio.to_thread(next, clusters)  # initdb and start: seconds
+        url = await cluster.create_database()
+        await schema.upgrade(url)
+        return url, PostgresDown(cluster)
+    path = stack.folder / "ledger-outage.sqlite3"
+    url = f"sqlite:///{path}"
+    await schema.upgrade(url)
+    return url, SqliteLocked(path, stack)
+
+
+async def rows(url: str, table: Table, deal_id: str, order: str) -> list[dict[str, Any]]:
+    database = LedgerDatabase(url)
+    query = select(table).where(table.c.deal_id == deal_id).order_by(table.c[order])
+    try:
+        return await database.run(lambda c: [dict(r) for r in c.execute(query).mappings()])
+    finally:
+        await database.dispose()
+
+
+@dataclass
+class DealRecords:
+    events: list[dict[str, Any]]  # stage_events, in order
+    emails: list[dict[str, Any]]  # deal_emails
+    deal: list[dict[str, Any]]  # its row in deals
+
+
+async def deal_records(url: str, deal_id: str) -> DealRecords:
+    return DealRecords(
+        events=await rows(url, STAGE_EVENTS, deal_id, "at"),
+        emails=await rows(url, DEAL_EMAILS, deal_id, "at"),
+        deal=await rows(url, DEALS, deal_id, "deal_id"),
+    )
+
+
+def records_match(records: DealRecords, status: DealStatus) -> bool:
+    """The ledger holds the deal as its status tells it: every stage event, every email
+    with its outcome, the deal's stage."""
+    return (
+        [(e["to_stage"], e["source"]) for e in records.events]
+        == [(change.stage.value, change.source) for change in status.history]
+        and sorted((e["message_id"], e["outcome"]) for e in records.emails)
+        == sorted((m.message_id, m.outcome) for m in status.messages)
+        and [d["stage"] for d in records.deal] == [status.stage.value]
+    )
+
+
+@dataclass
+class LedgerOutage:
+    planned: dict[str, list[str]]  # deal -> templates: sent before the outage, then planned
+    while_down: dict[str, list[Arrival]]  # deal -> what reached the relay during it
+    retrying: dict[str, PendingActivityInfo]  # deal -> its send, failing during the outage
+    during: dict[str, DealStatus]
+    back_at: datetime  # when the ledger was brought back
+    after: dict[str, DealStatus]
+    arrivals: dict[str, list[Arrival]]
+    sends: dict[str, SendRecord | None]  # Message-ID -> its send ledger row
+    records: dict[str, DealRecords]  # deal -> its records, once they match its status
+    log: str  # the worker's log
+
+
+async def ledger_outage(stack: Stack, database: str, deals: int = 3) -> LedgerOutage:
+    name, queue = f"ledger-outage:{database}", f"ledger-outage-{database}"
+    loop = asyncio.get_running_loop()
+    try:
+        url, outage = await ledger_of_its_own(stack, database)
+        relay = stack.new_relay()
+        values = stack.deployment(queue, relay) | {"database_url": url}
+        settings = settings_of(values)
+        inputs = [deal_input(settings, f"ledger{n}", cadence=OUTAGE_CADENCE) for n in range(deals)]
+        ids = [deal.deal_id for deal in inputs]
+        worker = await stack.start(stack.worker(queue, values))
+        handles = [await start_deal(stack.client, settings, deal) for deal in inputs]
+        await wait_for(lambda: proposals_sent(stack.client, ids), "every proposal is sent")
+        await outage.begin()
+        down_at = loop.time()
+    finally:
+        stack.outage_began(name)
+    planned, before = {}, {}
+    for deal_id, handle in zip(ids, handles, strict=True):
+        upcoming = [p.template for p in await plan(handle) if p.at < datetime.now(UTC) + SOON]
+        before[deal_id] = relay.of_deal(deal_id)
+        planned[deal_id] = templates(before[deal_id]) + upcoming
+
+    async def failing(handle: WorkflowHandle) -> PendingActivityInfo | None:
+        pending = await pending_sends(handle)
+        return pending[0] if pending and pending[0].attempt >= 2 else None
+
+    retrying, during = {}, {}
+    for deal_id, handle in zip(ids, handles, strict=True):
+        # (On SQLite an attempt waits 15 s for the lock first; the ledger stays down
+        # until this is seen, however long it takes on a loaded machine.)
+        retrying[deal_id] = await wait_for(lambda h=handle: failing(h), f"{deal_id} retries")
+
+        async def told(deal_id: str = deal_id) -> DealStatus | None:
+            current = await deal_status(stack.client, deal_id)
+            return current if current.sending_problems else None
+
+        during[deal_id] = await wait_for(told, f"{deal_id} shows why its email is late")
+    await asyncio.sleep(max(0.0, down_at + LEDGER_DOWN_SECONDS - loop.time()))
+    while_down = {i: relay.of_deal(i)[len(before[i]) :] for i in ids}
+    back_at = datetime.now(UTC)
+    await outage.end()
+
+    def delivered() -> bool:
+        return all(len(relay.of_deal(i)) >= len(planned[i]) for i in ids)
+
+    await wait_for(delivered, "every planned email arrives once the ledger is back")
+    await quiet(handles, "every deal settles once the ledger is back")
+    after = {i: await deal_status(stack.client, i) for i in ids}
+
+    async def caught_up(deal_id: str) -> DealRecords | None:
+        found = await deal_records(url, deal_id)
+        return found if records_match(found, after[deal_id]) else None
+
+    records = {}
+    for deal_id in ids:
+        # The recorder retries on its own (backoff capped at a minute): wait for it.
+        records[deal_id] = await wait_for(
+            lambda d=deal_id: caught_up(d), f"{deal_id}'s records catch up", every=0.5
+        )
+    arrivals = {i: relay.of_deal(i) for i in ids}
+    return LedgerOutage(
+        planned=planned,
+        while_down=while_down,
+        retrying=retrying,
+        during=during,
+        back_at=back_at,
+        after=after,
+        arrivals=arrivals,
+        sends={
+            a.message_id: await stack.ledger(a.message_id, url)
+            for found in arrivals.values()
+            for a in found
+        },
+        records=records,
+        log=worker.log.read_text(errors="replace"),
+    )
+
+
+def aware(moment: datetime) -> datetime:
+    """A time read from the ledger (SQLite gives it back without its zone, UTC)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@on_both_databases
+async def test_ledger_down_for_a_minute_holds_the_sends_and_loses_nothing(
+    runs: Runs, database: str
+) -> None:
+    """Buyer emails wait for the send ledger: none goes out unclaimed or unchecked
+    against the suppression list while it is down, each goes out once when it is back,
+    and the deal records (which never hold up a send) catch up, complete."""
+    outage: LedgerOutage = await runs.result(f"ledger-outage:{database}")
+    for deal_id, planned in outage.planned.items():
+        assert planned == ["proposal", "proposal_follow_up", "proposal_follow_up"], planned
+        # While the ledger was down: nothing reached the relay; the follow-up's send was
+        # retried, its last failure one line naming the ledger; the deal said why.
+        assert outage.while_down[deal_id] == [], f"{deal_id} sent while the ledger was down"
+        retrying = outage.retrying[deal_id]
+        assert retrying.activity_type.name == "send_email"
+        # (Its message is encrypted by the payload codec: status shows it, below.)
+        assert retrying.last_failure.application_failure_info.type == "LedgerUnavailable"
+        in_flight = outage.during[deal_id].messages[-1]
+        assert (in_flight.template, in_flight.outcome) == ("proposal_follow_up", "sending")
+        [late] = outage.during[deal_id].sending_problems
+        assert late.startswith(f"{in_flight.message_id} attempt ") and "retrying" in late
+        reason = late.partition("retrying: ")[2]
+        assert "LedgerUnavailable: " in reason and "the ledger database on " in reason, late
+        assert "\n" not in late
+        # After: every planned email once, each claimed in the ledger before it went,
+        # the held ones only once the ledger was back; the ledger has each as sent.
+        arrivals = outage.arrivals[deal_id]
+        copies = Counter(a.message_id for a in arrivals)
+        assert set(copies.values()) == {1}, f"{deal_id}: {copies}"
+        assert templates(arrivals) == planned, f"{deal_id}: planned {planned}"
+        for arrival in arrivals:
+            send = outage.sends[arrival.message_id]
+            assert send is not None and send.state is SendState.SENT, send
+            assert aware(send.claimed_at).timestamp() <= arrival.at
+        # The follow-up due during the outage: tried then, sent once the ledger was back.
+        # (Its claim may have waited out the lock: ``claimed_at`` is when it asked.)
+        held = outage.sends[arrivals[1].message_id]
+        assert held is not None and held.attempt >= 2
+        assert arrivals[1].at > outage.back_at.timestamp()
+        after = outage.after[deal_id]
+        assert [m.outcome for m in after.messages] == ["sent"] * len(planned)
+        assert [m.message_id for m in after.messages] == [a.message_id for a in arrivals]
+        assert after.problems == [] and after.sending_problems == []
+        # The records caught up: every stage event, every email as sent, the deal's row.
+        records = outage.records[deal_id]
+        assert records.events[0]["from_stage"] is None
+        assert [e["from_stage"] for e in records.events[1:]] == [
+            e["to_stage"] for e in records.events[:-1]
+        ]
+        assert sorted(e["message_id"] for e in records.emails) == sorted(copies)
+        assert {e["outcome"] for e in records.emails} == {"sent"}
+        assert records.deal[0]["stage"] == after.stage.value
+    # The worker said so in one line an attempt, sends and records alike; no traceback.
+    assert "Traceback" not in outage.log, outage.log[-3000:]
+    assert re.search(r"attempt \d+ failed, retrying: .*the ledger database on ", outage.log)
+    assert re.search(r"not recorded yet: .*the ledger database on ", outage.log)
 
 
 # --- (c) the Temporal server SIGKILLed while deals wait on timers ---
@@ -594,7 +889,10 @@ SCENARIOS: dict[str, Scenario] = {
     "server-killed": server_killed,
     "slow-relay": slow_relay,
     **{f"crash:{p}": lambda s, p=p: crash_mid_send(s, p) for p in (*HOOK_POINTS, REPLY_LOST)},
+    **{f"ledger-outage:{d}": lambda s, d=d: ledger_outage(s, d) for d in DATABASES},
 }
+# The long scenarios: each starts at once, the others once every one's outage began.
+OUTAGES = {"relay-outage", *(f"ledger-outage:{d}" for d in DATABASES)}
 # The scenario each test reads (parametrized ones: by their ``point``).
 SCENARIO_OF = {
     "test_killed_before_data_the_retry_sends_the_email_once": "crash:before-data",
@@ -611,6 +909,8 @@ def scenario_of(item: pytest.Item) -> str:
     callspec = getattr(item, "callspec", None)
     if callspec is not None and "point" in callspec.params:
         return f"crash:{callspec.params['point']}"
+    if callspec is not None and "database" in callspec.params:
+        return f"ledger-outage:{callspec.params['database']}"
     return SCENARIO_OF[getattr(item, "originalname", item.name)]
 
 
@@ -630,11 +930,12 @@ async def runs(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[Ru
         for item in request.session.items
         if getattr(item, "module", None) is request.module
     }
-    if "relay-outage" not in selected:
+    stack.outages_to_begin = selected & OUTAGES
+    if not stack.outages_to_begin:
         stack.head_start.set()
 
     async def run(name: str, scenario: Scenario) -> Any:
-        if name != "relay-outage":
+        if name not in OUTAGES:
             await stack.head_start.wait()
         return await scenario(stack)
 

@@ -9,6 +9,7 @@ crash re-reads at worst, and every deal applies a given Message-ID once.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from datetime import date, timedelta
 
 from pydantic import BaseModel, Field
@@ -35,7 +36,20 @@ MAILBOX_POLLER_WORKFLOW = "MailboxPoller"
 MAILBOX_POLLER_ID = "mailbox-poller"
 INBOX_QUERY = "inbox"
 POLL_NOW = "poll_now"
+# What the poller keeps of what it read (``inbox`` lists it, re-reads are told apart by
+# it): the newest RECENT_KEPT entries whose JSON sums to at most RECENT_BYTES. The kept
+# entries are both this workflow's continue-as-new input and the ``inbox`` query's answer,
+# each held to Temporal's payload limit (2 MB; warned of from 512 KiB). By count alone,
+# 200 of the largest entries the reader makes (8 KB of 4-byte characters) came to 1.7 MB,
+# 2.6 MB with every field at its bound. Whole entries are dropped, oldest first, never
+# cut: a cut Message-ID would no longer recognise its message when it is read again, and
+# ``inbox`` shows what the reader saw. Everyday mail (1-2 KB an entry) reaches the count
+# first; the worst an entry can be (13 KB; 81 KB for an unsubscribe naming 50 addresses)
+# still leaves the newest few listed.
 RECENT_KEPT = 200
+RECENT_BYTES = 256 * 1024
+# Patch: the kept entries are bounded in bytes too (runs before it keep 200 of any size).
+RECENT_WITHIN_BYTES = "recent-within-bytes"
 POLLS_PER_RUN = 500
 READ_TIMEOUT = timedelta(minutes=5)
 # The reader heartbeats after each message; a hung IMAP server is given up on this soon.
@@ -72,6 +86,25 @@ class MailboxPollerReport(BaseModel):
     trouble: str = ""
 
 
+def encoded_size(entry: InboxEntry) -> int:
+    """Bytes of ``entry``'s JSON as the payload converter writes it (UTF-8, not characters)."""
+    return len(entry.model_dump_json().encode())
+
+
+def newest_within(
+    entries: list[InboxEntry], size_of: Callable[[InboxEntry], int] = encoded_size
+) -> list[InboxEntry]:
+    """The newest (last) of ``entries``: at most RECENT_KEPT, their sizes summing to at
+    most RECENT_BYTES; none when the newest alone is larger."""
+    held = kept = 0
+    for entry in reversed(entries[-RECENT_KEPT:]):
+        held += size_of(entry)
+        if held > RECENT_BYTES:
+            break
+        kept += 1
+    return entries[len(entries) - kept :]
+
+
 def inbound_message(entry: InboxEntry, kind: InboundKind) -> InboundMessage:
     """The deal's signal for one inbound message; ValueError if a field does not fit."""
     return InboundMessage(
@@ -100,6 +133,9 @@ class MailboxPollerWorkflow:
         self.poll_requested = False
         self.trouble: MailboxTrouble | None = None
         self.trouble_since: MailboxTrouble | None = None
+        # Each kept entry's encoded size, by Message-ID (unique in ``recent``): measured
+        # once, since measuring all of them on every message is too slow for a batch.
+        self.sizes: dict[str, int] = {}
 
     @workflow.run
     async def run(self, state: MailboxPollerState) -> None:
@@ -125,6 +161,9 @@ class MailboxPollerWorkflow:
                     lambda: self.poll_requested, timeout=self.state.poll_every
                 )
         await workflow.wait_condition(workflow.all_handlers_finished)
+        if workflow.patched(RECENT_WITHIN_BYTES):
+            # A run may have begun with an older run's larger state and read nothing.
+            self.state.recent = self._newest()
         workflow.continue_as_new(self.state)
 
     async def _deliver(self, entry: InboxEntry) -> None:
@@ -137,7 +176,24 @@ class MailboxPollerWorkflow:
                 entry.outcome = await self._signal(entry, kind)
         self.state.recent = [e for e in self.state.recent if e.message_id != entry.message_id]
         self.state.recent.append(entry)
-        del self.state.recent[:-RECENT_KEPT]
+        # Which entries are kept decides which re-read messages are signalled again.
+        if workflow.patched(RECENT_WITHIN_BYTES):
+            self.sizes[entry.message_id] = encoded_size(entry)
+            self.state.recent = self._newest()
+        else:
+            del self.state.recent[:-RECENT_KEPT]
+
+    def _newest(self) -> list[InboxEntry]:
+        """The kept entries within RECENT_BYTES; forgets the sizes of the dropped ones."""
+        kept = newest_within(self.state.recent, self._size)
+        for entry in self.state.recent[: len(self.state.recent) - len(kept)]:
+            self.sizes.pop(entry.message_id, None)
+        return kept
+
+    def _size(self, entry: InboxEntry) -> int:
+        if entry.message_id not in self.sizes:
+            self.sizes[entry.message_id] = encoded_size(entry)
+        return self.sizes[entry.message_id]
 
     async def _signal(self, entry: InboxEntry, kind: InboundKind) -> str:
         try:
@@ -171,7 +227,8 @@ class MailboxPollerWorkflow:
             mailbox=self.state.mailbox,
             cursor=self.state.cursor,
             polls=self.polls,
-            recent=list(self.state.recent),
+            # Measured afresh: within RECENT_BYTES even in a run begun before the bound.
+            recent=newest_within(self.state.recent),
             trouble=self._trouble(),
         )
 
