@@ -572,20 +572,21 @@ class SqliteLocked:
 
     path: Path
     stack: Stack
+    holder: asyncio.subprocess.Process | None = None
 
     async def begin(self) -> None:
-        holder = await asyncio.create_subprocess_exec(
+        self.holder = holder = await asyncio.create_subprocess_exec(
             sys.executable, "-c", HOLD_SQLITE_LOCK, str(self.path),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        self.stack.lock_holders.append(holder)
+        self.stack.lock_holders.append(holder)  # killed at the end, should the test fail
         assert holder.stdout is not None
         said = await holder.stdout.readline()
         assert said == b"locked\n", f"the lock holder said {said!r}"
 
     async def end(self) -> None:
-        holder = self.stack.lock_holders[-1]
-        assert holder.stdin is not None
+        holder = self.holder
+        assert holder is not None and holder.stdin is not None
         holder.stdin.close()  # it rolls back and exits
         assert await holder.wait() == 0
 
@@ -616,21 +617,21 @@ async def rows(url: str, table: Table, deal_id: str, order: str) -> list[dict[st
 
 
 @dataclass
-class DealRecords:
+class DealRows:
     events: list[dict[str, Any]]  # stage_events, in order
     emails: list[dict[str, Any]]  # deal_emails
     deal: list[dict[str, Any]]  # its row in deals
 
 
-async def deal_records(url: str, deal_id: str) -> DealRecords:
-    return DealRecords(
+async def deal_rows(url: str, deal_id: str) -> DealRows:
+    return DealRows(
         events=await rows(url, STAGE_EVENTS, deal_id, "at"),
         emails=await rows(url, DEAL_EMAILS, deal_id, "at"),
         deal=await rows(url, DEALS, deal_id, "deal_id"),
     )
 
 
-def records_match(records: DealRecords, status: DealStatus) -> bool:
+def records_match(records: DealRows, status: DealStatus) -> bool:
     """The ledger holds the deal as its status tells it: every stage event, every email
     with its outcome, the deal's stage."""
     return (
@@ -652,7 +653,7 @@ class LedgerOutage:
     after: dict[str, DealStatus]
     arrivals: dict[str, list[Arrival]]
     sends: dict[str, SendRecord | None]  # Message-ID -> its send ledger row
-    records: dict[str, DealRecords]  # deal -> its records, once they match its status
+    records: dict[str, DealRows]  # deal -> its records, once they match its status
     log: str  # the worker's log
 
 
@@ -706,8 +707,8 @@ async def ledger_outage(stack: Stack, database: str, deals: int = 3) -> LedgerOu
     await quiet(handles, "every deal settles once the ledger is back")
     after = {i: await deal_status(stack.client, i) for i in ids}
 
-    async def caught_up(deal_id: str) -> DealRecords | None:
-        found = await deal_records(url, deal_id)
+    async def caught_up(deal_id: str) -> DealRows | None:
+        found = await deal_rows(url, deal_id)
         return found if records_match(found, after[deal_id]) else None
 
     records = {}
