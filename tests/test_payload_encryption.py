@@ -3,26 +3,38 @@
 On the time-skipping server with the worker, real SMTP on loopback and the endpoints
 over real HTTP. This module's deals run with canary values: a contact, prices and
 interview answers that must never reach Temporal in the clear, and secrets (signing,
-webhook, SMTP and database passwords, the codec key and the codec server's token) that
-must reach nothing at all.
+webhook, SMTP, IMAP and database passwords, the codec key and the codec server's token)
+that must reach nothing at all. One canary test runs them as production does: ``python
+worker.py`` and ``python starter.py`` as processes on the dev server, an SMTP relay that
+wants a login and Dovecot, each refusing the first logins.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
+import os
 import secrets
+import shutil
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from decimal import Decimal
+from email.message import EmailMessage
+from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SmtpServer
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload, Payloads
@@ -32,22 +44,35 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.signed_tokens import TokenSigner
-from devstack import OutboxSink, free_port, installed_binary, register_search_attributes
+from connection import connect
+from devstack import (
+    LocalMailbox,
+    OutboxSink,
+    free_port,
+    installed_binary,
+    register_search_attributes,
+)
 from endpoints import running_endpoints, sign
 from payload_codec import ENCODING, KEY_ID, EncryptionCodec, UndecryptablePayload
+from realstack.deployment import environment
 from realstack.relay import own_parts
+from realstack.temporal import TemporalDevServer
+from realstack.waiting import tail, wait_for
+from realstack.worker import WorkerProcess
 from settings import Settings, load_settings, parse_codec_keys
-from starter import record
+from starter import Refused, inbox, record
 from tests.clock import StartInstant
 from tests.conftest import Deals, on_both_databases
 from tests.test_lifecycle import deal_id, stage_is
 from workflows.deal import KEEP_FAILED_FOR_RESEND, RESEND_SAME_MESSAGE_ID, VERIFIED_SENDER
 from workflows.deal_recording import RECORD_DEAL
+from workflows.mailbox_poller import MAILBOX_POLLER_ID
 from workflows.models import Delivered, InterviewRecorded, PriceAgreed
 from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
 from workflows.stages import BuyerSignal, Stage
 
 HISTORIES = Path(__file__).parent / "histories"
+ROOT = Path(__file__).resolve().parents[1]
 
 # --- the canaries ---
 
@@ -60,6 +85,8 @@ SECRETS = {
     "smtp_password": f"CANARY-SMTP-{secrets.token_hex(8)}",
 }
 DATABASE_PASSWORD = f"CANARY-DB-{secrets.token_hex(8)}"
+IMAP_PASSWORD = f"CANARY-IMAP-{secrets.token_hex(8)}"
+SMTP_USERNAME = "sales@seller.example.com"
 UI_ORIGIN = "http://localhost:8233"
 
 CONTACT_NAME = "Cornelia Canaryfield"
@@ -394,6 +421,243 @@ async def test_no_secret_reaches_output_logs_history_or_mail(
             assert canary not in text, f"a secret is in the {where}"
     stored = history.to_json().encode() + "".join(mail).encode()
     assert CODEC_KEY not in stored
+
+
+# --- the secrets canary, as production runs: processes, logins and failures ---
+
+
+TEMPORARY_AUTH_FAILURE = "454 4.7.0 Temporary authentication failure"
+
+
+class LoginRelay(OutboxSink):
+    """The SMTP relay behind a login (AUTH on loopback without TLS, which aiosmtpd allows).
+
+    It refuses every login of its first connection with a temporary failure (454), as a
+    relay whose authentication backend is away does, then accepts only the right user and
+    password; ``logins`` keeps whether each try was right."""
+
+    def __init__(self, folder: Path, username: str, password: str) -> None:
+        super().__init__(folder=folder)
+        self.username, self.password = username.encode(), password.encode()
+        self.logins: list[bool] = []
+        self.refused_session: Session | None = None
+
+    def start(self) -> LoginRelay:
+        assert self.folder is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._controller = Controller(
+            self, hostname="127.0.0.1", port=self.port, authenticator=self._login,
+            auth_required=True, auth_require_tls=False,
+        )  # fmt: skip
+        self._controller.start()
+        return self
+
+    def _login(
+        self, server: SmtpServer, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        right = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            self.username,
+            self.password,
+        )
+        with self._lock:
+            self.logins.append(right)
+            if self.refused_session in (None, session):
+                self.refused_session = session
+                return AuthResult(success=False, handled=False, message=TEMPORARY_AUTH_FAILURE)
+        return AuthResult(success=right, handled=False)
+
+
+def buyer_reply(ours: EmailMessage) -> bytes:
+    """The canary contact answers our email (threaded on its sealed Message-ID)."""
+    answer = EmailMessage()
+    answer["From"] = f"{CONTACT_NAME} <{CONTACT_EMAIL}>"
+    answer["To"] = str(ours["Reply-To"])
+    answer["Subject"] = f"Re: {ours['Subject']}"
+    answer["Message-ID"] = make_msgid(domain="canary-buyer.example.org")
+    answer["In-Reply-To"] = answer["References"] = str(ours["Message-ID"])
+    answer.set_content("Thank you, we will order the yellow conveyor.")
+    return bytes(answer)
+
+
+async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """``python starter.py ARGS`` as ops type it: its exit code, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "starter.py", *args, cwd=ROOT, env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, f"$ starter.py {' '.join(args)}\n{out.decode()}{err.decode()}"
+
+
+@pytest.fixture
+def refusing_mailbox() -> Iterator[LocalMailbox]:
+    """Dovecot on loopback that first takes another password than the canary."""
+    # Not under tmp_path: Dovecot's own users must reach the folder.
+    folder = Path(tempfile.mkdtemp(prefix="dealflow-mail-"))
+    folder.chmod(0o755)
+    server = LocalMailbox(folder, user="sales", password=secrets.token_hex(8)).start()
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def take_the_canary(mailbox: LocalMailbox) -> None:
+    """Dovecot reads its users file again at the next login: now the canary is right."""
+    (mailbox.root / "users").write_text(f"sales:{{PLAIN}}{IMAP_PASSWORD}\n")
+
+
+@pytest.fixture
+def login_relay(tmp_path: Path) -> Iterator[LoginRelay]:
+    relay = LoginRelay(tmp_path / "outbox", SMTP_USERNAME, SECRETS["smtp_password"]).start()
+    yield relay
+    relay.stop()
+
+
+def outbox_of(relay: LoginRelay) -> list[bytes]:
+    """The .eml files the relay wrote."""
+    assert relay.folder is not None
+    return [path.read_bytes() for path in sorted(relay.folder.glob("*.eml"))]
+
+
+@on_both_databases
+# Our relay is on loopback: a login without TLS is what this test wants.
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+async def test_no_secret_reaches_cli_or_worker_output_failures_history_or_mail(
+    ledger_url: str, tmp_path: Path, refusing_mailbox: LocalMailbox, login_relay: LoginRelay
+) -> None:
+    """``python worker.py`` and ``python starter.py`` as processes on the dev server, an
+    SMTP relay that wants a login and refuses the first, and a Dovecot mailbox that
+    refuses the first logins: the canaries are in none of what that leaves."""
+    if ledger_url.startswith("postgresql://postgres@"):
+        ledger_url = ledger_url.replace("postgres@", f"postgres:{DATABASE_PASSWORD}@", 1)
+    mailbox, relay = refusing_mailbox, login_relay
+    server = TemporalDevServer(tmp_path / "temporal")
+    worker: WorkerProcess | None = None
+    try:
+        await server.start()
+        values = {
+            "temporal_address": server.address,
+            "temporal_task_queue": f"canary-{uuid.uuid4().hex[:8]}",
+            "database_url": ledger_url,
+            "data_dir": str(tmp_path / "data"),
+            "public_url": "http://127.0.0.1:8080",
+            "send_window": "always",
+            "sender_address": "sales@seller.example.com",
+            "rep_address": "rep@seller.example.com",
+            "fulfilment_address": "fulfilment@seller.example.com",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": str(relay.port),
+            "smtp_tls": "none",
+            "smtp_username": SMTP_USERNAME,
+            "imap_host": "127.0.0.1",
+            "imap_port": str(mailbox.port),
+            "imap_tls": "none",
+            "imap_username": "sales",
+            "imap_password": IMAP_PASSWORD,
+            "codec_keys": CODEC_KEYS,
+            **SECRETS,
+        }
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("DEALFLOW_")}
+        cli_env = {**inherited, **environment(values), "COLUMNS": "200"}
+        worker = WorkerProcess("worker", tmp_path / "worker", environment(values))
+        await worker.start()
+        client = await connect(load_settings(**values, _env_file=None))  # type: ignore[arg-type]
+        outputs: list[str] = []
+        deal = f"D-{uuid.uuid4().hex[:8]}"
+        item = f"Conveyor:2:{ITEM_PRICES[0]}"
+        code, said = await run_cli(
+            cli_env, "start", "--id", deal, "--company", COMPANY, "--kind", "rfp",
+            "--contact", f"{CONTACT_NAME} <{CONTACT_EMAIL}>", "--item", item,
+        )  # fmt: skip
+        outputs.append(said)
+        assert code == 0, said
+
+        # The proposal goes out on the second connection, logged in with the password.
+        await wait_for(lambda: relay.received, "the proposal reaches the relay")
+        assert relay.logins[-1] and relay.refused_session is not None
+        handle = client.get_workflow_handle(f"deal-{deal}")
+        # The mailbox refuses the worker: the poller says so, and so does `inbox`.
+        report = await wait_for(
+            lambda: _trouble(client), "the poller reports the refused login", every=0.5
+        )
+        assert "IMAP login as sales refused" in report
+        code, said = await run_cli(cli_env, "inbox")
+        outputs.append(said)
+        assert "IMAP login as sales refused" in said
+
+        # Dovecot now takes the canary, and the buyer answers.
+        take_the_canary(mailbox)
+        mailbox.deliver(buyer_reply(relay.received[0].message))
+        await wait_for(lambda: len(relay.received) >= 2, "the rep's task for the reply")
+        code, said = await run_cli(cli_env, "inbox")
+        outputs.append(said)
+        assert code == 0 and "human_reply" in said, said
+        # Side by side: the ones that succeed, and the ones that fail (an unknown deal, a
+        # refused value, a Temporal that is away).
+        away = {**cli_env, "DEALFLOW_TEMPORAL_ADDRESS": "127.0.0.1:9"}
+        runs = [
+            (0, cli_env, ("status", deal)),
+            (0, cli_env, ("status", deal, "--json")),
+            (0, cli_env, ("pipeline",)),
+            (1, cli_env, ("status", "D-nobody")),
+            (1, cli_env, ("discount", deal, "--percent", "250")),
+            (1, away, ("status", deal)),
+        ]
+        results = await asyncio.gather(*(run_cli(env, *args) for _, env, args in runs))
+        for (expected, _, _), (code, said) in zip(runs, results, strict=True):
+            outputs.append(said)
+            assert (code != 0) == bool(expected), said
+        worker.stop()
+        logs = tail(worker.log, characters=10_000_000)
+        # The failures happened and were written down: the refused SMTP login (the log and
+        # the deal's sending trouble) and the refused mailbox login (the worker's start).
+        assert "Temporary authentication failure" in logs, logs[-3000:]
+        assert "the reply mailbox sales@127.0.0.1" in logs and "cannot be read" in logs
+
+        raw = without_codec(client)
+        histories = [
+            await raw.get_workflow_handle(workflow_id).fetch_history()
+            for workflow_id in (handle.id, MAILBOX_POLLER_ID)
+        ]
+        codec = EncryptionCodec(parse_codec_keys(CODEC_KEYS))
+        opened: list[str] = []
+        for event in (event for history in histories for event in history.events):
+            for _, payload in payloads_in(event):
+                [plain] = await codec.decode([payload])
+                opened.append(plain.data.decode("utf-8", errors="replace"))
+        decrypted = "\n".join(opened)
+        assert "Temporary authentication failure" in decrypted  # the send's trouble
+        assert "IMAP login as sales refused" in decrypted  # the poller's trouble
+        outbox = outbox_of(relay)
+        assert outbox and len(outbox) == len(relay.received)
+        traces = {
+            "CLI output": "\n".join(outputs),
+            "worker log": logs,
+            "history (stored)": "\n".join(stored_text(history) for history in histories),
+            "history (decrypted)": decrypted,
+            "outbox": b"\n".join(outbox).decode("utf-8", errors="replace"),
+        }
+        canaries = [*SECRETS.values(), IMAP_PASSWORD, CODEC_KEYS.split("=", 1)[1]]
+        if DATABASE_PASSWORD in ledger_url:
+            canaries.append(DATABASE_PASSWORD)
+        for where, text in traces.items():
+            for canary in canaries:
+                assert canary not in text, f"a secret is in the {where}"
+        assert CODEC_KEY not in b"".join(outbox)
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.stop()
+
+
+async def _trouble(client: Client) -> str:
+    """Why the poller cannot read the mailbox ("" while it can, or before it runs)."""
+    try:
+        return (await inbox(client)).trouble
+    except Refused:
+        return ""
 
 
 # --- the codec server (part 7) ---
