@@ -231,7 +231,10 @@ def _checked_address(name: str, email: str) -> Address:
     return Address(display_name=name, addr_spec=checked.normalized)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What intake refuses in names and subjects (workflows/bounds.py check_text): C0 and C1
+# controls (a C1 CSI drives a terminal as ESC [ does), line and paragraph separators, and
+# lone surrogates, which no encoder can write.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 @functools.lru_cache(maxsize=ADDRESSES_REMEMBERED)

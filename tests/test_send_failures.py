@@ -157,3 +157,24 @@ async def test_a_name_with_a_line_feed_past_intake_fails_once_and_sends_nothing(
     await deals.quiet()
     assert all("mallory" not in " ".join(m.rcpt_tos) for m in deals.sink.received)
     await record(deals.client, deal.deal_id, BuyerSignal.CANCELLED, Closed(reason="done"))
+
+
+async def test_a_subject_with_a_control_character_past_intake_fails_once_and_sends_nothing(
+    deals: Deals,
+) -> None:
+    """Intake refuses a company with a control character; should one reach the send
+    activity, the subject it is rendered into fails for good on the first attempt. A C1
+    CSI (U+009B) drives a terminal as ESC [ does, and is no whitespace that rendering
+    would fold into a space."""
+    deal = deals.input(kind="rfp").model_copy(update={"company": "ACME\x9b2J GmbH"})
+    deals.started.add(deal.deal_id)
+    handle = await deals.client.start_workflow(
+        DealWorkflow.run, deal, **start_options(deals.settings, deal)
+    )
+    current = await status_when(handle, lambda d: d.messages[0].outcome == "failed")
+    assert current.messages[0].error.startswith("TemplateProblem: the subject")
+    assert "control character" in current.messages[0].error
+    assert await send_attempts(handle) == [1]
+    await deals.quiet()
+    assert deals.sink.received == []
+    await record(deals.client, deal.deal_id, BuyerSignal.CANCELLED, Closed(reason="done"))
