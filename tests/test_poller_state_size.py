@@ -5,6 +5,7 @@ limit, whatever the mailbox holds: it is the poller's continue-as-new input and 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,9 +14,11 @@ import pytest
 from hypothesis import HealthCheck, event, given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
+from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
+from temporalio.worker import Replayer
 
 from activities.inbound_mail import InboundKind
 from activities.mailbox import LIMITS, MAX_ADDRESSES, MAX_MESSAGE_ID, InboxEntry
@@ -23,18 +26,29 @@ from devstack import DEV_SERVER_TUNING, LocalMailbox, free_port
 from realstack.temporal import TunedDevServer
 from settings import Settings
 from starter import inbox
-from tests.conftest import MAIL_WITHIN, codec_data_converter
-from tests.test_mailbox_poller import mailbox, mailbox_password, settings
-from worker import build_worker, start_mailbox_poller
+from tests.conftest import MAIL_WITHIN, Deals, codec_data_converter
+from tests.test_lifecycle import deal_id, stage_is, status
+from tests.test_mailbox_poller import (
+    mailbox,
+    mailbox_password,
+    poll,
+    reply_to,
+    settings,
+    started_poller,
+)
+from worker import build_worker, start_mailbox_poller, workflow_runner
 from workflows.mailbox_poller import (
     MAILBOX_POLLER_ID,
+    MAILBOX_POLLER_WORKFLOW,
     POLL_NOW,
     RECENT_BYTES,
     RECENT_KEPT,
     MailboxPollerReport,
     MailboxPollerState,
+    MailboxPollerWorkflow,
     newest_within,
 )
+from workflows.stages import BuyerSignal, Stage
 
 __all__ = ["mailbox", "mailbox_password", "settings"]  # fixtures, used by name
 
@@ -134,7 +148,8 @@ def largest(n: int) -> bytes:
 
 
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[Client]:
+async def scaled_client(tmp_path: Path) -> AsyncIterator[Client]:
+    """A client of a dev server of its own, with SCALED_LIMITS."""
     server = TunedDevServer(
         port=free_port(),
         ui_port=free_port(),
@@ -183,8 +198,9 @@ async def carried_to(client: Client, done: int) -> MailboxPollerReport:
 
 
 async def test_a_poller_fed_the_largest_entries_continues_as_new_and_answers_inbox(
-    client: Client, settings: Settings, mailbox: LocalMailbox
+    scaled_client: Client, settings: Settings, mailbox: LocalMailbox
 ) -> None:
+    client = scaled_client
     for n in range(MESSAGES):
         mailbox.deliver(largest(n))
     async with build_worker(client, settings):
@@ -210,3 +226,88 @@ async def test_a_poller_fed_the_largest_entries_continues_as_new_and_answers_inb
     assert uids == list(range(MESSAGES - len(uids) + 1, MESSAGES + 1)) and len(uids) >= 20
     assert all(len(e.model_dump_json().encode()) > 8_000 for e in report.recent)
     assert all(e.subject.startswith(E * 10) for e in report.recent)
+
+
+# --- replay: a poller begun before the bound keeps what it kept ---
+
+HISTORY = Path(__file__).parent / "histories" / "poller" / "duplicate_reply_before_bound.json"
+# More than RECENT_BYTES of the largest entries, and far fewer than RECENT_KEPT.
+LARGE_BETWEEN = 40
+
+
+def poller_replayer(*workflows: type) -> Replayer:
+    return Replayer(
+        workflows=list(workflows) or [MailboxPollerWorkflow],
+        data_converter=codec_data_converter(),
+        workflow_runner=workflow_runner(isolated=True),
+    )
+
+
+# Defined here, so outside the sandbox: the test module imports far more than a workflow may.
+@workflow.defn(name=MAILBOX_POLLER_WORKFLOW, sandboxed=False)
+class PollerBoundWithoutPatch(MailboxPollerWorkflow):
+    """Today's poller with its byte bound in every run, also in runs begun before it."""
+
+    @workflow.run
+    async def run(self, state: MailboxPollerState) -> None:
+        await super().run(state)
+
+    def _within_bytes(self) -> bool:
+        return True
+
+
+async def test_a_duplicate_reply_behind_large_mail_reaches_its_deal_once(
+    deals: Deals, mailbox: LocalMailbox
+) -> None:
+    """The reply comes again after more than RECENT_BYTES of mail: the poller has dropped
+    it and signals it again, and the deal applies its Message-ID once. Recorded with the
+    poller before the bound (``DEALFLOW_RECORD_HISTORY=1``, only a missing file is
+    written), the history holds the other answer, "already delivered to the deal"."""
+    handle = await deals.start(kind="rfp")
+    await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+    proposal = (await deals.mail(1))[0]
+    reply = reply_to(proposal, "Please call me tomorrow.")
+    mailbox.deliver(reply)
+    for n in range(LARGE_BETWEEN):
+        mailbox.deliver(largest(n))
+    mailbox.deliver(reply)  # the same message again: an MTA's retry, or re-sent
+    poller = await started_poller(deals)
+    report = await poll(deals.client, poller, lambda r: r.cursor.last_uid == LARGE_BETWEEN + 2)
+
+    again = report.recent[-1]
+    assert again.kind == "human_reply" and again.deal_id == deal_id(handle)
+    history = await poller.fetch_history()
+    if os.environ.get("DEALFLOW_RECORD_HISTORY") and not HISTORY.exists():
+        HISTORY.parent.mkdir(exist_ok=True)
+        HISTORY.write_text(history.to_json())
+    else:
+        assert again.outcome == f"signalled reply to deal {deal_id(handle)}"
+        assert all(e.message_id != again.message_id for e in report.recent[:-1])
+    await deals.quiet()
+    signals = [h.signal for h in (await status(handle)).history]
+    assert signals.count(BuyerSignal.BUYER_REPLIED.value) == 1
+    result = await poller_replayer().replay_workflow(history)
+    assert result.replay_failure is None
+
+
+def stored() -> WorkflowHistory:
+    return WorkflowHistory.from_json(MAILBOX_POLLER_ID, HISTORY.read_text())
+
+
+async def test_a_poller_begun_before_the_bound_replays() -> None:
+    events = stored().events
+    signalled = EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED
+    assert [e.event_type for e in events].count(signalled) == 1  # the second read was not
+    assert EventType.EVENT_TYPE_MARKER_RECORDED not in {e.event_type for e in events}
+    result = await poller_replayer().replay_workflow(stored())
+    assert result.replay_failure is None
+
+
+async def test_the_bound_without_its_patch_breaks_that_replay() -> None:
+    """The bound drops the first reply before the second arrives, so the second would be
+    signalled: a command the history does not have."""
+    result = await poller_replayer(PollerBoundWithoutPatch).replay_workflow(
+        stored(), raise_on_replay_failure=False
+    )
+    assert isinstance(result.replay_failure, workflow.NondeterminismError), result.replay_failure
+    assert "Signal external WF machine does not handle this event" in str(result.replay_failure)

@@ -161,7 +161,7 @@ class MailboxPollerWorkflow:
                     lambda: self.poll_requested, timeout=self.state.poll_every
                 )
         await workflow.wait_condition(workflow.all_handlers_finished)
-        if workflow.patched(RECENT_WITHIN_BYTES):
+        if self._within_bytes():
             # A run may have begun with an older run's larger state and read nothing.
             self.state.recent = self._newest()
         workflow.continue_as_new(self.state)
@@ -176,12 +176,16 @@ class MailboxPollerWorkflow:
                 entry.outcome = await self._signal(entry, kind)
         self.state.recent = [e for e in self.state.recent if e.message_id != entry.message_id]
         self.state.recent.append(entry)
-        # Which entries are kept decides which re-read messages are signalled again.
-        if workflow.patched(RECENT_WITHIN_BYTES):
+        if self._within_bytes():
             self.sizes[entry.message_id] = encoded_size(entry)
             self.state.recent = self._newest()
         else:
             del self.state.recent[:-RECENT_KEPT]
+
+    def _within_bytes(self) -> bool:
+        """Whether this run keeps ``recent`` within RECENT_BYTES: which entries are kept
+        decides which re-read messages are signalled again, so older runs keep theirs."""
+        return workflow.patched(RECENT_WITHIN_BYTES)
 
     def _newest(self) -> list[InboxEntry]:
         """The kept entries within RECENT_BYTES; forgets the sizes of the dropped ones."""
