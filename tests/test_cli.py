@@ -1,8 +1,9 @@
 """The ops CLI end to end: ``starter.py`` run as a subprocess against a real Temporal dev server.
 
-One dev server (in memory, with the deal's search attributes), one SMTP sink and
-one worker serve the whole module; every test uses its own deal ids (and owner,
-where it reads the pipeline), so tests never see each other's deals. The dev
+One dev server (in memory, with the deal's search attributes) and one SMTP sink serve
+the whole module, with one worker and ledger on SQLite and, for the tests that read or
+write the ledger (run on both), one on PostgreSQL; every test uses its own deal ids (and
+owner, where it reads the pipeline), so tests never see each other's deals. The dev
 server is used rather than the time-skipping one because ``pipeline`` reads
 visibility (list/count), which only the dev server has; its clock is real, so
 the whole-deal test gives its deal a cadence of seconds.
@@ -13,20 +14,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import codecs
+import contextlib
+import itertools
 import json
+import math
 import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
+from pydantic import TypeAdapter
 from temporalio.client import Client, WorkflowExecutionStatus
 
 import deal_intake
@@ -39,7 +45,14 @@ from ledger.suppression_list import SuppressionList, SuppressionReason, Suppress
 from payload_codec import encrypted_data_converter
 from settings import load_settings, parse_codec_keys
 from starter import LEGACY_SUPPRESSION_WORKFLOW, workflow_id
-from tests.conftest import MAIL_WITHIN, TEST_SIGNING_SECRET, deal_of, step_of
+from tests.conftest import (
+    MAIL_WITHIN,
+    TEST_SIGNING_SECRET,
+    deal_of,
+    on_both_databases,
+    step_of,
+)
+from tests.databases import PostgresCluster
 from worker import build_mailer, build_worker
 from workflows.deal import STATUS
 from workflows.models import DealStatus
@@ -179,39 +192,68 @@ class Stack:
         return [str(step_of(m)) for m in self.mail(deal_id)]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    server = DevServer(port=free_port(), ui_port=free_port(), headless=True)
-    sink = OutboxSink().start()
-    ledger_url = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'ledger.sqlite3'}"
-    try:
+class Stacks:
+    """The module's dev server and SMTP sink, and a worker and ledger per database, each
+    made when a test first asks for it: most tests need SQLite only."""
+
+    def __init__(self, server: DevServer, sink: OutboxSink, client: Client, folder: Path) -> None:
+        self.server, self.sink, self.client, self.folder = server, sink, client, folder
+        self.made: dict[str, Stack] = {}
+        self.resources = contextlib.AsyncExitStack()
+
+    async def on(self, database: str, request: pytest.FixtureRequest) -> Stack:
+        if database not in self.made:
+            self.made[database] = await self._make(database, request)
+        return self.made[database]
+
+    async def _make(self, database: str, request: pytest.FixtureRequest) -> Stack:
+        if database == "postgresql":
+            cluster: PostgresCluster = request.getfixturevalue("postgres")
+            ledger_url = await cluster.create_database()
+        else:
+            ledger_url = f"sqlite:///{self.folder / 'ledger.sqlite3'}"
         await schema.upgrade(ledger_url)
-        await server.start()
-        converter = encrypted_data_converter(parse_codec_keys(CODEC_KEYS))
-        client = await Client.connect(server.address, data_converter=converter)
         settings = load_settings(
             codec_keys=CODEC_KEYS,
             signing_secret=TEST_SIGNING_SECRET,
             dev=True,
             database_url=ledger_url,
-            temporal_address=server.address,
-            temporal_task_queue=f"cli-{uuid.uuid4().hex[:8]}",
+            temporal_address=self.server.address,
+            temporal_task_queue=f"cli-{database}-{uuid.uuid4().hex[:8]}",
             smtp_host="127.0.0.1",
-            smtp_port=sink.port,
+            smtp_port=self.sink.port,
             _env_file=None,
         )
         mailer = build_mailer(settings)
-        database = LedgerDatabase(ledger_url)
-        try:
-            async with build_worker(client, settings, mailer):
-                queue = settings.temporal_task_queue
-                yield Stack(server, sink, client, queue, SuppressionList(database))
-        finally:
-            await mailer.pool.close()
-            await database.dispose()
+        self.resources.push_async_callback(mailer.pool.close)
+        ledger = LedgerDatabase(ledger_url)
+        self.resources.push_async_callback(ledger.dispose)
+        await self.resources.enter_async_context(build_worker(self.client, settings, mailer))
+        queue = settings.temporal_task_queue
+        return Stack(self.server, self.sink, self.client, queue, SuppressionList(ledger))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stacks(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stacks]:
+    server = DevServer(port=free_port(), ui_port=free_port(), headless=True)
+    sink = OutboxSink().start()
+    try:
+        await server.start()
+        converter = encrypted_data_converter(parse_codec_keys(CODEC_KEYS))
+        client = await Client.connect(server.address, data_converter=converter)
+        made = Stacks(server, sink, client, tmp_path_factory.mktemp("cli"))
+        async with made.resources:
+            yield made
     finally:
         sink.stop()
         server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def stack(stacks: Stacks, database: str, request: pytest.FixtureRequest) -> Stack:
+    """The stack on the test's ledger database: SQLite, or both for a test that reads or
+    writes the ledger (``on_both_databases``), as every ledger test runs."""
+    return await stacks.on(database, request)
 
 
 def new_id(prefix: str = "CLI") -> str:
@@ -259,6 +301,7 @@ async def test_start_rfp_sends_the_proposal_and_status_shows_proposal_received(
     assert proposal["To"] is not None and "bea@buyer.example.org" in str(proposal["To"])
 
 
+@on_both_databases
 async def test_a_deal_whose_only_contact_opted_out_is_not_started(stack: Stack) -> None:
     first = new_id()
     buyer = f"Olga Out <olga-{uuid.uuid4().hex[:8]}@buyer.example.org>"
@@ -369,6 +412,7 @@ async def test_malformed_email_and_unknown_time_zone_are_refused_and_start_nothi
         assert shown.one_line_error().startswith(f"dealflow: no deal {deal_id!r}")
 
 
+@on_both_databases
 async def test_rfq_discount_below_the_floor_is_refused(stack: Stack) -> None:
     deal_id = new_id()
     started = await stack.cli(
@@ -453,6 +497,20 @@ async def test_bulk_start_starts_good_rows_and_reports_bad_ones_by_line(
         assert "no deal" in shown.one_line_error()
 
 
+async def ledger_rows(
+    stack: Stack, query: Any, done: Callable[[list[Any]], bool], what: str
+) -> list[Any]:
+    """The query's rows from the stack's ledger once ``done`` holds of them: a deal records
+    itself a moment after it changes."""
+    deadline = asyncio.get_running_loop().time() + MAIL_WITHIN
+    while True:
+        found = await stack.suppressions.database.run(lambda c: list(c.execute(query)))
+        if done(found):
+            return found
+        assert asyncio.get_running_loop().time() < deadline, f"the ledger never {what}: {found}"
+        await asyncio.sleep(0.1)
+
+
 async def pipeline_of(stack: Stack, owner: str, done: Callable[[dict[str, Any]], bool]) -> Any:
     """The owner's pipeline as JSON, once ``done`` holds (visibility lags the deals)."""
     loop = asyncio.get_running_loop()
@@ -469,6 +527,7 @@ def totals(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[int, Decim
     return {(r["stage"], r["currency"]): (r["deals"], Decimal(r["value"])) for r in rows}
 
 
+@on_both_databases
 async def test_pipeline_keeps_currencies_and_open_and_closed_deals_apart(stack: Stack) -> None:
     owner = f"rep-{uuid.uuid4().hex[:8]}@seller.example.com"
     first, second, dollars, shut, held = (new_id() for _ in range(5))
@@ -502,6 +561,7 @@ async def test_pipeline_keeps_currencies_and_open_and_closed_deals_apart(stack: 
     assert "closed deals" in shown.stdout and held in shown.stdout
 
 
+@on_both_databases
 async def test_a_deal_is_in_the_pipeline_with_its_stage_and_value_before_any_email(
     stack: Stack,
 ) -> None:
@@ -658,6 +718,7 @@ async def test_cancel_ends_the_deal_and_sends_nothing_more(stack: Stack) -> None
     assert [m["template"] for m in final["messages"]] == ["proposal"]
 
 
+@on_both_databases
 async def test_lost_takes_a_reason_code_of_the_configured_list(stack: Stack) -> None:
     deal_id = new_id()
     await start_rfp(stack, deal_id)
@@ -677,6 +738,30 @@ async def test_lost_takes_a_reason_code_of_the_configured_list(stack: Stack) -> 
     assert lost.stdout.strip() == f"{deal_id}: lost recorded; stage is now Lost"
     final = await stack.status_json(deal_id)
     assert final["stage"] == "Lost" and final["outcome_reason"] == "Rival GmbH"
+
+    # A list of one's own replaces the default one: its codes are taken, no others.
+    own = {"DEALFLOW_LOST_REASONS": "went_dark, budget_cut"}
+    other = new_id()
+    await start_rfp(stack, other)
+    default_code = await stack.cli("lost", other, "--reason", "price", **own)
+    assert default_code.code == 1
+    assert default_code.one_line_error() == (
+        "dealflow: --reason 'price' is not a lost reason; use one of went_dark, budget_cut "
+        "(DEALFLOW_LOST_REASONS lists them)"
+    )
+    taken = await stack.cli("lost", other, "--reason", "budget_cut", **own)
+    assert taken.code == 0, taken
+    assert taken.stdout.strip() == f"{other}: lost recorded; stage is now Lost"
+    shown = await stack.status_json(other)
+    assert (shown["lost_reason"], shown["outcome_reason"]) == ("budget_cut", "budget_cut")
+    # And the ledger keeps the code.
+    from sqlalchemy import select
+
+    from ledger.tables import DEALS
+
+    query = select(DEALS.c.outcome, DEALS.c.lost_reason).where(DEALS.c.deal_id == other)
+    rows = await ledger_rows(stack, query, lambda r: bool(r) and r[0][0] is not None, "lost it")
+    assert [tuple(row) for row in rows] == [("Lost", "budget_cut")]
 
 
 async def test_signal_to_a_closed_deal_says_it_is_closed(stack: Stack) -> None:
@@ -753,6 +838,7 @@ def unique_buyer() -> tuple[str, str]:
     return f"Una Unique <{address}>", address
 
 
+@on_both_databases
 async def test_an_opt_out_on_a_closed_deal_still_suppresses_the_address(stack: Stack) -> None:
     deal_id = new_id()
     contact, address = unique_buyer()
@@ -781,9 +867,10 @@ async def test_an_opt_out_on_a_closed_deal_still_suppresses_the_address(stack: S
     assert refused.code == 1
     assert f"{stranger} is not a contact of deal {open_deal!r}" in refused.one_line_error()
     assert await stack.suppressions.find([stranger]) == {}
-    await stack.ok("cancel", open_deal, "--reason", "test done")
+    await stack.client.get_workflow_handle(workflow_id(open_deal)).terminate("test done")
 
 
+@on_both_databases
 async def test_ops_list_show_and_lift_suppressed_addresses(stack: Stack) -> None:
     _, address = unique_buyer()
     deal_id = new_id()
@@ -818,6 +905,7 @@ async def test_ops_list_show_and_lift_suppressed_addresses(stack: Stack) -> None
     assert "lifted (mail may go to this address again)" in shown.stdout
 
 
+@on_both_databases
 async def test_suppressed_address_workflows_of_earlier_versions_move_into_the_ledger(
     stack: Stack,
 ) -> None:
@@ -974,6 +1062,7 @@ async def test_bulk_start_refuses_a_file_it_cannot_read_in_one_line(
     assert "no deal" in (await stack.cli("status", first)).one_line_error()
 
 
+@on_both_databases
 async def test_resend_delivered_marks_a_held_email_sent_and_the_deal_moves_on(
     stack: Stack,
 ) -> None:
@@ -1015,6 +1104,7 @@ async def test_resend_delivered_marks_a_held_email_sent_and_the_deal_moves_on(
     assert [step_of(m) for m in stack.mail(deal_id)] == ["task_check_maybe_sent"]
 
 
+@on_both_databases
 async def test_ledger_backfill_writes_what_the_deals_recorded_themselves(stack: Stack) -> None:
     from sqlalchemy import delete, select
 
@@ -1086,66 +1176,285 @@ async def test_ledger_backfill_writes_what_the_deals_recorded_themselves(stack: 
     assert await records() == recorded
 
 
+def stays(history: list[Any]) -> dict[str, list[timedelta]]:
+    """Each finished stay of a deal in a stage, by stage, from its history: from the change
+    that moved it in to the one that moved it on (a signal that kept the stage is none)."""
+    moves = [c for n, c in enumerate(history) if n == 0 or c.stage != history[n - 1].stage]
+    found: dict[str, list[timedelta]] = {}
+    for entered, left in itertools.pairwise(moves):
+        found.setdefault(entered.stage.value, []).append(left.at - entered.at)
+    return found
+
+
+def median_and_p90(lengths: list[timedelta]) -> tuple[timedelta, timedelta]:
+    """The reports' definitions: the median of an even count is the mean of the middle
+    two; the 90th percentile is the nearest rank."""
+    ordered = sorted(lengths)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return median, ordered[math.ceil(0.9 * len(ordered)) - 1]
+
+
+def rate(numerator: int, deals: int) -> dict[str, Any]:
+    """A rate as ``report --format json`` writes it, with a threshold of one deal."""
+    return {"numerator": numerator, "deals": deals,
+            "value": numerator / deals if deals else None, "enough": deals >= 1}  # fmt: skip
+
+
+def near(shown: str | None, want: timedelta) -> bool:
+    """A duration the ledger computed equals one from the deal's history, to the
+    millisecond: durations are to the millisecond, and SQLite's date arithmetic rounds
+    each instant to it before subtracting (PostgreSQL rounds the difference)."""
+    assert shown is not None
+    return abs(TypeAdapter(timedelta).validate_python(shown) - want) <= timedelta(milliseconds=1)
+
+
+@on_both_databases
 async def test_a_deal_deleted_from_temporal_still_shows_its_status_from_the_ledger(
-    stack: Stack,
+    stack: Stack, tmp_path: Path
 ) -> None:
+    """Two closed deals (one won with its interview, one lost after a follow-up) and one
+    open deal of one rep: every report, the export and the dashboard show the figures
+    their histories give, and the same ones once Temporal has deleted the closed deals."""
+    from sqlalchemy import func, select
     from temporalio.api.common.v1 import WorkflowExecution
     from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 
-    deal_id = new_id("GONE")
+    from dashboard.app import build_app
+    from ledger.reports import ReportFilter
+    from ledger.tables import STAGE_EVENTS
+    from settings import Settings
+    from tests.dashboard_pages import expected, shown
+
     owner = f"rep-{uuid.uuid4().hex[:8]}@seller.example.com"
-    no_interview = {"DEALFLOW_CADENCE__WIN_LOSS_MIN_ORDER_VALUE": "1000000"}
-    assert (await stack.cli(*rfp_args(deal_id, owner=owner), **no_interview)).code == 0
-    await stack.wait_for_stage(deal_id, "Proposal Received")
-    await stack.cli("discount", deal_id, "50")  # refused: below the floor
-    await stack.ok("lost", deal_id, "--reason", "price", "--note", "Rival [b]GmbH[/b] was cheaper")
-    handle = stack.client.get_workflow_handle(workflow_id(deal_id), result_type=DealStatus)
-    final = await asyncio.wait_for(handle.result(), MAIL_WITHIN)
+    won, lost, open_deal = new_id("WON"), new_id("GONE"), new_id("OPEN")
+    contact = {"name": "Bea Buyer", "email": "bea@buyer.example.org", "time_zone": "Europe/Berlin"}
+    # No follow-up, reminder or no-response timer comes due during the test, but the lost
+    # deal's one follow-up a second after its proposal; the lost deal has no interview.
+    quiet = {"proposal": ["PT1H"], "offer": ["PT1H"], "win_loss": ["PT1H"],
+             "no_response_after": "PT1H"}  # fmt: skip
+    files = {
+        won: {"items": [{"name": "Conveyor", "quantity": 2, "list_price": "5000.00"}],
+              "cadence": {**quiet, "check_in_after": "PT1S", "win_loss_after": "PT2S"}},
+        lost: {"items": [{"name": "Conveyor", "quantity": 2, "list_price": "700.00"},
+                         {"name": "Installation", "quantity": 1, "list_price": "100.00"}],
+               "cadence": {**quiet, "proposal": ["PT1S"], "win_loss_min_order_value": "1000000"}},
+        open_deal: {"items": [{"name": "Widget", "quantity": 3, "list_price": "100.00"}],
+                    "cadence": quiet},
+    }  # fmt: skip
+    for deal_id, fields in files.items():
+        file = deal_file(tmp_path, deal_id, company="Buyer & Sons", kind="rfp", owner=owner,
+                         contacts=[contact], **fields)  # fmt: skip
+        await stack.ok("start", "--file", str(file))
+        await stack.wait_for_stage(deal_id, "Proposal Received")
+
+    # The lost deal: its follow-up goes out, a discount below the floor is refused, it is lost.
+    assert await stack.wait_for_mail(lost, 2) == ["proposal", "proposal_follow_up"]
+    await stack.cli("discount", lost, "50")  # refused: below the floor
+    await stack.ok("lost", lost, "--reason", "price", "--note", "Rival [b]GmbH[/b] was cheaper")
+    # The won deal, to its interview.
+    await stack.ok("agreed", won)
+    await stack.wait_for_stage(won, "Offer Received")
+    server_today = (await stack.query(won)).history[-1].at.date()
+    delivery = (server_today + timedelta(days=3)).isoformat()
+    await stack.ok("order", won, "--delivery", delivery, "--po", "PO-1")
+    await stack.wait_for_stage(won, "Order Confirmed")
+    await stack.ok("delivered", won)
+    await stack.wait_for_stage(won, "Win-Loss Invited")
+    await stack.ok(
+        "interview", won, "--why", "price and service", "--process", "CFO and ops",
+        "--rep", "5", "--cooperation", "4", "--reason", "price", "--reason", "lead_time",
+    )  # fmt: skip
+    handles = {
+        deal_id: stack.client.get_workflow_handle(workflow_id(deal_id), result_type=DealStatus)
+        for deal_id in (won, lost)
+    }
+    # A deal ends once its records are in the ledger.
+    final = {d: await asyncio.wait_for(h.result(), MAIL_WITHIN) for d, h in handles.items()}
+    assert [c.stage.value for c in final[won].history] == [
+        "Requirements Clarified", "Proposal Received", "Price Agreed", "Offer Received",
+        "Order Placed", "Order Confirmed", "Delivered", "Checked In", "Win-Loss Invited", "Won",
+    ]  # fmt: skip
+    assert [c.stage.value for c in final[lost].history] == [
+        "Requirements Clarified", "Proposal Received", "Lost",
+    ]  # fmt: skip
+    still_open = await stack.query(open_deal)
+    assert [c.stage.value for c in still_open.history] == [
+        "Requirements Clarified", "Proposal Received",
+    ]  # fmt: skip
+    recorded = select(func.count()).where(STAGE_EVENTS.c.deal_id == open_deal)
+    await ledger_rows(stack, recorded, lambda r: r[0][0] == 2, "had the open deal's stages")
+
+    async def report(name: str) -> Any:
+        result = await stack.cli("report", name, "--owner", owner, "--format", "json",
+                                 DEALFLOW_REPORT_MIN_DEALS="1")  # fmt: skip
+        assert result.code == 0, result
+        return json.loads(result.stdout)
+
+    async def export(what: str) -> list[dict[str, Any]]:
+        result = await stack.ok("export", what, "--owner", owner, "--format", "jsonl")
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    names = ["funnel", "stages", "cycle", "forecast", "follow-ups", "win-loss"]
+    ledger = stack.suppressions.database
+    board = build_app(
+        Settings(_env_file=None, database_url=ledger.url, data_dir=tmp_path, report_min_deals=1),  # type: ignore[call-arg]
+        ledger,
+    )
+
+    async def everything() -> dict[str, Any]:
+        # One after the other: each command has its own time bound on a loaded machine.
+        found = {name: await report(name) for name in names}
+        found["export"] = await export("deals")
+        transport = httpx.ASGITransport(app=board, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as web:
+            page = await web.get("/", params={"owner": owner})
+        assert page.status_code == 200, page.text
+        found["dashboard"] = shown(page.text)
+        # The page's figures are the reports' for the same rep.
+        assert found["dashboard"] == await expected(ledger, ReportFilter(owner=owner), 1)
+        return found
+
+    before = await everything()
 
     # What the namespace's retention does to a closed deal, at once.
-    await stack.client.workflow_service.delete_workflow_execution(
-        DeleteWorkflowExecutionRequest(
-            namespace=stack.client.namespace,
-            workflow_execution=WorkflowExecution(workflow_id=handle.id),
+    for handle in handles.values():
+        await stack.client.workflow_service.delete_workflow_execution(
+            DeleteWorkflowExecutionRequest(
+                namespace=stack.client.namespace,
+                workflow_execution=WorkflowExecution(workflow_id=handle.id),
+            )
         )
-    )
     deadline = asyncio.get_running_loop().time() + MAIL_WITHIN
-    while (shown := await stack.cli("status", deal_id)).code == 0 and "from the ledger" not in (
-        shown.stderr
-    ):
-        assert asyncio.get_running_loop().time() < deadline, "Temporal kept the deal"
-        await asyncio.sleep(0.2)
-    assert shown.code == 0, shown
-    assert shown.one_line_error().startswith("from the ledger: Temporal no longer holds")
-    assert f"{deal_id} Buyer & Sons (RFP)" in shown.stdout
-    assert "stage: Lost  value: EUR 1,500.00" in shown.stdout
-    assert "outcome: Rival [b]GmbH[/b] was cheaper (reason: price)" in shown.stdout
-    assert "refused: " in shown.stdout and "below the floor" in shown.stdout
+    status: dict[str, Result] = {}
+    for deal_id in (won, lost):
+        while (shown_now := await stack.cli("status", deal_id)).code == 0 and (
+            "from the ledger" not in shown_now.stderr
+        ):
+            assert asyncio.get_running_loop().time() < deadline, "Temporal kept the deal"
+            await asyncio.sleep(0.2)
+        status[deal_id] = shown_now
+    shown_lost = status[lost]
+    assert shown_lost.code == 0, shown_lost
+    assert shown_lost.one_line_error().startswith("from the ledger: Temporal no longer holds")
+    assert f"{lost} Buyer & Sons (RFP)" in shown_lost.stdout
+    assert "stage: Lost  value: EUR 1,500.00" in shown_lost.stdout
+    assert "outcome: Rival [b]GmbH[/b] was cheaper (reason: price)" in shown_lost.stdout
+    assert "refused: " in shown_lost.stdout and "below the floor" in shown_lost.stdout
+    assert status[won].code == 0 and "stage: Won  value: EUR 10,000.00" in status[won].stdout
 
-    kept = json.loads((await stack.ok("status", deal_id, "--json")).stdout)
+    kept = json.loads((await stack.ok("status", lost, "--json")).stdout)
     assert kept["stage"] == "Lost" and kept["lost_reason"] == "price"
     assert [e["to_stage"] for e in kept["events"] if e["accepted"]] == [
-        change.stage.value for change in final.history
+        change.stage.value for change in final[lost].history
     ]
-    assert [e["step"] for e in kept["emails"]] == [m.step for m in final.messages]
+    assert [e["step"] for e in kept["emails"]] == [m.step for m in final[lost].messages]
 
     unknown = await stack.cli("status", new_id("NEVER"))
     assert unknown.code == 1 and "no deal" in unknown.one_line_error()
 
-    # And every report still counts it (they read the ledger only).
-    async def report(name: str) -> Any:
-        result = await stack.ok("report", name, "--owner", owner, "--format", "json")
-        return json.loads(result.stdout)
+    # Every report, the export and the dashboard: the same figures as before the deletion...
+    after = await everything()
+    assert after == before
 
-    funnel = await report("funnel")
-    assert funnel["deals"] == 1
-    reached = {row["stage"]: row["reached"] for row in funnel["rows"] if row["reached"]}
-    assert reached == {"Requirements Clarified": 1, "Proposal Received": 1}
-    assert {row["code"]: row["deals"] for row in (await report("win-loss"))["lost_reasons"]} == {
-        "price": 1
+    # ...and those the three histories give.
+    path = ["Inquiry Received", "Requirements Clarified", "Proposal Received", "Quote Requested",
+            "Price Agreed", "Offer Received", "Order Placed", "Order Confirmed", "Delivered",
+            "Checked In", "Win-Loss Invited", "Won"]  # fmt: skip
+    won_only = path[4:11]  # the stages only the won deal reached, and left
+    # stage: (reached, to the next stage, to Won)
+    funnel = {
+        "Inquiry Received": (0, rate(0, 0), rate(0, 0)),
+        "Requirements Clarified": (3, rate(3, 3), rate(1, 2)),
+        "Proposal Received": (3, rate(1, 2), rate(1, 2)),  # the open deal is still in it
+        "Quote Requested": (0, rate(0, 0), rate(0, 0)),
+        **{stage: (1, rate(1, 1), rate(1, 1)) for stage in won_only},
+        "Won": (1, rate(0, 0), rate(1, 1)),
     }
-    for name in ("stages", "cycle", "forecast", "follow-ups"):
-        assert await report(name) is not None
-    exported = await stack.ok("export", "deals", "--format", "jsonl")
-    [row] = [json.loads(line) for line in exported.stdout.splitlines() if deal_id in line]
-    assert row["stage"] == "Lost" and row["lost_reason"] == "price"
+    assert after["funnel"] == {
+        "deals": 3,
+        "rows": [
+            {"stage": stage, "reached": funnel[stage][0], "to_next": funnel[stage][1],
+             "to_won": funnel[stage][2]}
+            for stage in path
+        ],
+    }  # fmt: skip
+
+    histories = [final[won].history, final[lost].history, still_open.history]
+    lengths: dict[str, list[timedelta]] = {}
+    for history in histories:
+        for stage, found in stays(history).items():
+            lengths.setdefault(stage, []).extend(found)
+    assert sorted(lengths) == sorted(path[1:3] + won_only)
+    assert [(t["stage"], t["deals"]) for t in after["stages"]] == [
+        (stage, len(lengths.get(stage, []))) for stage in path[:-1]
+    ]
+    for row in after["stages"]:
+        if row["stage"] not in lengths:
+            assert (row["median"], row["p90"]) == (None, None), row
+            continue
+        median, p90 = median_and_p90(lengths[row["stage"]])
+        assert near(row["median"], median) and near(row["p90"], p90), (row, median, p90)
+
+    cycle = after["cycle"]
+    won_history = final[won].history
+    assert cycle["cycle"]["deals"] == 1
+    inquiry_to_won = won_history[-1].at - won_history[0].at
+    assert near(cycle["cycle"]["median"], inquiry_to_won)
+    assert cycle["cycle"]["p90"] == cycle["cycle"]["median"]
+    assert cycle["win_rate"] == rate(1, 2)  # Won / (Won + Lost); the open deal is undecided
+    assert cycle["average_won_size"] == [{"currency": "EUR", "deals": 1, "average": "10000.00"}]
+    # Velocity: 1 open deal x 1/2 x 10,000.00 / the cycle in days (as the report has it).
+    median = TypeAdapter(timedelta).validate_python(cycle["cycle"]["median"])
+    seconds = Decimal(median // timedelta(microseconds=1)) / 10**6
+    per_day = Decimal("10000.00") * 86400 / (2 * seconds)
+    assert cycle["velocity"] == [
+        {"currency": "EUR", "open_deals": 1, "win_rate": rate(1, 2), "average_won": "10000.00",
+         "cycle_days": float(seconds) / 86400,
+         "per_day": str(per_day.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))},
+    ]  # fmt: skip
+
+    # The open deal's 300.00 in Proposal Received, weighted by that stage's Won rate (1 of 2).
+    assert after["forecast"] == [
+        {"currency": "EUR", "stage": "Proposal Received", "open_deals": 1,
+         "open_value": "300.00", "to_won": rate(1, 2), "weighted": "150.00"},
+    ]  # fmt: skip
+
+    # One follow-up (the lost deal's), answered by the loss; no deal went silent.
+    left = {"Requirements Clarified": 3, "Proposal Received": 2, **dict.fromkeys(won_only, 1)}
+    assert after["follow-ups"] == {
+        "replies": [{"touch": 1, "replies": rate(1, 1)}],
+        "no_response": [
+            {"stage": stage, "rate": rate(0, left.get(stage, 0))} for stage in path[:-1]
+        ],
+    }
+
+    interview_at = won_history[-1].at
+    assert won_history[-1].signal == "interview_recorded"
+    assert after["win-loss"] == {
+        "reasons": [{"outcome": "Won", "code": "lead_time", "deals": 1},
+                    {"outcome": "Won", "code": "price", "deals": 1}],
+        "lost_reasons": [{"code": "price", "deals": 1}],
+        "ratings": [{"outcome": "Won", "interviews": 1, "rep_rating": 5.0,
+                     "cooperation_rating": 4.0}],
+        "quotes": [{"deal_id": won, "outcome": "Won", "text": "price and service",
+                    "at": after["win-loss"]["quotes"][0]["at"]}],
+    }  # fmt: skip
+    assert datetime.fromisoformat(after["win-loss"]["quotes"][0]["at"]) == interview_at
+
+    exported = {
+        r["deal_id"]: (r["stage"], r["outcome"], r["lost_reason"], r["value"])
+        for r in after["export"]
+    }
+    assert exported == {
+        won: ("Won", "Won", None, "10000.00"),
+        lost: ("Lost", "Lost", "price", "1500.00"),
+        open_deal: ("Proposal Received", None, None, "300.00"),
+    }  # fmt: skip
+
+    page = after["dashboard"]
+    assert (page[f"deal/{won}/stage"], page[f"deal/{won}/value"]) == ("Won", "10,000.00 EUR")
+    assert page[f"deal/{lost}/stage"] == "Lost (price)"
+    assert page[f"deal/{open_deal}/stage"] == "Proposal Received"
+    assert page["deals"] == "3" and page["win_rate"] == "50.0% (1 of 2)"
+    await stack.client.get_workflow_handle(workflow_id(open_deal)).terminate("test done")
