@@ -80,7 +80,7 @@ async def test_a_closed_deal_keeps_every_record_in_the_ledger(
     deals: Deals, ledger: LedgerDatabase
 ) -> None:
     handle = await deals.start(kind="rfp")
-    await deals.mail(1)
+    await deals.settle(1)
     lost = Closed(reason="chose a cheaper supplier", code="price")
     await record(deals.client, deal_id(handle), BuyerSignal.LOST, lost)
     await deals.skip(timedelta(days=21, hours=1))
@@ -145,7 +145,7 @@ async def test_records_that_cannot_be_written_hold_up_no_email(
     migration or a revoked grant would): the deal goes on sending on time, and the
     ledger catches up, losing nothing, once they are back."""
     handle = await deals.start(kind="rfp")
-    await deals.mail(1)
+    await deals.settle(1)
     before = await recorded(ledger, await handle.query(DealWorkflow.status))
     await ledger.run(
         lambda c: c.execute(text("ALTER TABLE deals RENAME TO deals_away")), write=True
@@ -187,7 +187,8 @@ async def test_a_stage_event_keeps_the_id_its_source_gave_it(
     its Message-ID, a signal with an event id (the webhook's) keeps that id, and what
     ops or the deal itself did keeps none."""
     handle = await deals.start(kind="rfp")
-    await deals.mail(1)
+    # Idle, not merely mailed: the proposal arrives a moment before the deal records it.
+    await deals.settle(1)
     reply_id = "<re-proposal.4711@buyer.example.org>"
     # As the mailbox poller signals a reply (workflows/mailbox_poller.inbound_message).
     reply = InboundMessage(
