@@ -107,6 +107,10 @@ def check_deal(deal: DealInput, now: date | None = None) -> None:
         bounds.check_percent("cadence.reserved_margin_percent", cadence.reserved_margin_percent)
         if deal.send_retry_for > bounds.MAX_SEND_RETRY:
             raise ValueError(f"send_retry_for is over {bounds.MAX_SEND_RETRY.days} days")
+        if deal.send_retry_for <= timedelta(0):
+            # Temporal refuses a negative timeout (the deal's workflow task would fail for
+            # ever) and reads 0 as no limit at all.
+            raise ValueError("send_retry_for must be more than 0, e.g. PT24H")
         if not timedelta(0) <= deal.resend_window <= bounds.MAX_RESEND_WINDOW:
             raise ValueError(f"resend_window must be 0 to {bounds.MAX_RESEND_WINDOW.days} days")
         if deal.calendar is not None:

@@ -274,10 +274,14 @@ class Settings(BaseSettings):
     lost_reasons: str = "price,timing,competitor,no_budget,no_decision,other"
 
     # Sends that keep failing transiently (SMTP down) are retried this long, then recorded.
-    send_retry_for: timedelta = timedelta(hours=24)
+    send_retry_for: timedelta = Field(
+        default=timedelta(hours=24), gt=timedelta(0), le=bounds.MAX_SEND_RETRY
+    )
     # A deal that closes holding emails that failed for good stays open this long for ops
     # to `resend` them, then ends and drops them.
-    resend_window: timedelta = timedelta(days=14)
+    resend_window: timedelta = Field(
+        default=timedelta(days=14), ge=timedelta(0), le=bounds.MAX_RESEND_WINDOW
+    )
 
     # A stack on this machine only (the tests, local experiments): short and demo secrets
     # and an http public URL are accepted. Never in production; `make dev` does not need it.

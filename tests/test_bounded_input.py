@@ -108,6 +108,9 @@ def test_a_sane_deal_passes() -> None:
         ),
         ({"cadence": {"no_response_after": "P5000D"}}, "cadence.no_response_after is 5,000"),
         ({"send_retry_for": "P60D"}, "send_retry_for is over 30 days"),
+        # A negative one once froze the deal: the server refuses the send's timeout.
+        ({"send_retry_for": "-PT1H"}, "send_retry_for must be more than 0"),
+        ({"send_retry_for": "PT0S"}, "send_retry_for must be more than 0"),
         (
             {"calendar": {"time_zone": "UTC", "holidays": ["9999-12-31"]}},
             "calendar.holidays 9999-12-31 is after",

@@ -34,6 +34,8 @@ def run_with_env(**env: str) -> subprocess.CompletedProcess[str]:
         ({"DEALFLOW_CADENCE__PROPOSAL": '["P2D", "soon"]'}, "DEALFLOW_CADENCE__PROPOSAL"),
         ({"DEALFLOW_SMTP_HOST": "smtp.example.com"}, "DEALFLOW_SMTP_TLS"),
         ({"DEALFLOW_TEMPORAL_TASK_QUEUE": "deals queue"}, "DEALFLOW_TEMPORAL_TASK_QUEUE"),
+        ({"DEALFLOW_SEND_RETRY_FOR": "-PT1H"}, "DEALFLOW_SEND_RETRY_FOR"),
+        ({"DEALFLOW_RESEND_WINDOW": "P365D"}, "DEALFLOW_RESEND_WINDOW"),
     ],
 )
 def test_invalid_setting_stops_with_one_line_naming_the_variable(
