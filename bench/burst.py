@@ -85,8 +85,8 @@ async def drive_until(stack: Stack, driver: SignalDriver, queue: str, stage: Sta
         )
     finally:
         driving.cancel()
-    for problem in driver.problems[:3]:
-        print(f"  signal problem: {problem}")
+        for problem in driver.problems[:3]:
+            print(f"  signal problem: {problem}")
 
 
 async def _reached(stack: Stack, queue: str, stage: Stage, n: int) -> bool:

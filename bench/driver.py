@@ -21,7 +21,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.service import RPCError
 
 from bench.skeletons import DealSkeleton
@@ -159,9 +164,12 @@ class SignalDriver:
                 try:
                     await record(self.client, deal_id, signal, payload)
                     self.sent += 1
-                except (Refused, RPCError) as error:
-                    self.problems.append(f"{deal_id} {signal.value}: {error}")
-                    self._seen.discard(key)  # try again on the next poll
+                except (Refused, RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as error:
+                    # A busy server lets an update's call time out before the deal took it:
+                    # the deal is asked again on the next poll (an update it did take is
+                    # refused then, as its stage moved on).
+                    self.problems.append(f"{deal_id} {signal.value}: {error!r}")
+                    self._seen.discard(key)
 
         try:
             while True:
