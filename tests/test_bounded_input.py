@@ -107,6 +107,17 @@ def test_a_sane_deal_passes() -> None:
             "cadence.win_loss_after is 9,999 business days; at most 260",
         ),
         ({"cadence": {"no_response_after": "P5000D"}}, "cadence.no_response_after is 5,000"),
+        # A negative delay passed intake; -8,408,072 days later overflowed the planner and
+        # froze the deal after its follow-ups.
+        (
+            {"cadence": {"no_response_after": "-P8408072D"}},
+            "cadence.no_response_after is negative (-8408072 days, 0:00:00); a delay is 0",
+        ),
+        ({"cadence": {"out_of_office_pause": "-PT1S"}}, "cadence.out_of_office_pause is negative"),
+        (
+            {"cadence": {"delivery_overdue_after": "-P1D"}},
+            "cadence.delivery_overdue_after is negative",
+        ),
         ({"send_retry_for": "P60D"}, "send_retry_for is over 30 days"),
         # A negative one once froze the deal: the server refuses the send's timeout.
         ({"send_retry_for": "-PT1H"}, "send_retry_for must be more than 0"),

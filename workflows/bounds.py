@@ -187,6 +187,9 @@ def check_delay(where: str, delay: Delay) -> None:
             raise ValueError(
                 f"{where} is {delay.business_days:,} business days; at most {MAX_BUSINESS_DAYS}"
             )
+    elif delay < timedelta(0):
+        # A delay of some -2,000 years overflows the planner's date arithmetic.
+        raise ValueError(f"{where} is negative ({delay}); a delay is 0 or more")
     elif delay > MAX_DELAY:
         raise ValueError(f"{where} is {delay.days:,} days; at most {MAX_DELAY.days}")
 
