@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
+from ledger.database import DriverStatement
 from ledger.tables import DEAL_EMAILS, DEAL_STAYS, DEALS, FOLLOW_UP_TOUCHES, STAGE_EVENTS
 from workflows.outbound import FOLLOW_UPS
 from workflows.stages import TERMINAL_STAGES, BuyerSignal, Stage
@@ -225,8 +226,87 @@ def _emails(connection: Connection, deal_ids: Sequence[str]) -> dict[str, list[E
     return found
 
 
+# One deal's refresh, as the writer does it after each batch: a few statements built
+# once, run on SQLite's own cursor (``DriverStatement``), since SQLAlchemy's work around
+# each execution costs more than the statement and the writer shares the worker's CPU
+# with the sends.
+_EVENTS_OF = DriverStatement(
+    select(
+        STAGE_EVENTS.c.event_key,
+        STAGE_EVENTS.c.at,
+        STAGE_EVENTS.c.signal,
+        STAGE_EVENTS.c.from_stage,
+        STAGE_EVENTS.c.to_stage,
+    ).where(STAGE_EVENTS.c.deal_id == bindparam("deal"), STAGE_EVENTS.c.accepted.is_(True)),
+    (
+        STAGE_EVENTS.c.event_key,
+        STAGE_EVENTS.c.at,
+        STAGE_EVENTS.c.signal,
+        STAGE_EVENTS.c.from_stage,
+        STAGE_EVENTS.c.to_stage,
+    ),
+)
+_SENT_OF = DriverStatement(
+    select(DEAL_EMAILS.c.message_id, DEAL_EMAILS.c.at, DEAL_EMAILS.c.template).where(
+        DEAL_EMAILS.c.deal_id == bindparam("deal"), DEAL_EMAILS.c.outcome == "sent"
+    ),
+    (DEAL_EMAILS.c.message_id, DEAL_EMAILS.c.at, DEAL_EMAILS.c.template),
+)
+_SET_REACHED = DriverStatement(
+    update(DEALS)
+    .where(DEALS.c.deal_id == bindparam("deal"))
+    .values(stages_reached=bindparam("bits"), furthest_stage=bindparam("furthest"))
+)
+_NO_STAYS = DriverStatement(delete(DEAL_STAYS).where(DEAL_STAYS.c.deal_id == bindparam("deal")))
+_NO_TOUCHES = DriverStatement(
+    delete(FOLLOW_UP_TOUCHES).where(FOLLOW_UP_TOUCHES.c.deal_id == bindparam("deal"))
+)
+_STAY = DriverStatement(insert(DEAL_STAYS))
+_TOUCH = DriverStatement(insert(FOLLOW_UP_TOUCHES))
+
+
+def _rows(
+    connection: Connection, statement: DriverStatement, values: dict[str, Any]
+) -> list[dict[str, Any]]:
+    if statement.applies(connection):
+        return statement.rows(connection, values)
+    return [dict(row) for row in connection.execute(statement.statement, values).mappings()]
+
+
+def _each(connection: Connection, statement: DriverStatement, many: list[dict[str, Any]]) -> None:
+    if not many:
+        return
+    if statement.applies(connection):
+        statement.run_many(connection, many)
+    else:
+        connection.execute(statement.statement, many)
+
+
+def refresh_deal(connection: Connection, deal_id: str) -> None:
+    """Recompute one deal's facts from its stored events and emails."""
+    values = {"deal": deal_id}
+    events = [
+        Event(row["event_key"], _utc(row["at"]), row["signal"], row["from_stage"], row["to_stage"])
+        for row in _rows(connection, _EVENTS_OF, values)
+    ]
+    emails = [
+        Email(row["message_id"], _utc(row["at"]))
+        for row in _rows(connection, _SENT_OF, values)
+        if row["template"] in FOLLOW_UP_TEMPLATES
+    ]
+    bits, furthest = reached(events)
+    _each(connection, _SET_REACHED, [{"deal": deal_id, "bits": bits, "furthest": furthest}])
+    _each(connection, _NO_STAYS, [values])
+    _each(connection, _STAY, stays(deal_id, events))
+    # A sent email stays sent: a deal with no follow-up sent has never had a touch row.
+    if emails:
+        _each(connection, _NO_TOUCHES, [values])
+        _each(connection, _TOUCH, touches(deal_id, events, emails))
+
+
 def refresh(connection: Connection, deal_ids: Sequence[str]) -> None:
-    """Recompute the facts of ``deal_ids`` from their stored events and emails."""
+    """Recompute the facts of ``deal_ids`` from their stored events and emails, in a few
+    statements for them all (a page of deals: the migration, ``refresh_all``)."""
     if not deal_ids:
         return
     events = _events(connection, deal_ids)

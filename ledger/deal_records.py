@@ -32,7 +32,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Connection, String, Table, case, delete, insert, select
+from sqlalchemy import Connection, String, Table, case, delete, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ledger import deal_facts
@@ -49,7 +49,7 @@ from ledger.tables import (
     REP_TASKS,
     STAGE_EVENTS,
 )
-from workflows.deal_record import DealRecordBatch, StageEventRecord
+from workflows.deal_record import DealRecordBatch, DealSnapshot, StageEventRecord
 from workflows.models import SignalPayload
 
 # An email still in flight, or failed and perhaps resent (under the same Message-ID):
@@ -110,6 +110,17 @@ class DealRecords:
         self.database = database
         self._insert: Callable[[Table], Any] = (sqlite if database.is_sqlite else postgresql).insert
         self._hash_key: bytes | None = None
+        # Each statement built once (a batch is a few milliseconds of the worker's CPU,
+        # much of it SQLAlchemy building what it ran the time before).
+        self._deal_upserts = {kept: self._deal_upsert(kept) for kept in (False, True)}
+        email = self._insert(DEAL_EMAILS)
+        self._email_upsert = email.on_conflict_do_update(
+            index_elements=["message_id"],
+            set_={"outcome": email.excluded.outcome, "at": email.excluded.at},
+            # Not ``in_``: an expanding list cannot run as executemany.
+            where=or_(*(DEAL_EMAILS.c.outcome == outcome for outcome in _NOT_FINAL)),
+        )
+        self._inserts_once: dict[str, Any] = {}
 
     async def record(self, batch: DealRecordBatch) -> None:
         """Write ``batch`` in one transaction (idempotent)."""
@@ -189,36 +200,40 @@ class DealRecords:
             ["task_key"],
             [{"deal_id": deal_id, **task.model_dump(mode="python")} for task in batch.tasks],
         )
-        for email in batch.emails:
-            row = _fitted(DEAL_EMAILS, {"deal_id": deal_id, **email.model_dump(mode="python")})
-            statement = self._insert(DEAL_EMAILS).values(row)
+        if batch.emails:
             connection.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["message_id"],
-                    set_={"outcome": statement.excluded.outcome, "at": statement.excluded.at},
-                    where=DEAL_EMAILS.c.outcome.in_(_NOT_FINAL),
-                )
+                self._email_upsert,
+                [
+                    _fitted(DEAL_EMAILS, {"deal_id": deal_id, **email.model_dump(mode="python")})
+                    for email in batch.emails
+                ],
             )
         if batch.interview is not None:
             self._write_interview(connection, batch, erased)
         if batch.events or batch.emails:
-            deal_facts.refresh(connection, [deal_id])
+            deal_facts.refresh_deal(connection, deal_id)
+
+    def _deal_upsert(self, erased_in_deal: bool) -> Any:
+        """The deal row's upsert: a snapshot replaces an older one, never a newer one."""
+        statement = self._insert(DEALS)
+        changed = {
+            name: statement.excluded[name]
+            for name in DealSnapshot.model_fields
+            if name != "deal_id"
+        }
+        if erased_in_deal:
+            changed |= _kept(DEALS, ("outcome_note",), statement.excluded)
+        return statement.on_conflict_do_update(
+            index_elements=["deal_id"],
+            set_=changed,
+            where=DEALS.c.updated_at <= statement.excluded.updated_at,
+        )
 
     def _write_deal(self, connection: Connection, batch: DealRecordBatch, erased: Erased) -> None:
         deal = batch.deal
         deal = deal.model_copy(update={"outcome_note": erased.text(deal.outcome_note)})
         row = _fitted(DEALS, deal.model_dump(mode="python"))
-        statement = self._insert(DEALS).values(row)
-        changed = {name: statement.excluded[name] for name in row if name != "deal_id"}
-        if erased.in_deal:
-            changed |= _kept(DEALS, ("outcome_note",), statement.excluded)
-        connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=["deal_id"],
-                set_=changed,
-                where=DEALS.c.updated_at <= statement.excluded.updated_at,
-            )
-        )
+        connection.execute(self._deal_upserts[erased.in_deal], row)
 
     def _write_interview(
         self, connection: Connection, batch: DealRecordBatch, erased: Erased
@@ -252,5 +267,8 @@ class DealRecords:
     ) -> None:
         if not rows:
             return
-        statement = self._insert(table).on_conflict_do_nothing(index_elements=key)
+        statement = self._inserts_once.get(table.name)
+        if statement is None:
+            statement = self._insert(table).on_conflict_do_nothing(index_elements=key)
+            self._inserts_once[table.name] = statement
         connection.execute(statement, [_fitted(table, row) for row in rows])
