@@ -9,7 +9,10 @@ the arithmetic; in every case the deal's history has no WorkflowTaskFailed event
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+import zoneinfo
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,9 +23,10 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import WorkflowHandle
+from temporalio.service import RPCError
 
 from starter import Refused, record, start_options
-from tests.conftest import Deals
+from tests.conftest import MAIL_WITHIN, Deals
 from tests.test_lifecycle import deal_id, stage_is, status
 from workflows.deal import INBOUND_MESSAGE, PLAN, DealWorkflow
 from workflows.models import (
@@ -195,40 +199,117 @@ async def test_a_deal_that_skipped_intake_still_runs(deals: Deals) -> None:
 
 # --- the property: whatever the model lets through, no workflow task fails ---
 
+# Every field of DealInput, anything its model accepts (intake's bounds are skipped): text
+# of any length and character but a lone surrogate (no JSON encoder can write one), any
+# email address the model takes, money up to Money's limits, dates of any year.
+text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=300)
+names = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=300
+)
+addresses = st.one_of(
+    st.just("bea@buyer.example.org"),
+    st.builds(
+        "{}@{}".format,
+        st.from_regex(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]{1,40}", fullmatch=True),
+        st.sampled_from(["buyer.example.org", "bücher.example", "a-b.c.d.example.com"]),
+    ),
+)
+money = st.decimals(min_value=0, max_value=Decimal("999999999999.99"), places=2)
 # A cadence delay of 365 days or more cannot be decoded at all (pydantic writes "P1Y",
 # which DelayField refuses): such an input fails before the workflow's code runs.
 delays = st.one_of(
     st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=364)),
     st.builds(lambda n: {"business_days": n}, st.integers(0, 10**12)),
 )
-items = st.lists(
-    st.builds(
-        dict,
-        name=st.just("Widget"),
-        quantity=st.decimals(
-            min_value=Decimal("1e-30"), max_value=Decimal("1e300"), allow_nan=False, places=None
+# A plain timedelta field takes any, negative ones too. Down to -10 years only: one of some
+# -2,000 years overflows the planner's date arithmetic and fails the workflow task. Intake
+# refuses any negative delay and resend window (test_bounded_input.py); a deal that
+# skipped intake with one is not guarded (workflows/schedule.py, deal.py).
+spans = st.timedeltas(min_value=timedelta(days=-3650), max_value=timedelta(days=999_999_999))
+
+
+@st.composite
+def line_items(draw: st.DrawFn) -> dict[str, Any]:
+    list_price = draw(money)
+    floor = draw(st.none() | st.decimals(min_value=0, max_value=list_price, places=2))
+    quantity = draw(
+        st.decimals(min_value=Decimal("1e-30"), max_value=Decimal("1e300"), places=None)
+    )
+    return {"name": draw(names), "quantity": quantity, "list_price": list_price,
+            "floor_price": floor}  # fmt: skip
+
+
+@st.composite
+def send_windows(draw: st.DrawFn) -> dict[str, Any]:
+    start, end = sorted(draw(st.lists(st.times(), min_size=2, max_size=2, unique=True)))
+    days = draw(st.lists(st.integers(0, 6), min_size=1, max_size=7, unique=True))
+    return {"days": days, "start": start, "end": end}
+
+
+contacts = st.fixed_dictionaries(
+    {
+        "name": names,
+        "email": addresses,
+        "time_zone": st.one_of(
+            st.sampled_from(["UTC", "Europe/Berlin", "Pacific/Kiritimati"]), text
         ),
-        list_price=st.decimals(min_value=0, max_value=Decimal("999999999999.99"), places=2),
-    ),
-    min_size=1,
-    max_size=3,
+        "role": text,
+        "country": st.none() | text,
+    }
 )
 hostile_inputs = st.fixed_dictionaries(
     {
-        "kind": st.sampled_from(["rfp", "rfq"]),
-        "items": items,
+        "deal_id": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,50}", fullmatch=True),
+        "company": names,
+        "contacts": st.lists(contacts, min_size=1, max_size=3),
+        "owner": addresses,
+        "kind": st.sampled_from(["rfi", "rfp", "rfq"]),
+        "currency": st.from_regex(r"[A-Z]{3}", fullmatch=True),
+        "items": st.lists(line_items(), min_size=1, max_size=3),
         "cadence": st.fixed_dictionaries(
             {
-                "proposal": st.lists(delays, max_size=3),
-                "quote": st.lists(delays, max_size=3),
-                "no_response_after": st.timedeltas(
-                    min_value=timedelta(0), max_value=timedelta(days=999_999_999)
-                ),
+                name: st.lists(delays, max_size=3)
+                for name in ("inquiry", "proposal", "quote", "offer", "win_loss")
+            }
+            | {
+                "no_response_after": spans,
+                "delivery_overdue_after": spans,
+                "check_in_after": delays,
+                "win_loss_after": delays,
+                "out_of_office_pause": spans,
+                "win_loss_min_order_value": money,
                 "reserved_margin_percent": st.decimals(
                     min_value=0, max_value=Decimal("99.9999999"), allow_nan=False, places=None
                 ),
             }
         ),
+        "fulfilment_address": addresses,
+        "win_loss_interviewer": st.none() | addresses,
+        "message_domain": text,
+        "calendar": st.none()
+        | st.fixed_dictionaries(
+            {
+                "time_zone": st.sampled_from(sorted(zoneinfo.available_timezones())),
+                "window": send_windows(),
+                "holidays": st.lists(st.dates(), max_size=20),
+            }
+        ),
+        "shift_policy": st.sampled_from(["shift", "anchor"]),
+        # Sends on the deal's own queue, by name or not. A queue no worker polls leaves the
+        # send waiting, which the time-skipping server cannot skip past; intake bounds the
+        # name (test_bounded_input.py).
+        "send_task_queue": st.booleans(),
+        "routing": st.dictionaries(text, st.lists(text, max_size=3), max_size=3),
+        # Positive: Temporal refuses a negative activity timeout, so the deal's workflow
+        # task would fail for ever, and reads 0 as no limit. Intake refuses both
+        # (test_bounded_input.py); a deal that skipped intake with one is not guarded.
+        # Up to 2 h, where intake allows 30 days: a longer one only retries a send that
+        # hostile text makes fail (a non-ASCII domain) for longer, thousands of times over
+        # the 60 days this test skips.
+        "send_retry_for": st.timedeltas(
+            min_value=timedelta(seconds=1), max_value=timedelta(hours=2)
+        ),
+        "resend_window": spans,
     }
 )
 
@@ -240,16 +321,75 @@ hostile_inputs = st.fixed_dictionaries(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(fields=hostile_inputs)
+# The reproductions: 100 KB of company, a line feed in a name, a quantity of 1e30.
+@example(
+    fields={
+        "deal_id": "X",
+        "company": "C" * 100_000,
+        "contacts": [{"name": "Ann\nBcc: all@example.org", "email": "bea@buyer.example.org",
+                      "time_zone": "No/Such_Zone", "role": "\x1b[2J", "country": "\x00"}],
+        "owner": "rep@seller.example.com",
+        "kind": "rfq",
+        "currency": "ZZZ",
+        "items": [{"name": "W\r\n", "quantity": Decimal("1e30"), "list_price": Decimal(100),
+                   "floor_price": None}],
+        "cadence": {},
+        "fulfilment_address": "fulfilment@seller.example.com",
+        "win_loss_interviewer": None,
+        "message_domain": "example.com>\r\nBcc: all@example.org",
+        "calendar": None,
+        "shift_policy": "shift",
+        "send_task_queue": False,
+        "routing": {"quotation": ["\x00"] * 3},
+        "send_retry_for": timedelta(hours=1),
+        "resend_window": timedelta(days=-1),
+    }
+)  # fmt: skip
 async def test_no_deal_input_the_model_accepts_fails_a_workflow_task(
     deals: Deals, fields: dict[str, Any]
 ) -> None:
+    # Each example its own deal: the drawn id, made unique.
+    fields["deal_id"] += f"-{uuid.uuid4().hex[:8]}"
+    on_own_queue = fields.pop("send_task_queue")
+    fields["send_task_queue"] = deals.settings.temporal_task_queue if on_own_queue else None
     handle = await start_unchecked(deals, **fields)
-    await deals.quiet(handle)
-    await status(handle)
-    await handle.query(PLAN, result_type=list[PlannedSend])
-    await deals.skip(timedelta(days=60))
-    await deals.quiet(handle)
-    assert await failed_tasks(handle) == []
+    try:
+        await decided(handle)
+        await status(handle)
+        await handle.query(PLAN, result_type=list[PlannedSend])
+        await deals.skip(timedelta(days=60))
+        await decided(handle)
+        assert await failed_tasks(handle) == []
+    finally:
+        # Done with: the next examples' 60 days must not carry this deal along too.
+        with contextlib.suppress(RPCError):
+            await handle.terminate("example done")
+
+
+async def decided(handle: WorkflowHandle, within: float = MAIL_WITHIN) -> None:
+    """Wait until the deal has no workflow task open (or one failed). Unlike ``quiet``, its
+    activities may still run: a hostile address or subject can fail a send, and a send
+    that fails for a while is retried in real time here, where no one skips the clock."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        task_open = False
+        async for event in handle.fetch_history_events():
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
+                task_open = True
+            elif event.event_type in TASK_DONE:
+                task_open = False
+        if not task_open:
+            return
+        assert loop.time() < deadline, f"{handle.id}: a workflow task still open after {within} s"
+        await asyncio.sleep(0.05)
+
+
+TASK_DONE = {
+    EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
+}
 
 
 # --- inbound mail signals: a signal has no validator, so its handler absorbs anything ---
