@@ -1,15 +1,25 @@
 """Helpers of the dashboard tests: seeding the ledger's deal tables with a generated
-history, and what the page should show for it, from the report functions themselves."""
+history, and what the page should show for it, from the report functions themselves or
+from what ``starter.py report ... --format json`` printed."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from html.parser import HTMLParser
 
+from pydantic import TypeAdapter
+
 from dashboard import figures
+from dashboard.app import DEALS_SHOWN, Figures
 from ledger import reports
 from ledger.database import LedgerDatabase
 from ledger.reports import ReportFilter
 from tests.report_history import GeneratedHistory, store
+
+# ``starter.py report NAME --format json``: between them, every figure the page shows
+# but the deals table (``starter.py export deals --format jsonl``).
+CLI_REPORTS = ("funnel", "stages", "cycle", "forecast", "follow-ups", "win-loss")
 
 
 async def seed(db: LedgerDatabase, history: GeneratedHistory) -> None:
@@ -53,42 +63,81 @@ def shown(html: str) -> dict[str, str]:
 async def expected(
     db: LedgerDatabase, f: ReportFilter, min_deals: int = reports.MIN_DEALS
 ) -> dict[str, str]:
-    """What the page must show for ``f``: each report's figure as the page writes it."""
+    """What the page must show for ``f``, from the report functions."""
+    found = Figures(
+        funnel=await reports.funnel(db, f, min_deals=min_deals),
+        stage_times=await reports.stage_times(db, f),
+        cycle=await reports.cycle(db, f),
+        win_rate=await reports.win_rate(db, f, min_deals=min_deals),
+        won_sizes=await reports.average_won_size(db, f),
+        velocity=await reports.velocity(db, f, min_deals=min_deals),
+        forecast=await reports.forecast(db, f, min_deals=min_deals),
+        follow_ups=await reports.follow_up_effectiveness(db, f, min_deals=min_deals),
+        win_loss=await reports.win_loss(db, f),
+        deals=await reports.deals(db, f, limit=DEALS_SHOWN),
+    )
+    return page_text(found)
+
+
+def printed(reports_json: Mapping[str, str], deals_jsonl: str) -> dict[str, str]:
+    """What the page must show, from what the CLI printed: each of ``CLI_REPORTS`` as
+    JSON, and ``export deals`` as JSON lines. Read back into the reports' own types, so
+    a figure the CLI printed differently from the page's is a difference here."""
+    cycle = json.loads(reports_json["cycle"])
+    deals = [reports.DealRow.model_validate_json(line) for line in deals_jsonl.splitlines()]
+    # The export is by deal id; the page shows the newest first (ties by deal id).
+    deals.sort(key=lambda deal: deal.deal_id)
+    deals.sort(key=lambda deal: deal.created_at, reverse=True)
+    found = Figures(
+        funnel=reports.Funnel.model_validate_json(reports_json["funnel"]),
+        stage_times=TypeAdapter(list[reports.StageTime]).validate_json(reports_json["stages"]),
+        cycle=reports.Cycle.model_validate(cycle["cycle"]),
+        win_rate=reports.Rate.model_validate(cycle["win_rate"]),
+        won_sizes=TypeAdapter(list[reports.MoneyFigure]).validate_python(cycle["average_won_size"]),
+        velocity=TypeAdapter(list[reports.Velocity]).validate_python(cycle["velocity"]),
+        forecast=TypeAdapter(list[reports.ForecastRow]).validate_json(reports_json["forecast"]),
+        follow_ups=reports.FollowUps.model_validate_json(reports_json["follow-ups"]),
+        win_loss=reports.WinLoss.model_validate_json(reports_json["win-loss"]),
+        deals=deals[:DEALS_SHOWN],
+    )
+    return page_text(found)
+
+
+def page_text(found: Figures) -> dict[str, str]:
+    """Each figure as the page writes it, by its ``data-figure`` key."""
     want: dict[str, str] = {}
-    funnel = await reports.funnel(db, f, min_deals=min_deals)
+    funnel = found.funnel
     want["deals"] = figures.count(funnel.deals)
     for row in funnel.rows:
         want[f"funnel/{row.stage}/reached"] = figures.count(row.reached)
         want[f"funnel/{row.stage}/to_next"] = figures.share(row.to_next)
         want[f"funnel/{row.stage}/to_won"] = figures.share(row.to_won)
-    for time in await reports.stage_times(db, f):
+    for time in found.stage_times:
         want[f"stage_time/{time.stage}/deals"] = figures.count(time.deals)
         want[f"stage_time/{time.stage}/median"] = figures.duration(time.median)
         want[f"stage_time/{time.stage}/p90"] = figures.duration(time.p90)
-    cycle = await reports.cycle(db, f)
-    want["cycle/median"] = figures.duration(cycle.median)
-    want["cycle/p90"] = figures.duration(cycle.p90)
-    want["win_rate"] = figures.share(await reports.win_rate(db, f, min_deals=min_deals))
-    for size in await reports.average_won_size(db, f):
+    want["cycle/median"] = figures.duration(found.cycle.median)
+    want["cycle/p90"] = figures.duration(found.cycle.p90)
+    want["win_rate"] = figures.share(found.win_rate)
+    for size in found.won_sizes:
         want[f"won_size/{size.currency}"] = figures.money(size.average, size.currency)
-    for speed in await reports.velocity(db, f, min_deals=min_deals):
+    for speed in found.velocity:
         key = f"velocity/{speed.currency}"
         want[f"{key}/open_deals"] = figures.count(speed.open_deals)
         want[f"{key}/average_won"] = figures.money(speed.average_won, speed.currency)
         want[f"{key}/cycle_days"] = figures.days(speed.cycle_days)
         want[f"{key}/per_day"] = figures.money(speed.per_day, speed.currency)
-    for row in await reports.forecast(db, f, min_deals=min_deals):
+    for row in found.forecast:
         key = f"forecast/{row.currency}/{row.stage}"
         want[f"{key}/open_deals"] = figures.count(row.open_deals)
         want[f"{key}/open_value"] = figures.money(row.open_value, row.currency)
         want[f"{key}/to_won"] = figures.share(row.to_won)
         want[f"{key}/weighted"] = figures.money(row.weighted, row.currency)
-    follow_ups = await reports.follow_up_effectiveness(db, f, min_deals=min_deals)
-    for touch in follow_ups.replies:
+    for touch in found.follow_ups.replies:
         want[f"follow_up/{touch.touch}"] = figures.share(touch.replies)
-    for stage in follow_ups.no_response:
+    for stage in found.follow_ups.no_response:
         want[f"no_response/{stage.stage}"] = figures.share(stage.rate)
-    win_loss = await reports.win_loss(db, f)
+    win_loss = found.win_loss
     for reason in win_loss.reasons:
         want[f"reason/{reason.outcome}/{reason.code}"] = figures.count(reason.deals)
     for lost in win_loss.lost_reasons:
@@ -98,7 +147,7 @@ async def expected(
         want[f"{key}/interviews"] = figures.count(rating.interviews)
         want[f"{key}/rep"] = figures.rating(rating.rep_rating)
         want[f"{key}/cooperation"] = figures.rating(rating.cooperation_rating)
-    for deal in await reports.deals(db, f, limit=200):
+    for deal in found.deals:
         stage = deal.stage + (f" ({deal.lost_reason})" if deal.lost_reason else "")
         want[f"deal/{deal.deal_id}/stage"] = stage
         want[f"deal/{deal.deal_id}/value"] = figures.money(deal.value, deal.currency)
