@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import aioimaplib
+from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -118,6 +119,19 @@ def clean(text: str, limit: int) -> str:
     """One line of at most ``limit`` characters: control characters become a space."""
     text = _CONTROL.sub(" ", text).strip()
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def as_contacts_are_written(address: str) -> str:
+    """``address`` as a deal's contacts are written (email_validator's normal form, which
+    pydantic's EmailStr gives them: an IDN domain in Unicode), so that a reply or a bounce
+    from ``bea@xn--bcher-kva.example``, the form our emails go to, names the contact
+    ``bea@bücher.example``. One that is not a valid address stays as it is."""
+    if address.isascii() and "xn--" not in address.lower():
+        return address  # nothing to convert: the common case
+    try:
+        return validate_email(address, check_deliverability=False).normalized
+    except EmailNotValidError:
+        return address
 
 
 def bounded(entry: InboxEntry) -> InboxEntry:
@@ -437,7 +451,7 @@ class MailboxReader:
             uid=uid,
             message_id=mail.message_id,
             read_at=datetime.now(UTC),
-            sender=mail.sender,
+            sender=as_contacts_are_written(mail.sender),
             # An unsubscribe's subject is its token, which opts out whoever it names: it
             # stays here, out of the poller's state and ``inbox``.
             subject="unsubscribe" if mail.kind is InboundKind.UNSUBSCRIBE else mail.subject,
@@ -447,7 +461,7 @@ class MailboxReader:
             how=match.how,
             outcome=match.reason,
             returns_on=mail.returns_on.isoformat() if mail.returns_on else "",
-            failed_recipient=mail.failed_recipient or "",
+            failed_recipient=as_contacts_are_written(mail.failed_recipient or ""),
             bounce_status=mail.bounce_status or "",
             permanent=mail.permanent if mail.permanent is not None else True,
             snippet=mail.snippet,

@@ -1,9 +1,15 @@
 """The send-email activity: render, build a MIME message, hand it to SMTP.
 
 Failure policy: what retrying cannot fix (unknown template, missing variable,
-malformed address, a 5xx answer) raises a non-retryable ``ApplicationError``
-whose ``type`` the workflow records on the deal; anything else (4xx, refused
-connection, time-out) raises so that Temporal retries with backoff.
+malformed address, a 5xx answer, an address the relay cannot carry) raises a
+non-retryable ``ApplicationError`` whose ``type`` the workflow records on the deal;
+anything else (4xx, refused connection, time-out) raises so that Temporal retries
+with backoff.
+
+Addresses go out as every relay takes them: a domain that is not ASCII in its IDNA
+A-labels (``bea@xn--bcher-kva.example``), in MAIL FROM, RCPT TO and the headers. Only a
+local part that is not ASCII (``béa@…``) needs SMTPUTF8 (RFC 6531); through a relay
+that does not offer it, that send fails at once, for good.
 """
 
 from __future__ import annotations
@@ -18,12 +24,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from email.headerregistry import Address
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
@@ -107,6 +112,9 @@ class FailureType:
     SUPPRESSED = "Suppressed"
     # An earlier attempt died after claiming the send: the relay may have it. Held for ops.
     MAYBE_SENT = "MaybeSent"
+    # A local part that is not ASCII, and a relay without SMTPUTF8. Raised non-retryable,
+    # so it needs no place in NON_RETRYABLE (the deals' retry policy, kept as it is).
+    NO_SMTPUTF8 = "RelayLacksSmtputf8"
 
 
 NON_RETRYABLE = [
@@ -192,7 +200,7 @@ class BuyerLinks:
 
     def headers(self, request: EmailRequest, unsubscribe_url: str) -> dict[str, str]:
         token = unsubscribe_url.rsplit("/", 1)[1]
-        mailto = f"mailto:{self.unsubscribe_mailbox}?subject=unsubscribe%20{token}"
+        mailto = f"mailto:{_wire(self.unsubscribe_mailbox)}?subject=unsubscribe%20{token}"
         return {
             "Reply-To": self.signer.reply_address(self.reply_base, request.context.deal.deal_id),
             "List-Unsubscribe": f"<{unsubscribe_url}>, <{mailto}>",
@@ -200,18 +208,18 @@ class BuyerLinks:
         }
 
 
-# Addresses whose checked form is remembered: checking one (email_validator, then
-# ``Address``) cost about 0.05 ms, twice a recipient a send. Only valid ones are kept,
-# so a malformed address raises a new ``ApplicationError`` every time.
+# Addresses whose checked form is remembered: checking one (email_validator) cost about
+# 0.05 ms, twice a recipient a send. Only valid ones are kept, so a malformed address
+# raises a new ``ApplicationError`` every time.
 ADDRESSES_REMEMBERED = 4096
 
 
-def _address(party: Party) -> Address:
+def _address(party: Party) -> Mailbox:
     return _checked_address(party.name, party.email)
 
 
 @functools.lru_cache(maxsize=ADDRESSES_REMEMBERED)
-def _checked_address(name: str, email: str) -> Address:
+def _checked_address(name: str, email: str) -> Mailbox:
     try:
         checked = validate_email(email, check_deliverability=False)
     except EmailNotValidError as error:
@@ -228,7 +236,19 @@ def _checked_address(name: str, email: str) -> Address:
             type=FailureType.ADDRESS,
             non_retryable=True,
         )
-    return Address(display_name=name, addr_spec=checked.normalized)
+    return Mailbox(name, _on_the_wire(checked))
+
+
+def _on_the_wire(checked: ValidatedEmail) -> str:
+    """The address as it goes out: the domain in IDNA A-labels (``xn--``), which every relay
+    takes, and the same name the ledger's normal form gives it (ledger/addresses.py); an
+    ASCII address is its normal form as it was."""
+    return checked.ascii_email or f"{checked.local_part}@{checked.ascii_domain}"
+
+
+def _wire(address: str) -> str:
+    """Our own addresses (sender, Reply-To) as they go out, see ``_on_the_wire``."""
+    return address if address.isascii() else _checked_address("", address).address
 
 
 # What intake refuses in names and subjects (workflows/bounds.py check_text): C0 and C1
@@ -325,6 +345,19 @@ def _ledger_down(error: Exception, url: str) -> ApplicationError:
     )
 
 
+def _cannot_carry(request: EmailRequest, message: OutgoingMessage) -> ApplicationError:
+    """The relay lacks SMTPUTF8 and this email names an address that needs it: no retry
+    brings the extension, so it fails now rather than retry for a day."""
+    named = [message.sender, *(_address(party).address for party in request.to)]
+    needing = ", ".join(address for address in named if not address.isascii())
+    return ApplicationError(
+        f"{needing}: the relay does not offer SMTPUTF8, which an address whose local part "
+        "is not ASCII needs; send through a relay that does, or use an ASCII address",
+        type=FailureType.NO_SMTPUTF8,
+        non_retryable=True,
+    )
+
+
 def _first_code(error: aiosmtplib.SMTPRecipientsRefused) -> tuple[int, str]:
     refused = error.recipients[0]
     return refused.code, f"{refused.recipient}: {refused.code} {refused.message}"
@@ -364,7 +397,7 @@ class Mailer:
             unsubscribe_url = self._unsubscribe_url(request, parties)
             rendered = self._render(request, unsubscribe_url)
             message = self._message(request, recipients, rendered, unsubscribe_url)
-            built.append(replace(message, recipients=[_address(p).addr_spec for p in parties]))
+            built.append(replace(message, recipients=[_address(p).address for p in parties]))
         return built
 
     def copies(self, request: EmailRequest) -> list[list[Party]]:
@@ -404,7 +437,7 @@ class Mailer:
     def _message(
         self,
         request: EmailRequest,
-        recipients: list[Address],
+        recipients: list[Mailbox],
         rendered: RenderedEmail,
         unsubscribe_url: str,
     ) -> OutgoingMessage:
@@ -426,9 +459,9 @@ class Mailer:
             reply_to = extra.pop("Reply-To")
             headers.extend(extra.items())
         return compose(
-            sender=Mailbox(self.sender.name, self.sender.address),
-            to=[Mailbox(a.display_name, a.addr_spec) for a in recipients],
-            reply_to=Mailbox("", reply_to) if reply_to else None,
+            sender=Mailbox(self.sender.name, _wire(self.sender.address)),
+            to=recipients,
+            reply_to=Mailbox("", _wire(reply_to)) if reply_to else None,
             subject=subject,
             text=rendered.text,
             html=rendered.html,
@@ -466,7 +499,8 @@ class Mailer:
         from ledger.suppression_list import SuppressionReason, SuppressionSource
 
         for party in request.to:
-            if party.email.lower() not in detail.lower():
+            # The relay names the address as it went out (an IDN domain in A-labels).
+            if _address(party).address.lower() not in detail.lower():
                 continue
             try:
                 await self.suppressions.add(
@@ -546,7 +580,7 @@ class Mailer:
                     url, rendered = renderings[places]
                     message = replace(
                         self._message(allowed, recipients, rendered, url),
-                        recipients=[_address(party).addr_spec for party in parties],
+                        recipients=[_address(party).address for party in parties],
                     )
                     await self._transmit(smtp, request, message, places, sending)
             if sending.reply is None and not sending.claimed:
@@ -577,7 +611,7 @@ class Mailer:
                     non_retryable=True,
                 ) from None
             raise
-        kept = [party for party in allowed.to if party.email not in sending.refused]
+        kept = [p for p in allowed.to if _address(p).address not in sending.refused]
         return self._receipt(request, first.subject, kept)
 
     def _rendering(
@@ -591,7 +625,7 @@ class Mailer:
     ) -> EmailReceipt:
         """``message_id``: the one the email carries (the deal threads its replies on it)."""
         subject = _subject(request, subject)
-        accepted = [_address(party).addr_spec for party in parties]
+        accepted = [_address(party).address for party in parties]
         return EmailReceipt(message_id=self.wire_id(request), subject=subject, accepted=accepted)
 
     async def _transmit(
@@ -610,11 +644,16 @@ class Mailer:
         The claim also says which copies an earlier attempt sent: those are skipped.
         A copy whose recipients the relay refuses is left out; the rest still go.
         """
-        await smtp.mail(message.sender, options=message.mail_options)
+        # SMTPUTF8 only for a local part that is not ASCII (``compose``); else ASCII.
+        encoding = "utf-8" if message.mail_options else "ascii"
+        try:
+            await smtp.mail(message.sender, options=message.mail_options, encoding=encoding)
+        except aiosmtplib.SMTPNotSupported:
+            raise _cannot_carry(request, message) from None
         refused: dict[str, tuple[int, str]] = {}
         for recipient in message.recipients:
             try:
-                await smtp.rcpt(recipient)
+                await smtp.rcpt(recipient, encoding=encoding)
             except aiosmtplib.SMTPRecipientRefused as error:
                 refused[recipient] = (error.code, error.message)
         sending.refused.update(refused)

@@ -199,7 +199,8 @@ def compose(
     addresses = [sender.address, *(mailbox.address for mailbox in to)]
     if reply_to is not None:
         addresses.append(reply_to.address)
-    # Internationalised addresses need SMTPUTF8, and then headers are UTF-8 as they are.
+    # A local part that is not ASCII needs SMTPUTF8, and then headers are UTF-8 as they
+    # are. (The mailer hands over a domain that is not ASCII in IDNA A-labels.)
     utf8 = not all(address.isascii() for address in addresses)
     boundary = "=_" + hashlib.sha256(message_id.encode()).hexdigest()[:32]
     lines = [

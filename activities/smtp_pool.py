@@ -32,7 +32,8 @@ def _quoted(address: str) -> str:
 class _Client(aiosmtplib.SMTP):
     """aiosmtplib's client, with MAIL and RCPT quoting an address from memory: parsing
     it (``email.utils.parseaddr``) each time was a twentieth of a send's CPU. The
-    commands, their checks and their errors are aiosmtplib's own (5.x)."""
+    commands, their checks and their errors are aiosmtplib's own (5.x); MAIL also makes
+    ``sendmail``'s check that a relay offers SMTPUTF8 before it is asked for."""
 
     async def mail(
         self,
@@ -44,10 +45,14 @@ class _Client(aiosmtplib.SMTP):
         timeout: float | Literal[Default.token] | None = Default.token,  # noqa: ASYNC109
     ) -> SMTPResponse:
         await self._ehlo_or_helo_if_needed()
+        options = list(options or ())
+        if "SMTPUTF8" in options and not self.supports_extension("smtputf8"):
+            # Such a relay would refuse a UTF-8 address, or mangle it on its way.
+            raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server")
         response = await self.execute_command(
             b"MAIL",
             b"FROM:" + _quoted(sender).encode(encoding),
-            *(option.encode("ascii") for option in options or ()),
+            *(option.encode("ascii") for option in options),
             timeout=timeout,
         )
         if response.code != SMTPStatus.completed:
