@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -76,45 +76,8 @@ def check_currency(code: str) -> str:
 
 def check_deal(deal: DealInput, now: date | None = None) -> None:
     """Every field of a deal inside its bound (workflows/bounds.py); BadInput names the first."""
-    day = now or today()
     try:
-        bounds.check_text("company", deal.company, bounds.MAX_NAME)
-        if len(deal.contacts) > bounds.MAX_CONTACTS:
-            raise ValueError(f"contacts: {len(deal.contacts)} given; at most {bounds.MAX_CONTACTS}")
-        for index, contact in enumerate(deal.contacts):
-            bounds.check_text(f"contacts.{index}.name", contact.name, bounds.MAX_NAME)
-            bounds.check_text(f"contacts.{index}.role", contact.role, bounds.MAX_LINE)
-            bounds.check_text(f"contacts.{index}.country", contact.country or "", 8)
-        bounds.check_items("items", deal.items)
-        bounds.check_domain("message_domain", deal.message_domain)
-        if deal.send_task_queue is not None:
-            bounds.check_task_queue("send_task_queue", deal.send_task_queue)
-        bounds.check_routing("routing", deal.routing)
-        cadence = deal.cadence
-        for name in ("inquiry", "proposal", "quote", "offer", "win_loss"):
-            delays = cadence.follow_ups(name)
-            if len(delays) > bounds.MAX_FOLLOW_UPS:
-                raise ValueError(
-                    f"cadence.{name}: {len(delays)} follow-ups; at most {bounds.MAX_FOLLOW_UPS}"
-                )
-            for index, delay in enumerate(delays):
-                bounds.check_delay(f"cadence.{name}.{index}", delay)
-        for name in (
-            "no_response_after", "delivery_overdue_after", "check_in_after", "win_loss_after",
-            "out_of_office_pause",
-        ):  # fmt: skip
-            bounds.check_delay(f"cadence.{name}", getattr(cadence, name))
-        bounds.check_percent("cadence.reserved_margin_percent", cadence.reserved_margin_percent)
-        if deal.send_retry_for > bounds.MAX_SEND_RETRY:
-            raise ValueError(f"send_retry_for is over {bounds.MAX_SEND_RETRY.days} days")
-        if deal.send_retry_for <= timedelta(0):
-            # Temporal refuses a negative timeout (the deal's workflow task would fail for
-            # ever) and reads 0 as no limit at all.
-            raise ValueError("send_retry_for must be more than 0, e.g. PT24H")
-        if not timedelta(0) <= deal.resend_window <= bounds.MAX_RESEND_WINDOW:
-            raise ValueError(f"resend_window must be 0 to {bounds.MAX_RESEND_WINDOW.days} days")
-        if deal.calendar is not None:
-            bounds.check_calendar("calendar", deal.calendar, day)
+        bounds.check_deal(deal, now or today())
     except ValueError as error:
         raise BadInput(str(error)) from None
     check_currency(deal.currency)

@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from temporalio.client import WorkflowHandle
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from activities.email_models import DealFacts, EmailContext, EmailRequest, Party
 from activities.rendering import TemplateLibrary
-from starter import record, start_deal, start_options
+from devstack import OutboxSink
+from settings import Settings
+from starter import record, start_deal
 from tests.conftest import Deals, pending_sends, send_attempts, steps
 from tests.test_inbound_signals import eventually as status_when
 from tests.test_lifecycle import deal_id, eventually, own_id, stage_is, status
 from worker import build_mailer, build_worker
-from workflows.deal import RESEND_FAILED, DealWorkflow
-from workflows.models import Closed, DealInput, SignalPayload
+from workflows.deal import RESEND_FAILED
+from workflows.models import Closed, SignalPayload
 from workflows.stages import BuyerSignal, Stage
 
 
@@ -138,43 +144,55 @@ async def test_smtp_5xx_is_recorded_as_a_bounce_and_the_address_is_not_mailed_ag
     await record(deals.client, deal_id(handle), BuyerSignal.CANCELLED, Closed(reason="done"))
 
 
-async def test_a_name_with_a_line_feed_past_intake_fails_once_and_sends_nothing(
-    deals: Deals,
-) -> None:
-    """Intake refuses it; should one reach the send activity, it must not retry for a day
-    nor inject a header (``Bcc:``): it fails for good on its first attempt."""
-    fields = deals.input(kind="rfp").model_dump()
-    fields["contacts"][0]["name"] = "Bea\r\nBcc: mallory@evil.example"
-    deal = DealInput.model_validate(fields)
-    deals.started.add(deal.deal_id)
-    handle = await deals.client.start_workflow(
-        DealWorkflow.run, deal, **start_options(deals.settings, deal)
+def proposal(company: str, name: str) -> EmailRequest:
+    """A proposal's send request, as a deal makes it, to a buyer called ``name``."""
+    buyer = Party(name=name, email="bea@buyer.example.org", time_zone="Europe/Berlin")
+    facts = DealFacts(deal_id="D-1", company=company, kind="rfp", stage="Proposal Received",
+                      currency="EUR", owner="rep@seller.example.com")  # fmt: skip
+    return EmailRequest(
+        message_id="<D-1.001-proposal@seller.example.com>",
+        template="proposal",
+        to=[buyer],
+        date=datetime(2026, 12, 8, 9, tzinfo=UTC),
+        context=EmailContext(deal=facts, recipient=buyer, buyer=buyer),
+        buyer_facing=True,
     )
-    current = await status_when(handle, lambda d: d.messages[0].outcome == "failed")
-    assert current.messages[0].error.startswith("InvalidAddress: the name")
-    assert "control character" in current.messages[0].error
-    assert await send_attempts(handle) == [1]
-    await deals.quiet()
-    assert all("mallory" not in " ".join(m.rcpt_tos) for m in deals.sink.received)
-    await record(deals.client, deal.deal_id, BuyerSignal.CANCELLED, Closed(reason="done"))
 
 
-async def test_a_subject_with_a_control_character_past_intake_fails_once_and_sends_nothing(
-    deals: Deals,
+async def refusal(settings: Settings, request: EmailRequest) -> ApplicationError:
+    """What the send activity raises for ``request``, run as Temporal runs it."""
+    mailer = build_mailer(settings)
+    try:
+        with pytest.raises(ApplicationError) as refused:
+            await ActivityEnvironment().run(mailer.send_email, request)
+    finally:
+        await mailer.pool.close()
+        assert mailer.ledger is not None
+        await mailer.ledger.database.dispose()
+    return refused.value
+
+
+# Intake and the deal itself (refused as it starts: tests/test_hostile_input.py) keep these
+# from a send; should one reach the send activity all the same, it must not retry for a day
+# nor inject a header: it fails for good on its first attempt, having sent nothing.
+
+
+async def test_a_name_with_a_line_feed_fails_the_send_for_good_and_sends_nothing(
+    settings: Settings, sink: OutboxSink
 ) -> None:
-    """Intake refuses a company with a control character; should one reach the send
-    activity, the subject it is rendered into fails for good on the first attempt. A C1
-    CSI (U+009B) drives a terminal as ESC [ does, and is no whitespace that rendering
-    would fold into a space."""
-    deal = deals.input(kind="rfp").model_copy(update={"company": "ACME\x9b2J GmbH"})
-    deals.started.add(deal.deal_id)
-    handle = await deals.client.start_workflow(
-        DealWorkflow.run, deal, **start_options(deals.settings, deal)
-    )
-    current = await status_when(handle, lambda d: d.messages[0].outcome == "failed")
-    assert current.messages[0].error.startswith("TemplateProblem: the subject")
-    assert "control character" in current.messages[0].error
-    assert await send_attempts(handle) == [1]
-    await deals.quiet()
-    assert deals.sink.received == []
-    await record(deals.client, deal.deal_id, BuyerSignal.CANCELLED, Closed(reason="done"))
+    request = proposal("Buyer & Sons", "Bea\r\nBcc: mallory@evil.example")
+    refused = await refusal(settings, request)
+    assert (refused.type, refused.non_retryable) == ("InvalidAddress", True)
+    assert refused.message.startswith("the name") and "control character" in refused.message
+    assert sink.received == []
+
+
+async def test_a_subject_with_a_control_character_fails_the_send_for_good_and_sends_nothing(
+    settings: Settings, sink: OutboxSink
+) -> None:
+    """A company with a C1 CSI (U+009B, which drives a terminal as ESC [ does, and is no
+    whitespace that rendering would fold into a space) is rendered into the subject."""
+    refused = await refusal(settings, proposal("ACME\x9b2J GmbH", "Bea Buyer"))
+    assert (refused.type, refused.non_retryable) == ("TemplateProblem", True)
+    assert refused.message.startswith("the subject") and "control character" in refused.message
+    assert sink.received == []

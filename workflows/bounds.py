@@ -17,13 +17,16 @@ import unicodedata
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import idna
 from pydantic import BaseModel
 
 from workflows import pricing
 from workflows.business_calendar import MAX_SCAN_DAYS, BusinessCalendar, BusinessDays, Delay
+
+if TYPE_CHECKING:
+    from workflows.models import DealInput
 
 # Text, in characters.
 MAX_NAME = 200  # company, contact and item names
@@ -215,6 +218,49 @@ def check_calendar(where: str, calendar: BusinessCalendar, today: date) -> None:
                 f"{(day - timedelta(days=run - 1)).isoformat()}: check its holidays"
             )
         day += timedelta(days=1)
+
+
+def check_deal(deal: DealInput, today: date) -> None:
+    """Every field of a deal inside its bound; ValueError naming the first that is not.
+
+    Intake runs it before a deal starts (``deal_intake.check_deal``, which also checks the
+    currency), and the deal again as its run begins, before any command, for input that
+    was started straight against Temporal."""
+    check_text("company", deal.company, MAX_NAME)
+    if len(deal.contacts) > MAX_CONTACTS:
+        raise ValueError(f"contacts: {len(deal.contacts)} given; at most {MAX_CONTACTS}")
+    for index, contact in enumerate(deal.contacts):
+        check_text(f"contacts.{index}.name", contact.name, MAX_NAME)
+        check_text(f"contacts.{index}.role", contact.role, MAX_LINE)
+        check_text(f"contacts.{index}.country", contact.country or "", 8)
+    check_items("items", deal.items)
+    check_domain("message_domain", deal.message_domain)
+    if deal.send_task_queue is not None:
+        check_task_queue("send_task_queue", deal.send_task_queue)
+    check_routing("routing", deal.routing)
+    cadence = deal.cadence
+    for name in ("inquiry", "proposal", "quote", "offer", "win_loss"):
+        delays = cadence.follow_ups(name)
+        if len(delays) > MAX_FOLLOW_UPS:
+            raise ValueError(f"cadence.{name}: {len(delays)} follow-ups; at most {MAX_FOLLOW_UPS}")
+        for index, delay in enumerate(delays):
+            check_delay(f"cadence.{name}.{index}", delay)
+    for name in (
+        "no_response_after", "delivery_overdue_after", "check_in_after", "win_loss_after",
+        "out_of_office_pause",
+    ):  # fmt: skip
+        check_delay(f"cadence.{name}", getattr(cadence, name))
+    check_percent("cadence.reserved_margin_percent", cadence.reserved_margin_percent)
+    if deal.send_retry_for > MAX_SEND_RETRY:
+        raise ValueError(f"send_retry_for is over {MAX_SEND_RETRY.days} days")
+    if deal.send_retry_for <= timedelta(0):
+        # Temporal refuses a negative timeout (the deal's workflow task would fail for
+        # ever) and reads 0 as no limit at all.
+        raise ValueError("send_retry_for must be more than 0, e.g. PT24H")
+    if not timedelta(0) <= deal.resend_window <= MAX_RESEND_WINDOW:
+        raise ValueError(f"resend_window must be 0 to {MAX_RESEND_WINDOW.days} days")
+    if deal.calendar is not None:
+        check_calendar("calendar", deal.calendar, today)
 
 
 # --- update payloads: one rule per field name ---

@@ -112,6 +112,8 @@ KEEP_FAILED_FOR_RESEND = "keep-failed-for-resend"
 VERIFIED_SENDER = "verified-sender"
 INBOUND_MESSAGE = "inbound_message"
 EVENTS_REMEMBERED = 1000
+# The failure type of a deal whose input is out of bounds (started past intake).
+INPUT_REFUSED = "DealInputRefused"
 
 
 ALWAYS_OPEN = BusinessCalendar(
@@ -192,6 +194,7 @@ class DealWorkflow:
 
     @workflow.run
     async def run(self, deal: DealInput) -> DealStatus:
+        self._refuse_out_of_bounds(deal)
         recorder = None
         if self.keeps_records and workflow.patched(RECORD_DEAL):
             # The ledger's record runs beside the loop: the loop never waits for it.
@@ -220,6 +223,20 @@ class DealWorkflow:
             self.recording.closing = True
             await recorder
         return self.status()
+
+    @staticmethod
+    def _refuse_out_of_bounds(deal: DealInput) -> None:
+        """Input started straight against Temporal, past intake, meets intake's bounds here,
+        before any command: outside them the deal fails with the reason, in one line,
+        rather than fail a workflow task for ever (a negative send_retry_for, a delay of
+        -2,000 years). Whatever intake let start passes, so its history replays as it was."""
+        try:
+            bounds.check_deal(deal, workflow.now().date())
+        except (ValueError, ArithmeticError) as error:
+            reason = " ".join(str(error).split())
+            raise ApplicationError(
+                f"deal input refused: {reason}", type=INPUT_REFUSED, non_retryable=True
+            ) from None
 
     async def _changed_before(self, due: datetime | None) -> bool:
         """Sleep until ``due`` or until a signal changes the deal; True if a signal came first."""

@@ -85,6 +85,10 @@ def _later(calendar: BusinessCalendar, moment: datetime, delay: Delay, times: in
     """``moment`` plus ``times`` the delay, never past ``HORIZON`` (and never raising)."""
     if moment >= HORIZON:
         return HORIZON
+    if isinstance(delay, timedelta) and delay < timedelta(0):
+        # Out of bounds (a delay is 0 or more) and refused as the deal starts; counted as
+        # none here, since some -2,000 years overflow the arithmetic below.
+        delay = timedelta(0)
     room = HORIZON - moment
     if isinstance(delay, BusinessDays):
         # Every business day is at least a calendar day: past the room, past the horizon.
