@@ -30,6 +30,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import Enum
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, String, Table, case, delete, insert, or_, select
@@ -37,7 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ledger import deal_facts
 from ledger.addresses import address_key
-from ledger.database import LedgerDatabase
+from ledger.database import Batched, LedgerDatabase
 from ledger.erasure import Erased, erased_for
 from ledger.tables import (
     DEAL_CONTACTS,
@@ -55,6 +56,23 @@ from workflows.models import SignalPayload
 # An email still in flight, or failed and perhaps resent (under the same Message-ID):
 # any other outcome is final.
 _NOT_FINAL = ("sending", "failed")
+
+
+_Write = Callable[[Connection], None]
+
+
+def _write_each(connection: Connection, items: list[tuple[str, _Write]]) -> list[None]:
+    for _, write in items:
+        write(connection)
+    return [None] * len(items)
+
+
+# A deal's batch is a few indexed rows: batches of several deals share a transaction (one
+# commit), never two of one deal, and on SQLite they run on the event loop, without a
+# trip to a thread, as a send's claim does (``ledger.database``).
+_BATCHES: Batched[tuple[str, _Write], None] = Batched(
+    "deal records", _write_each, key=lambda item: item[0]
+)
 
 
 # The interview's free text (the rest are codes, ratings and dates).
@@ -123,9 +141,11 @@ class DealRecords:
         self._inserts_once: dict[str, Any] = {}
 
     async def record(self, batch: DealRecordBatch) -> None:
-        """Write ``batch`` in one transaction (idempotent)."""
+        """Write ``batch`` (idempotent), in a transaction it may share with other deals'
+        batches; once this returns, it is committed."""
         hash_key = await self._key()
-        await self.database.run(lambda c: self._write(c, batch, hash_key), write=True)
+        write = partial(self._write, batch=batch, hash_key=hash_key)
+        await self.database.write(_BATCHES, (batch.deal.deal_id, write))
 
     async def refused(
         self, deal_id: str, signal: str, payload: SignalPayload, refusal: str, at: datetime
