@@ -85,10 +85,13 @@ async def _heartbeating() -> AsyncIterator[None]:
         yield
         return
 
+    # The first beat only once a send has taken a while: every beat is a write on the
+    # server, and a send that is over in milliseconds needs none (the server's heartbeat
+    # timeout runs from the attempt's start all the same).
     async def beat() -> None:
         while True:
-            activity.heartbeat()
             await asyncio.sleep(HEARTBEAT_EVERY)
+            activity.heartbeat()
 
     beating = asyncio.create_task(beat())
     try:
