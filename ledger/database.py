@@ -192,6 +192,16 @@ class DriverStatement:
             cursor.close()
         return [self._row(row) for row in found]
 
+    def run_each(self, connection: Connection, many: Sequence[Mapping[str, Any]]) -> None:
+        """The statement run for each of ``many`` on any connection: on the driver's cursor
+        where it applies, else as the Core statement (``executemany``)."""
+        if not many:
+            return
+        if self.applies(connection):
+            self.run_many(connection, many)
+        else:
+            connection.execute(self.statement, list(many))
+
     def run_many(self, connection: Connection, many: Sequence[Mapping[str, Any]]) -> None:
         """The statement run for each of ``many``, in order (``executemany``)."""
         cursor = self._cursor(connection)

@@ -274,12 +274,7 @@ def _rows(
 
 
 def _each(connection: Connection, statement: DriverStatement, many: list[dict[str, Any]]) -> None:
-    if not many:
-        return
-    if statement.applies(connection):
-        statement.run_many(connection, many)
-    else:
-        connection.execute(statement.statement, many)
+    statement.run_each(connection, many)
 
 
 def refresh_deal(connection: Connection, deal_id: str) -> None:

@@ -27,18 +27,18 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from enum import Enum
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, String, Table, case, delete, insert, or_, select
+from sqlalchemy import Connection, String, Table, bindparam, case, delete, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ledger import deal_facts
 from ledger.addresses import address_key
-from ledger.database import Batched, LedgerDatabase
+from ledger.database import Batched, DriverStatement, LedgerDatabase
 from ledger.erasure import Erased, erased_for
 from ledger.tables import (
     DEAL_CONTACTS,
@@ -50,7 +50,7 @@ from ledger.tables import (
     REP_TASKS,
     STAGE_EVENTS,
 )
-from workflows.deal_record import DealRecordBatch, DealSnapshot, StageEventRecord
+from workflows.deal_record import DealRecordBatch, DealSnapshot, EmailRecord, StageEventRecord
 from workflows.models import SignalPayload
 
 # An email still in flight, or failed and perhaps resent (under the same Message-ID):
@@ -128,17 +128,29 @@ class DealRecords:
         self.database = database
         self._insert: Callable[[Table], Any] = (sqlite if database.is_sqlite else postgresql).insert
         self._hash_key: bytes | None = None
-        # Each statement built once (a batch is a few milliseconds of the worker's CPU,
-        # much of it SQLAlchemy building what it ran the time before).
-        self._deal_upserts = {kept: self._deal_upsert(kept) for kept in (False, True)}
-        email = self._insert(DEAL_EMAILS)
-        self._email_upsert = email.on_conflict_do_update(
-            index_elements=["message_id"],
-            set_={"outcome": email.excluded.outcome, "at": email.excluded.at},
-            # Not ``in_``: an expanding list cannot run as executemany.
-            where=or_(*(DEAL_EMAILS.c.outcome == outcome for outcome in _NOT_FINAL)),
+        # Each statement built once, and on SQLite run on the driver's cursor (a batch is
+        # a few milliseconds of the worker's CPU, half of it SQLAlchemy's work around
+        # each statement): every value a bind parameter, so one compiled statement runs
+        # for any row.
+        self._deal_upserts = {
+            kept: DriverStatement(self._deal_upsert(kept)) for kept in (False, True)
+        }
+        email = self._bound(DEAL_EMAILS, ("deal_id", *EmailRecord.model_fields))
+        self._email_upsert = DriverStatement(
+            email.on_conflict_do_update(
+                index_elements=["message_id"],
+                set_={"outcome": email.excluded.outcome, "at": email.excluded.at},
+                # Not ``in_``: an expanding list cannot run as executemany.
+                where=or_(*(DEAL_EMAILS.c.outcome == outcome for outcome in _NOT_FINAL)),
+            )
         )
-        self._inserts_once: dict[str, Any] = {}
+        self._inserts_once: dict[tuple[str, tuple[str, ...]], DriverStatement] = {}
+
+    def _bound(self, table: Table, names: Iterable[str]) -> Any:
+        """An insert of ``names`` into ``table``, each value a bind parameter."""
+        return self._insert(table).values(
+            {name: bindparam(name, type_=table.c[name].type) for name in names}
+        )
 
     async def record(self, batch: DealRecordBatch) -> None:
         """Write ``batch`` (idempotent), in a transaction it may share with other deals'
@@ -221,8 +233,8 @@ class DealRecords:
             [{"deal_id": deal_id, **task.model_dump(mode="python")} for task in batch.tasks],
         )
         if batch.emails:
-            connection.execute(
-                self._email_upsert,
+            self._email_upsert.run_each(
+                connection,
                 [
                     _fitted(DEAL_EMAILS, {"deal_id": deal_id, **email.model_dump(mode="python")})
                     for email in batch.emails
@@ -235,7 +247,7 @@ class DealRecords:
 
     def _deal_upsert(self, erased_in_deal: bool) -> Any:
         """The deal row's upsert: a snapshot replaces an older one, never a newer one."""
-        statement = self._insert(DEALS)
+        statement = self._bound(DEALS, DealSnapshot.model_fields)
         changed = {
             name: statement.excluded[name]
             for name in DealSnapshot.model_fields
@@ -253,7 +265,7 @@ class DealRecords:
         deal = batch.deal
         deal = deal.model_copy(update={"outcome_note": erased.text(deal.outcome_note)})
         row = _fitted(DEALS, deal.model_dump(mode="python"))
-        connection.execute(self._deal_upserts[erased.in_deal], row)
+        self._deal_upserts[erased.in_deal].run_each(connection, [row])
 
     def _write_interview(
         self, connection: Connection, batch: DealRecordBatch, erased: Erased
@@ -287,8 +299,10 @@ class DealRecords:
     ) -> None:
         if not rows:
             return
-        statement = self._inserts_once.get(table.name)
+        fitted = [_fitted(table, row) for row in rows]
+        names = tuple(fitted[0])  # a table's rows all come from one model
+        statement = self._inserts_once.get((table.name, names))
         if statement is None:
-            statement = self._insert(table).on_conflict_do_nothing(index_elements=key)
-            self._inserts_once[table.name] = statement
-        connection.execute(statement, [_fitted(table, row) for row in rows])
+            inserted = self._bound(table, names).on_conflict_do_nothing(index_elements=key)
+            statement = self._inserts_once[(table.name, names)] = DriverStatement(inserted)
+        statement.run_each(connection, fitted)
