@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+import sandbox_code_cache
 from activities.deal_records import DealRecorder
 from activities.mailbox import ImapEndpoint, MailboxProblem, MailboxReader
 from activities.mailbox_quota import MailboxQuota
@@ -181,6 +182,7 @@ def workflow_runner(*, isolated: bool = False) -> SandboxedWorkflowRunner:
     package already was); ``isolated=True`` re-imports them per workflow, with the
     sandbox's checks on non-deterministic calls, as the replay tests run it.
     """
+    sandbox_code_cache.apply()
     # pydantic's EmailStr imports these lazily; load them once, outside the sandbox.
     modules = ("email_validator", "idna", *(() if isolated else WORKFLOW_MODULES))
     restrictions = SandboxRestrictions.default.with_passthrough_modules(*modules)
