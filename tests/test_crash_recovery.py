@@ -239,7 +239,7 @@ class Crash:
     killed_pid: int
     exit_code: int
     marker: str  # what the hook wrote before it killed its worker ("" without the hook)
-    restarted_at: float
+    arrived_before_restart: int  # messages of the deal the relay held when the worker restarted
     restarted_pid: int
     arrivals: list[Arrival]
     status: DealStatus
@@ -264,7 +264,7 @@ async def crash_mid_send(stack: Stack, point: str) -> Crash:
         worker.kill()
         held.release()  # the answer goes to a dead connection
     exit_code = await worker.exited()
-    restarted_at = time.time()
+    arrived_before_restart = len(stack.relay.of_deal(deal.deal_id))
     await stack.start(worker)  # the same command and environment, as a supervisor would
     # The dead attempt is retried once its heartbeat times out (30 s), on the new worker.
     await quiet([handle], f"{deal.deal_id} settles after the restart")
@@ -276,7 +276,7 @@ async def crash_mid_send(stack: Stack, point: str) -> Crash:
         killed_pid=killed_pid,
         exit_code=exit_code,
         marker=marker.read_text() if marker.exists() else "",
-        restarted_at=restarted_at,
+        arrived_before_restart=arrived_before_restart,
         restarted_pid=worker.pid,
         arrivals=stack.relay.of_deal(deal.deal_id),
         status=current,
@@ -305,7 +305,7 @@ async def test_killed_before_data_the_retry_sends_the_email_once(
     # The killed attempt never reached DATA: the one copy comes from the retry.
     assert templates(crash.arrivals) == ["proposal"]
     assert crash.arrivals[0].message_id == crash.proposal_id
-    assert crash.arrivals[0].at > crash.restarted_at
+    assert crash.arrived_before_restart == 0
     assert crash.attempts[0] == 2
     assert crash.record is not None
     assert crash.record.state is SendState.SENT
@@ -328,7 +328,7 @@ async def test_killed_after_the_relay_took_it_the_email_is_held_as_maybe_sent(
     assert_killed(crash)
     proposal = [a for a in crash.arrivals if a.message_id == crash.proposal_id]
     assert len(proposal) == 1, f"copies of the proposal at the relay: {len(proposal)}"
-    assert proposal[0].at < crash.restarted_at  # the one copy is the killed attempt's
+    assert crash.arrivals.index(proposal[0]) < crash.arrived_before_restart  # the killed attempt's
     assert templates(crash.arrivals) == ["proposal", "task_check_maybe_sent"]
     assert crash.arrivals[1].to == (REP,)
     assert crash.record is not None
@@ -354,7 +354,7 @@ async def test_killed_after_the_ledger_recorded_it_the_retry_completes_without_s
     crash: Crash = await runs.result("crash:after-record")
     assert_killed(crash)
     assert templates(crash.arrivals) == ["proposal"]
-    assert crash.arrivals[0].at < crash.restarted_at  # sent by the killed attempt only
+    assert crash.arrived_before_restart == 1  # sent by the killed attempt only
     assert crash.attempts[0] == 2  # the retry completed the activity, without sending
     assert crash.record is not None
     assert crash.record.state is SendState.SENT
@@ -454,7 +454,9 @@ async def relay_outage(stack: Stack, deals: int = 3) -> Outage:
         stack.outage_began("relay-outage")
     planned = {}
     for deal_id, handle in zip(ids, handles, strict=True):
-        upcoming = [p.template for p in await plan(handle) if p.at < datetime.now(UTC) + SOON]
+        # Due soon on the deal's own clock: from when it sent its proposal.
+        sent = (await deal_status(stack.client, deal_id)).messages[0].at
+        upcoming = [p.template for p in await plan(handle) if p.at < sent + SOON]
         planned[deal_id] = templates(relay.of_deal(deal_id)) + upcoming
 
     async def failing(handle: WorkflowHandle) -> PendingActivityInfo | None:
@@ -676,7 +678,9 @@ async def ledger_outage(stack: Stack, database: str, deals: int = 3) -> LedgerOu
         stack.outage_began(name)
     planned, before = {}, {}
     for deal_id, handle in zip(ids, handles, strict=True):
-        upcoming = [p.template for p in await plan(handle) if p.at < datetime.now(UTC) + SOON]
+        # Due soon on the deal's own clock: from when it sent its proposal.
+        sent = (await deal_status(stack.client, deal_id)).messages[0].at
+        upcoming = [p.template for p in await plan(handle) if p.at < sent + SOON]
         before[deal_id] = relay.of_deal(deal_id)
         planned[deal_id] = templates(before[deal_id]) + upcoming
 
