@@ -13,7 +13,6 @@ work, so a bound says "something is broken", never "this machine is slow".
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 import sqlite3
 import uuid
@@ -133,39 +132,12 @@ TEST_SIGNING_SECRET = "test-signing-secret"
 _OPENERS = [TokenSigner(TEST_SIGNING_SECRET), TokenSigner(COMMON_SETTINGS["signing_secret"])]
 
 
-def _opened_id(message: EmailMessage) -> str:
+def _own_parts(message: EmailMessage) -> tuple[str, str]:
     wire = str(message.get("Message-ID", ""))
     for opener in _OPENERS:
         if (opened := opener.open_message_id(wire)) is not None:
-            return opened
-    return ""
-
-
-def _own_parts(message: EmailMessage) -> tuple[str, str]:
-    return own_parts(_opened_id(message))
-
-
-_SEQUENCE = re.compile(r"\.(\d{3,})-[A-Za-z0-9_]+@[^@]+>$")
-
-
-def in_send_order(messages: list[EmailMessage]) -> list[EmailMessage]:
-    """Arrival order, except that the emails one deal sent at the same instant come in the
-    deal's own order. A buyer email and the internal ones queued behind it go out side by
-    side, so they may reach the relay either way round."""
-    slots: dict[tuple[str | None, str], list[int]] = {}
-    for index, message in enumerate(messages):
-        slots.setdefault((deal_of(message), str(message["Date"])), []).append(index)
-
-    def sequence(message: EmailMessage) -> int:
-        found = _SEQUENCE.search(_opened_id(message))
-        return int(found[1]) if found else 0
-
-    ordered = list(messages)
-    for indexes in slots.values():
-        together = sorted((messages[i] for i in indexes), key=sequence)
-        for index, message in zip(indexes, together, strict=True):
-            ordered[index] = message
-    return ordered
+            return own_parts(opened)
+    return "", ""
 
 
 def step_of(message: EmailMessage) -> str:
@@ -288,18 +260,13 @@ class Deals:
                 got = [step_of(m.message) for m in self.sink.received]
                 raise AssertionError(f"expected {count} emails, the server has {got}")
             await asyncio.sleep(0.05)
-        return in_send_order([m.message for m in self.sink.received])
-
-    def arrived(self) -> list[EmailMessage]:
-        """Every message in the order it reached the relay. ``in_send_order`` would put a
-        resent email back at its first send, whose number its Message-ID keeps."""
         return [m.message for m in self.sink.received]
 
     async def settle(self, count: int) -> list[EmailMessage]:
         """Exactly ``count`` messages, once every deal has done all it had to do."""
         await self.mail(count)
         await self.quiet()
-        messages = in_send_order([m.message for m in self.sink.received])
+        messages = [m.message for m in self.sink.received]
         assert len(messages) == count, f"more mail than expected: {steps(messages)}"
         return messages
 

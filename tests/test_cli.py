@@ -49,7 +49,6 @@ from tests.conftest import (
     MAIL_WITHIN,
     TEST_SIGNING_SECRET,
     deal_of,
-    in_send_order,
     on_both_databases,
     step_of,
 )
@@ -177,7 +176,7 @@ class Stack:
 
     def mail(self, deal_id: str) -> list[EmailMessage]:
         messages = [mail.message for mail in list(self.sink.received)]
-        return in_send_order([m for m in messages if deal_of(m) == deal_id])
+        return [m for m in messages if deal_of(m) == deal_id]
 
     async def wait_for_mail(
         self, deal_id: str, count: int, within: float = MAIL_WITHIN

@@ -64,12 +64,7 @@ from starter import Refused, inbox, record
 from tests.clock import StartInstant
 from tests.conftest import Deals, on_both_databases
 from tests.test_lifecycle import deal_id, stage_is
-from workflows.deal import (
-    KEEP_FAILED_FOR_RESEND,
-    RESEND_SAME_MESSAGE_ID,
-    SEND_INTERNAL_BESIDE,
-    VERIFIED_SENDER,
-)
+from workflows.deal import KEEP_FAILED_FOR_RESEND, RESEND_SAME_MESSAGE_ID, VERIFIED_SENDER
 from workflows.deal_recording import RECORD_DEAL
 from workflows.mailbox_poller import MAILBOX_POLLER_ID
 from workflows.models import Delivered, InterviewRecorded, PriceAgreed
@@ -328,13 +323,7 @@ async def test_a_whole_deal_leaves_no_buyer_data_in_its_stored_history(deals: De
     attributes = search_attributes_of(history)
     patches = attributes.pop("TemporalChangeVersion", [])
     assert set(attributes) <= {attribute.name for attribute in SEARCH_ATTRIBUTES}
-    known = {
-        RECORD_DEAL,
-        RESEND_SAME_MESSAGE_ID,
-        KEEP_FAILED_FOR_RESEND,
-        VERIFIED_SENDER,
-        SEND_INTERNAL_BESIDE,
-    }
+    known = {RECORD_DEAL, RESEND_SAME_MESSAGE_ID, KEEP_FAILED_FOR_RESEND, VERIFIED_SENDER}
     assert all(set(json.loads(value)) <= known for value in patches), patches
     assert set(attributes["DealOwner"]) == {json.dumps("rep@seller.example.com")}
     indexed = "".join(value for values in attributes.values() for value in values)

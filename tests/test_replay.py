@@ -325,8 +325,7 @@ async def resend_held_email(deals: Deals) -> WorkflowHistory:
     handle = await start_deal(deals.client, deals.settings, deal)
     assert steps(await deals.settle(1)) == ["task_check_maybe_sent"]
     assert await record(deals.client, deal.deal_id, RESEND_FAILED, SignalPayload()) == 1
-    await deals.settle(2)
-    messages = deals.arrived()
+    messages = await deals.settle(2)
     assert steps(messages) == ["task_check_maybe_sent", "proposal"]
     assert own_id(deals, messages[1]) == message_id
     await stage_is(handle, Stage.PROPOSAL_RECEIVED)

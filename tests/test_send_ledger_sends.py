@@ -98,8 +98,7 @@ async def test_a_send_claimed_by_a_dead_attempt_is_held_shown_and_resent_by_ops(
 
     # Ops found it in no log and send it again: the same email, under its Message-ID.
     assert await record(deals.client, deal, RESEND_FAILED, SignalPayload()) == 1
-    await deals.settle(2)
-    messages = deals.arrived()
+    messages = await deals.settle(2)
     assert steps(messages) == ["task_check_maybe_sent", "proposal"]
     assert own_id(deals, messages[1]) == first_message_id(deal)
     await stage_is(handle, Stage.PROPOSAL_RECEIVED)

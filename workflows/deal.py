@@ -110,9 +110,6 @@ RESEND_SAME_MESSAGE_ID = "resend-same-message-id"
 KEEP_FAILED_FOR_RESEND = "keep-failed-for-resend"
 # Patch: a reply or out-of-office from someone not a contact changes nothing on the deal.
 VERIFIED_SENDER = "verified-sender"
-# Patch: the internal emails queued right behind an email go out beside it, in the same
-# workflow task (deals before it sent them one after another).
-SEND_INTERNAL_BESIDE = "send-internal-beside"
 INBOUND_MESSAGE = "inbound_message"
 EVENTS_REMEMBERED = 1000
 # The failure type of a deal whose input is out of bounds (started past intake).
@@ -414,42 +411,16 @@ class DealWorkflow:
                 if ready > workflow.now():
                     await self._holding(ready)
                     continue
-            batch = [self.outbox.pop(0)]
-            beside = self._internal_behind(batch[0])
-            if beside and workflow.patched(SEND_INTERNAL_BESIDE):
-                batch.extend(self.outbox[:beside])
-                del self.outbox[:beside]
+            outbound = self.outbox.pop(0)
             self.sending = True
             try:
-                if len(batch) == 1:
-                    # Awaited in place, as before the patch: a task of its own would order
-                    # its commands after the recorder's, unlike the histories before it.
-                    results = [await self._send(batch[0])]
-                else:
-                    results = await asyncio.gather(*(self._send(each) for each in batch))
+                sent = await self._send(outbound)
             finally:
                 self.sending = False
-            for outbound, sent in zip(batch, results, strict=True):
-                # A signal that moved the deal meanwhile (delivered before the order
-                # confirmation went out) wins over the stage this email would reach.
-                if sent and outbound.then_stage is not None and self.stage is outbound.queued_in:
-                    self._move(outbound.then_stage, "", SignalPayload(source="email"))
-
-    def _internal_behind(self, head: Outbound) -> int:
-        """How many internal emails wait right behind ``head`` and may go out beside it.
-
-        A rep's task after a check-in needs nothing from the check-in's send: sending both
-        in one workflow task saves the deal a task, which is what a burst of due deals
-        queues on. Not behind an email that moves the stage, whose facts the next reads.
-        """
-        if head.then_stage is not None:
-            return 0
-        count = 0
-        for outbound in self.outbox:
-            if outbound.audience is Audience.BUYER:
-                break
-            count += 1
-        return count
+            # A signal that moved the deal meanwhile (delivered before the order
+            # confirmation went out) wins over the stage this email would reach.
+            if sent and outbound.then_stage is not None and self.stage is outbound.queued_in:
+                self._move(outbound.then_stage, "", SignalPayload(source="email"))
 
     async def _holding(self, until: datetime | None) -> None:
         """The outbox waits (a pause, the buyer's send window): the records need not."""
