@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+import context_free_converter
 import sandbox_code_cache
 from activities.deal_records import DealRecorder
 from activities.mailbox import ImapEndpoint, MailboxProblem, MailboxReader
@@ -183,6 +184,8 @@ def workflow_runner(*, isolated: bool = False) -> SandboxedWorkflowRunner:
     sandbox's checks on non-deterministic calls, as the replay tests run it.
     """
     sandbox_code_cache.apply()
+    # The sandbox's other per-payload cost: it is asked each payload's context.
+    context_free_converter.apply()
     # pydantic's EmailStr imports these lazily; load them once, outside the sandbox.
     modules = ("email_validator", "idna", *(() if isolated else WORKFLOW_MODULES))
     restrictions = SandboxRestrictions.default.with_passthrough_modules(*modules)
