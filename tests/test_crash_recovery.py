@@ -203,16 +203,22 @@ async def quiet(handles: list[WorkflowHandle], what: str) -> None:
     await wait_for(all_idle, what, every=0.5)
 
 
+# Before any event of a history.
+NO_EVENT = datetime.min.replace(tzinfo=UTC)
+
+
 @dataclass
 class Timers:
     due: dict[str, datetime] = field(default_factory=dict)
     fired: Counter[str] = field(default_factory=Counter)
     canceled: set[str] = field(default_factory=set)
+    last_event_at: datetime = NO_EVENT
 
 
 async def timers(handle: WorkflowHandle) -> Timers:
     found = Timers()
     async for event in handle.fetch_history_events():
+        found.last_event_at = event.event_time.ToDatetime(tzinfo=UTC)
         if event.event_type == EventType.EVENT_TYPE_TIMER_STARTED:
             started = event.timer_started_event_attributes
             at = event.event_time.ToDatetime(tzinfo=UTC)
@@ -651,7 +657,8 @@ class LedgerOutage:
     while_down: dict[str, list[Arrival]]  # deal -> what reached the relay during it
     retrying: dict[str, PendingActivityInfo]  # deal -> its send, failing during the outage
     during: dict[str, DealStatus]
-    back_at: datetime  # when the ledger was brought back
+    # deal -> how many of its emails the relay held when the ledger was brought back
+    arrived_before_back: dict[str, int]
     after: dict[str, DealStatus]
     arrivals: dict[str, list[Arrival]]
     sends: dict[str, SendRecord | None]  # Message-ID -> its send ledger row
@@ -701,7 +708,7 @@ async def ledger_outage(stack: Stack, database: str, deals: int = 3) -> LedgerOu
         during[deal_id] = await wait_for(told, f"{deal_id} shows why its email is late")
     await asyncio.sleep(max(0.0, down_at + LEDGER_DOWN_SECONDS - loop.time()))
     while_down = {i: relay.of_deal(i)[len(before[i]) :] for i in ids}
-    back_at = datetime.now(UTC)
+    arrived_before_back = {i: len(relay.of_deal(i)) for i in ids}
     await outage.end()
 
     def delivered() -> bool:
@@ -727,7 +734,7 @@ async def ledger_outage(stack: Stack, database: str, deals: int = 3) -> LedgerOu
         while_down=while_down,
         retrying=retrying,
         during=during,
-        back_at=back_at,
+        arrived_before_back=arrived_before_back,
         after=after,
         arrivals=arrivals,
         sends={
@@ -783,7 +790,7 @@ async def test_ledger_down_for_a_minute_holds_the_sends_and_loses_nothing(
         # (Its claim may have waited out the lock: ``claimed_at`` is when it asked.)
         held = outage.sends[arrivals[1].message_id]
         assert held is not None and held.attempt >= 2
-        assert arrivals[1].at > outage.back_at.timestamp()
+        assert outage.arrived_before_back[deal_id] <= 1, "it came after the ledger was back"
         after = outage.after[deal_id]
         assert [m.outcome for m in after.messages] == ["sent"] * len(planned)
         assert [m.message_id for m in after.messages] == [a.message_id for a in arrivals]
@@ -812,10 +819,7 @@ DUE_AFTER_RESTART = {"proposal": ["PT30S", "PT4S"], "no_response_after": "P1D"}
 
 @dataclass
 class ServerCrash:
-    killed_at: datetime
-    restarted_at: datetime
-    settled_at: datetime
-    pending_at_kill: dict[str, datetime]  # deal -> when its first follow-up was due
+    waiting_at_kill: dict[str, set[str]]  # deal -> its timers started and not yet fired
     planned: dict[str, list[PlannedSend]]  # deal -> its follow-ups, as planned before the kill
     arrivals: dict[str, list[Arrival]]
     timers: dict[str, Timers]
@@ -835,16 +839,19 @@ async def server_killed(stack: Stack) -> ServerCrash:
     ids = [deal.deal_id for deal in inputs]
     await wait_for(lambda: all(relay.of_deal(i) for i in ids), "every proposal arrives")
     await quiet(handles, "every deal waits on its follow-up timer")
-    planned, pending = {}, {}
+    planned, waiting = {}, {}
     for deal_id, handle in zip(ids, handles, strict=True):
-        planned[deal_id] = [p for p in await plan(handle) if p.at < datetime.now(UTC) + SOON]
-        touch = (await deal_status(client, deal_id)).next_touch
-        assert touch is not None and touch.what == "follow-up 1", touch
-        pending[deal_id] = touch.at
-    killed_at = datetime.now(UTC)
+        status = await deal_status(client, deal_id)
+        # Due soon on the deal's own clock: from when it sent its proposal.
+        sent = status.messages[0].at
+        planned[deal_id] = [p for p in await plan(handle) if p.at < sent + SOON]
+        assert status.next_touch is not None, status
+        assert status.next_touch.what == "follow-up 1", status.next_touch
+        # The server's own record of what is still waiting, read right before the kill.
+        found = await timers(handle)
+        waiting[deal_id] = set(found.due) - set(found.fired) - found.canceled
     server.kill()
     await asyncio.sleep(SERVER_DOWN_SECONDS)  # the scenario: the server stays dead a while
-    restarted_at = datetime.now(UTC)
     await server.start()  # the same ports, the same SQLite file
 
     def delivered() -> bool:
@@ -853,10 +860,7 @@ async def server_killed(stack: Stack) -> ServerCrash:
     await wait_for(delivered, "every follow-up arrives after the restart")
     await quiet(handles, "every deal settles after the restart")
     return ServerCrash(
-        killed_at=killed_at,
-        restarted_at=restarted_at,
-        settled_at=datetime.now(UTC),
-        pending_at_kill=pending,
+        waiting_at_kill=waiting,
         planned=planned,
         arrivals={i: relay.of_deal(i) for i in ids},
         timers={i: await timers(h) for i, h in zip(ids, handles, strict=True)},
@@ -867,7 +871,7 @@ async def server_killed(stack: Stack) -> ServerCrash:
 async def test_server_killed_while_deals_wait_each_timer_fires_once(runs: Runs) -> None:
     crash: ServerCrash = await runs.result("server-killed")
     for deal_id, planned in crash.planned.items():
-        assert crash.pending_at_kill[deal_id] > crash.killed_at, "the timer was still waiting"
+        assert crash.waiting_at_kill[deal_id], "a timer was still waiting"
         assert [p.template for p in planned] == ["proposal_follow_up", "proposal_follow_up"]
         arrivals = crash.arrivals[deal_id]
         assert templates(arrivals) == ["proposal", "proposal_follow_up", "proposal_follow_up"]
@@ -875,8 +879,9 @@ async def test_server_killed_while_deals_wait_each_timer_fires_once(runs: Runs) 
         for email, due in zip(arrivals[1:], planned, strict=True):
             assert email.at >= due.at.timestamp(), f"{email.message_id} came before {due.at}"
         found = crash.timers[deal_id]
-        # Every timer fired once, except the one still waiting (the no-response close).
-        overdue = {t for t, at in found.due.items() if at <= crash.settled_at}
+        # Every timer fired once, except the one still waiting (the no-response close):
+        # each one due by the deal's last event, on the server's clock.
+        overdue = {t for t, at in found.due.items() if at <= found.last_event_at}
         assert set(found.fired.values()) <= {1}, f"{deal_id}: a timer fired twice: {found}"
         assert overdue - found.canceled <= set(found.fired), f"{deal_id}: timers lost: {found}"
         after = crash.after[deal_id]
