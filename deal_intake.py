@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from settings import Settings
 from workflows import bounds
 from workflows.business_calendar import BusinessCalendar, SendWindow
-from workflows.models import DealInput, LineItem
+from workflows.models import REVISION, DealInput, LineItem
 
 CSV_COLUMNS = (
     "deal_id",
@@ -139,6 +139,8 @@ def build_deal(settings: Settings, fields: Mapping[str, Any]) -> DealInput:
     if settings.send_rate_per_second:
         data.setdefault("send_task_queue", settings.send_task_queue)
     data.setdefault("routing", template_routing(settings.templates_dir))
+    # The engine's, not the deal file's: the code the deal runs under.
+    data["revision"] = REVISION
     for contact in data.get("contacts") or []:
         if isinstance(contact, Mapping) and contact.get("time_zone"):
             check_time_zone(str(contact["time_zone"]))

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
+from sqlalchemy import select
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle, WorkflowHistory
@@ -34,18 +35,17 @@ from temporalio.worker import Replayer
 
 from ledger.database import LedgerDatabase
 from ledger.send_ledger import ClaimOutcome, SendLedger
-from starter import record, start_deal
+from ledger.tables import DEAL_EMAILS
+from starter import record, start_deal, start_options
 from tests.conftest import Deals, codec_data_converter, steps
 from tests.test_lifecycle import ANSWERS, deal_id, eventually, own_id, stage_is, status
 from worker import workflow_runner
 from workflows.deal import (
     INBOUND_MESSAGE,
-    KEEP_FAILED_FOR_RESEND,
     RESEND_FAILED,
-    RESEND_SAME_MESSAGE_ID,
-    VERIFIED_SENDER,
     DealWorkflow,
 )
+from workflows.deal_recording import RECORD_DEAL
 from workflows.models import (
     Closed,
     DealInput,
@@ -330,7 +330,7 @@ async def resend_held_email(deals: Deals) -> WorkflowHistory:
     assert own_id(deals, messages[1]) == message_id
     await stage_is(handle, Stage.PROPOSAL_RECEIVED)
     history = await handle.fetch_history()
-    assert RESEND_SAME_MESSAGE_ID in patches(history)
+    assert not patches(history)  # revision 1 takes the patched path without asking
     return history
 
 
@@ -352,7 +352,7 @@ async def unverified_reply(deals: Deals) -> WorkflowHistory:
     await deals.skip(timedelta(days=2, hours=1))
     assert steps(await deals.settle(3))[-1] == "proposal_follow_up"
     history = await handle.fetch_history()
-    assert VERIFIED_SENDER in patches(history)
+    assert not patches(history)
     return history
 
 
@@ -379,8 +379,71 @@ async def closed_holding_an_email(deals: Deals) -> WorkflowHistory:
     final = await handle.result()
     assert final.messages[-1].outcome == "sent"
     history = await handle.fetch_history()
-    assert KEEP_FAILED_FOR_RESEND in patches(history)
+    assert not patches(history)
     return history
+
+
+async def test_a_deal_of_revision_1_asks_no_patch_and_upserts_no_row_it_started_with(
+    deals: Deals,
+) -> None:
+    """Intake starts deals at revision 1: they keep records without asking the record-deal
+    patch (no marker, no write of Temporal's TemporalChangeVersion attribute) and do not
+    upsert the pipeline row their start wrote. A deal started before revision 1 still asks,
+    and upserts both; the two send the same, record the same and replay."""
+    handles = {}
+    for revision in (0, 1):
+        deal = deals.input(kind="rfp").model_copy(update={"revision": revision})
+        deals.started.add(deal.deal_id)
+        options = start_options(deals.settings, deal)
+        handles[revision] = await deals.client.start_workflow(DealWorkflow.run, deal, **options)
+    assert steps(await deals.settle(2)) == ["proposal", "proposal"]
+    histories = {revision: await handle.fetch_history() for revision, handle in handles.items()}
+    upserted = {revision: upserts(history) for revision, history in histories.items()}
+    assert patches(histories[0]) == {RECORD_DEAL}
+    assert upserted[0][:2] == [{"TemporalChangeVersion"}, PIPELINE]
+    assert patches(histories[1]) == set()
+    assert all("TemporalChangeVersion" not in names for names in upserted[1])
+    assert upserted[1] == upserted[0][2:] == [PIPELINE]  # after the proposal: the next touch
+    for revision, handle in handles.items():
+        await stage_is(handle, Stage.PROPOSAL_RECEIVED)
+        result = await replayer().replay_workflow(histories[revision])
+        assert result.replay_failure is None
+    recorded = [await recorded_emails(deals, deal_id(handle)) for handle in handles.values()]
+    assert recorded[0] == recorded[1] == [("proposal", "sent")]
+
+
+PIPELINE = {"DealStage", "DealValue", "DealOwner", "DealNextTouch"}
+
+
+def upserts(history: WorkflowHistory) -> list[set[str]]:
+    """The names each search-attribute upsert of a history sets, in order."""
+    return [
+        set(
+            event.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+        )
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES
+    ]
+
+
+async def recorded_emails(deals: Deals, deal: str) -> list[tuple[str, str]]:
+    """The deal's emails in the ledger's deal records (template, outcome), once written."""
+    database = LedgerDatabase(deals.settings.ledger_url)
+    found: list[tuple[str, str]] = []
+    query = select(DEAL_EMAILS.c.template, DEAL_EMAILS.c.outcome).where(
+        DEAL_EMAILS.c.deal_id == deal
+    )
+
+    async def written() -> None:
+        rows = await database.run(lambda c: c.execute(query).all())
+        found[:] = [(template, outcome) for template, outcome in rows]
+        assert found, f"no email of {deal} recorded yet"
+
+    try:
+        await eventually(written)
+        return found
+    finally:
+        await database.dispose()
 
 
 def patches(history: WorkflowHistory) -> set[str]:

@@ -6,6 +6,7 @@ import pytest
 
 from deal_intake import BadInput, build_deal, deal_from_row, local_moment, parse_item
 from settings import Settings, load_settings
+from workflows.models import REVISION
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,6 +89,20 @@ def test_priced_inquiries_need_line_items() -> None:
     }
     with pytest.raises(BadInput, match="at least one line item"):
         build_deal(settings(), fields)
+
+
+@pytest.mark.parametrize("given", [None, 0, 7])
+def test_intake_starts_every_deal_at_the_current_revision(given: int | None) -> None:
+    """The revision is the code's, not the deal file's: a file cannot opt a deal into an
+    older path (nor a future one)."""
+    fields = {
+        "deal_id": "D-1",
+        "company": "X",
+        "kind": "rfi",
+        "contacts": [{"name": "A", "email": "a@example.org"}],
+        **({} if given is None else {"revision": given}),
+    }
+    assert build_deal(settings(), fields).revision == REVISION == 1
 
 
 def test_item_floor_above_list_price_is_refused() -> None:

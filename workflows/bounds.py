@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from workflows import pricing
 from workflows.business_calendar import MAX_SCAN_DAYS, BusinessCalendar, BusinessDays, Delay
+from workflows.models import REVISION
 
 if TYPE_CHECKING:
     from workflows.models import DealInput
@@ -227,6 +228,8 @@ def check_deal(deal: DealInput, today: date) -> None:
     currency), and the deal again as its run begins, before any command, for input that
     was started straight against Temporal."""
     check_text("company", deal.company, MAX_NAME)
+    if not 0 <= deal.revision <= REVISION:
+        raise ValueError(f"revision: {deal.revision}; intake sets it (0 to {REVISION})")
     if len(deal.contacts) > MAX_CONTACTS:
         raise ValueError(f"contacts: {len(deal.contacts)} given; at most {MAX_CONTACTS}")
     for index, contact in enumerate(deal.contacts):

@@ -196,12 +196,15 @@ class DealWorkflow:
     async def run(self, deal: DealInput) -> DealStatus:
         self._refuse_out_of_bounds(deal)
         recorder = None
-        if self.keeps_records and workflow.patched(RECORD_DEAL):
+        if self.keeps_records and self._patched(RECORD_DEAL):
             # The ledger's record runs beside the loop: the loop never waits for it.
             recorder = asyncio.create_task(self.recording.run())
         self._open()
         if recorder is not None:
-            # Stage and value from the first moment, not from the first email sent.
+            # Stage and value from the first moment, not from the first email sent:
+            # from the start itself when intake started the deal with them.
+            if self.deal.revision >= 1:
+                self.published = self._published_at_start()
             self._publish(self._next_due())
         while True:
             self._release_pause()
@@ -278,7 +281,7 @@ class DealWorkflow:
         ending now would lose them. True when a resend came; False: end the deal."""
         if not self.failed or self.stage is Stage.CANCELLED:
             return False  # a cancelled deal sends nothing more
-        if not workflow.patched(KEEP_FAILED_FOR_RESEND):
+        if not self._patched(KEEP_FAILED_FOR_RESEND):
             return False
         if self.resend_until is None:
             self.resend_until = workflow.now() + self.deal.resend_window
@@ -452,7 +455,7 @@ class DealWorkflow:
             return False
         thread = self.threads.get(outbound.thread) if outbound.thread else None
         message_id, resend = f"<{self.deal.deal_id}.{step}@{self.deal.message_domain}>", False
-        if outbound.message_id is not None and workflow.patched(RESEND_SAME_MESSAGE_ID):
+        if outbound.message_id is not None and self._patched(RESEND_SAME_MESSAGE_ID):
             message_id, resend = outbound.message_id, True
         request = EmailRequest(
             message_id=message_id,
@@ -613,6 +616,26 @@ class DealWorkflow:
             delivery_date=self.delivery_date,
             delivered_at=self.delivered_at,
         )
+
+    def _patched(self, patch: str) -> bool:
+        """``workflow.patched``, asked only of deals started before revision 1: a later
+        deal started after every patch here, and takes the patched path without the
+        marker and the search-attribute write that asking costs."""
+        return self.deal.revision >= 1 or workflow.patched(patch)
+
+    def _published_at_start(self) -> tuple[object, ...]:
+        """What the start's search attributes (``starter.start_options``) already say,
+        as ``_publish`` remembers it; empty if the deal was started without them."""
+        found = workflow.info().typed_search_attributes
+        stage, value = found.get(DEAL_STAGE), found.get(DEAL_VALUE)
+        if stage is None or value is None or found.get(DEAL_NEXT_TOUCH) is not None:
+            return ()
+        if found.get(DEAL_OWNER) != str(self.deal.owner):
+            return ()
+        try:
+            return (Stage(stage), Decimal(str(value)), None)
+        except (ValueError, ArithmeticError):
+            return ()  # a start by hand with odd values: publish ours
 
     def _publish(self, due: Step | None) -> None:
         """Upsert the search attributes when they changed, so the pipeline can count and sum."""
@@ -990,7 +1013,7 @@ class DealWorkflow:
         if (
             mail.kind in (InboundKind.REPLY, InboundKind.OUT_OF_OFFICE)
             and not self._is_contact(mail.sender)
-            and workflow.patched(VERIFIED_SENDER)
+            and self._patched(VERIFIED_SENDER)
         ):
             # Anyone can answer an email they saw: only a contact steers the deal. The
             # rep sees a stranger's reply, marked, as it may be a lure (payment fraud).

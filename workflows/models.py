@@ -112,6 +112,10 @@ class Cadence(Model):
         return delays
 
 
+# The deal revision Dealflow's intake starts deals under (``DealInput.revision``).
+REVISION = 1
+
+
 class DealInput(Model):
     """Everything a deal needs to run; resolved by the starter from settings and the deal file."""
 
@@ -138,6 +142,12 @@ class DealInput(Model):
     # How long a closed deal keeps emails that failed for good, for ops to resend, before
     # it ends (they are then dropped, and the deal's problems say so).
     resend_window: timedelta = timedelta(days=14)
+    # The revision the deal started under, set by intake (never by a deal file). A deal of
+    # revision 1 or later takes every change made behind a code patch before revision 1
+    # without asking ``workflow.patched``: each patch asked costs every deal a marker and
+    # a search-attribute write, the server's dearest writes on a small machine. Deals
+    # started before it decode as 0 and replay as they ran.
+    revision: int = 0
 
     @model_validator(mode="after")
     def _priced_inquiry_has_items(self) -> DealInput:
