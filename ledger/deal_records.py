@@ -26,6 +26,7 @@ must not keep a deal's records out of the ledger.
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -107,16 +108,26 @@ def _kept(table: Table, columns: tuple[str, ...], excluded: Any) -> dict[str, An
     }
 
 
+@functools.cache
+def _lengths(table: Table) -> dict[str, int]:
+    """The length of each of ``table``'s text columns that has one."""
+    return {
+        column.name: column.type.length
+        for column in table.c
+        if isinstance(column.type, String) and column.type.length
+    }
+
+
 def _fitted(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
     """``row`` with its text cut to the column lengths (PostgreSQL refuses longer), and
     enums as their plain values (asyncpg wants a ``str``)."""
+    lengths = _lengths(table)
     fitted: dict[str, Any] = {}
     for name, value in row.items():
         if isinstance(value, Enum):
             value = value.value
-        column_type = table.c[name].type
-        if isinstance(value, str) and isinstance(column_type, String) and column_type.length:
-            value = value[: column_type.length]
+        if isinstance(value, str) and name in lengths:
+            value = value[: lengths[name]]
         fitted[name] = value
     return fitted
 
