@@ -20,7 +20,6 @@ import secrets
 import shutil
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -171,7 +170,24 @@ def canary_deal() -> dict[str, Any]:
     }
 
 
-async def whole_life(deals: Deals, webhook: httpx.AsyncClient | None = None) -> WorkflowHandle:
+class DealClock:
+    """The endpoints' clock, set to the deal's own (the time-skipping server's) before
+    each webhook: the webhook's replay window is measured on it, not on the wall."""
+
+    def __init__(self) -> None:
+        self.at = 0.0
+
+    def __call__(self) -> float:
+        return self.at
+
+    async def follow(self, deals: Deals) -> str:
+        self.at = (await deals.now()).timestamp()
+        return str(int(self.at))
+
+
+async def whole_life(
+    deals: Deals, webhook: httpx.AsyncClient | None = None, clock: DealClock | None = None
+) -> WorkflowHandle:
     """An RFP from proposal to a recorded win-loss interview; the order comes through the
     ERP webhook when one is given."""
     handle = await deals.start(**canary_deal())
@@ -185,10 +201,11 @@ async def whole_life(deals: Deals, webhook: httpx.AsyncClient | None = None) -> 
     delivery = (start + timedelta(days=10)).date().isoformat()
     data = {"delivery_date": delivery, "purchase_order": PURCHASE_ORDER}
     if webhook is not None:
+        assert clock is not None
         body = json.dumps(
             {"event_id": "erp-1", "type": "order_placed", "deal_id": deal, "data": data}
         ).encode()
-        timestamp = str(int(time.time()))
+        timestamp = await clock.follow(deals)
         secret = deals.settings.webhook_secret
         assert secret is not None
         headers = {
@@ -365,16 +382,20 @@ async def test_no_secret_reaches_output_logs_history_or_mail(
         canaries.append(DATABASE_PASSWORD)
     served = deals.settings.model_copy(update={"http_port": free_port()})
     answers: list[str] = []
+    clock = DealClock()
     async with (
-        running_endpoints(served, deals.client) as url,
+        running_endpoints(served, deals.client, clock=clock) as url,
         httpx.AsyncClient(base_url=url, timeout=30) as http,
     ):
-        handle = await whole_life(deals, webhook=http)
+        handle = await whole_life(deals, webhook=http, clock=clock)
         # Refusals say what is wrong, never with what.
         forged = await http.post(
             "/webhooks/fulfilment",
             content=b"{}",
-            headers={"Dealflow-Timestamp": str(int(time.time())), "Dealflow-Signature": "v1=00"},
+            headers={
+                "Dealflow-Timestamp": await clock.follow(deals),
+                "Dealflow-Signature": "v1=00",
+            },
         )
         wrong = await http.post("/codec/decode", content=b"{}", headers={"Authorization": "x"})
         assert (forged.status_code, wrong.status_code) == (401, 401)
