@@ -19,17 +19,17 @@ SDK versions it was checked against; on any other it does nothing and says so on
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable
 from typing import Any
 
-import temporalio
 from temporalio.converter import (
     ActivitySerializationContext,
     DataConverter,
     WorkflowSerializationContext,
 )
 from temporalio.worker import _workflow
+
+from sandbox_code_cache import sdk_checked
 
 # Versions whose ``_CommandAwareDataConverter`` only chooses among ``context_free_dc``,
 # ``workflow_context_dc`` and ``context_free_dc.with_context(...)`` (read before adding).
@@ -50,8 +50,6 @@ _PROBES = (
     ),
 )
 
-log = logging.getLogger(__name__)
-
 
 def reads_no_context(converter: DataConverter) -> bool:
     """True when every serialization context leaves ``converter`` as it is."""
@@ -66,12 +64,7 @@ def apply() -> bool:
     create: Callable[..., DataConverter] = wrapper.create
     if getattr(create, "skips_unread_context", False):
         return True
-    if temporalio.__version__ not in CHECKED_VERSIONS:
-        log.info(
-            "temporalio %s: workflow payloads look up their context one by one (checked: %s)",
-            temporalio.__version__,
-            ", ".join(sorted(CHECKED_VERSIONS)),
-        )
+    if not sdk_checked(CHECKED_VERSIONS, "workflow payloads look up their context one by one"):
         return False
     # A worker keeps one converter for its life: remember the last one's answer.
     last: list[tuple[DataConverter, bool]] = []

@@ -38,17 +38,26 @@ def compiled(source: str) -> CodeType:
     return compile(source, "<string>", "exec")
 
 
+def sdk_checked(checked: frozenset[str], otherwise: str) -> bool:
+    """Whether this temporalio is one a patch of its private parts was checked against;
+    if not, one line says what happens ``otherwise`` (the patch is left out)."""
+    if temporalio.__version__ in checked:
+        return True
+    log.info(
+        "temporalio %s: %s (checked: %s)",
+        temporalio.__version__,
+        otherwise,
+        ", ".join(sorted(checked)),
+    )
+    return False
+
+
 def apply() -> bool:
     """Patch the sandbox (once per process); False when this SDK version is not known."""
     run_code: Callable[..., None] = _runner._Instance._run_code
     if getattr(run_code, "compiles_once", False):
         return True
-    if temporalio.__version__ not in CHECKED_VERSIONS:
-        log.info(
-            "temporalio %s: the sandbox compiles its snippets on each call (checked: %s)",
-            temporalio.__version__,
-            ", ".join(sorted(CHECKED_VERSIONS)),
-        )
+    if not sdk_checked(CHECKED_VERSIONS, "the sandbox compiles its snippets on each call"):
         return False
 
     @functools.wraps(run_code)
