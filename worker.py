@@ -23,6 +23,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 import context_free_converter
 import sandbox_code_cache
+import worker_heap
 from activities.deal_records import DealRecorder
 from activities.mailbox import ImapEndpoint, MailboxProblem, MailboxReader
 from activities.mailbox_quota import MailboxQuota
@@ -206,6 +207,7 @@ async def serve(
         await mailer.ledger.database.dispose()
         raise SystemExit(1) from None
     worker = build_worker(client, settings, mailer)
+    worker_heap.settle()
     print(
         f"worker: polling task queue '{settings.temporal_task_queue}' on "
         f"{settings.temporal_address}, namespace '{settings.temporal_namespace}'",

@@ -28,6 +28,7 @@ from temporalio.runtime import MetricBuffer, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+import worker_heap
 from bench import noop, skeletons
 from bench.unrecorded import UnrecordedDeal
 from connection import data_converter
@@ -114,6 +115,8 @@ async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(number, stop.set)
+    # Every kind runs with the product worker's collector settings (``worker.serve``).
+    worker_heap.settle()
     reporter = asyncio.create_task(report(buffer, args.report))
     try:
         async with worker:
