@@ -192,6 +192,13 @@ class DriverStatement:
             cursor.close()
         return [self._row(row) for row in found]
 
+    def fetch(self, connection: Connection, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The statement's rows, by column name, on any connection: on the driver's cursor
+        where it applies, else as the Core statement."""
+        if self.applies(connection):
+            return self.rows(connection, values)
+        return [dict(row) for row in connection.execute(self.statement, values).mappings()]
+
     def run_each(self, connection: Connection, many: Sequence[Mapping[str, Any]]) -> None:
         """The statement run for each of ``many`` on any connection: on the driver's cursor
         where it applies, else as the Core statement (``executemany``)."""

@@ -265,14 +265,6 @@ _STAY = DriverStatement(insert(DEAL_STAYS))
 _TOUCH = DriverStatement(insert(FOLLOW_UP_TOUCHES))
 
 
-def _rows(
-    connection: Connection, statement: DriverStatement, values: dict[str, Any]
-) -> list[dict[str, Any]]:
-    if statement.applies(connection):
-        return statement.rows(connection, values)
-    return [dict(row) for row in connection.execute(statement.statement, values).mappings()]
-
-
 def _each(connection: Connection, statement: DriverStatement, many: list[dict[str, Any]]) -> None:
     statement.run_each(connection, many)
 
@@ -282,11 +274,11 @@ def refresh_deal(connection: Connection, deal_id: str) -> None:
     values = {"deal": deal_id}
     events = [
         Event(row["event_key"], _utc(row["at"]), row["signal"], row["from_stage"], row["to_stage"])
-        for row in _rows(connection, _EVENTS_OF, values)
+        for row in _EVENTS_OF.fetch(connection, values)
     ]
     emails = [
         Email(row["message_id"], _utc(row["at"]))
-        for row in _rows(connection, _SENT_OF, values)
+        for row in _SENT_OF.fetch(connection, values)
         if row["template"] in FOLLOW_UP_TEMPLATES
     ]
     bits, furthest = reached(events)

@@ -288,15 +288,9 @@ def erased_for(
     in_deal = bool(keys & contacts)
     if written and not in_deal:
         # FOR SHARE: a ``forget`` erasing one of them now waits for this write to commit.
-        in_deal = any(address is None for address in _contact_addresses(connection, deal_id))
+        found = _CONTACT_ADDRESSES.fetch(connection, {"deal": deal_id})
+        in_deal = any(row["address"] is None for row in found)
     return Erased(in_deal=in_deal, keys=keys, quoted=quoted)
-
-
-def _contact_addresses(connection: Connection, deal_id: str) -> list[str | None]:
-    values = {"deal": deal_id}
-    if _CONTACT_ADDRESSES.applies(connection):
-        return [row["address"] for row in _CONTACT_ADDRESSES.rows(connection, values)]
-    return list(connection.execute(_CONTACT_ADDRESSES.statement, values).scalars())
 
 
 def _lock(connection: Connection, *, exclusive: bool) -> None:
