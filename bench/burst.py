@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
+from statistics import fmean
 
 from bench.driver import (
     SignalDriver,
@@ -215,7 +216,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
         second, _ = await ours(s, n, "2")
         smtp = await raw_smtp(s, n)
     mine = [first, second]
-    drain, baseline = mean([b.drain for b in mine]), mean([b.drain for b in baselines])
+    drain, baseline = fmean(b.drain for b in mine), fmean(b.drain for b in baselines)
     binding = "(a) no-op workflows" if baseline >= smtp.drain else "(b) raw SMTP"
     notes = [
         *(f"{b.label}: {b.describe()}" for b in mine + baselines),
@@ -229,7 +230,3 @@ async def run(args: argparse.Namespace) -> list[Row]:
         Row("2 check-in burst vs no-op (a)", drain, baseline, "s", 1.5, "max", notes),
         Row("2 check-in burst vs raw SMTP (b)", drain, smtp.drain, "s", None, "max"),
     ]
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
